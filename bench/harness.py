@@ -1,0 +1,585 @@
+"""Run a bundle's engine on this machine: fidelity, latency, memory, load time.
+
+This runs on the robot, so it imports numpy and, only when a benchmark starts, the one runtime
+the bundle needs (through its backend's runner). The timed loop calls ``runner.bind(feeds)``,
+the backend's least-overhead call, with the garbage collector paused, so the figures are the
+engine's and not Python's; ``measure_overhead`` checks that claim against a bare runtime loop.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import gc
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robopt_compile.errors import BackendUnavailableError, InputError, RoboptError
+from robopt_compile.targets import Artifact, Backend, Runner, get_backend
+
+from .manifest import load_manifest
+from .stats import control_loop_stats, latency_stats
+
+Progress = Callable[[int], None]  # called with the number of runs just finished
+
+
+@dataclass(frozen=True)
+class _Bundle:
+    """A checked bundle and the backend that runs it."""
+
+    root: Path
+    manifest: dict[str, Any]
+    backend: Backend
+    artifact: Artifact
+
+
+def _open_bundle(bundle_dir: str | Path, verify: bool) -> _Bundle:
+    root = Path(bundle_dir)
+    manifest = load_manifest(root, verify=verify)
+    backend = get_backend(manifest["backend"])
+    backend.require()  # BackendUnavailableError naming the pip extra
+    engine = manifest["engine"]
+    artifact = Artifact.from_json({"backend": manifest["backend"], **engine}, root / engine["dir"])
+    return _Bundle(root, manifest, backend, artifact)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise InputError(f"cannot read {path}: {_first_line(exc)}; the bundle is corrupt.") from exc
+
+
+# --- memory and machine ---------------------------------------------------------------------
+
+
+def _rss_bytes() -> int | None:
+    """Current resident set size from /proc/self/statm (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _peak_rss_bytes() -> int | None:
+    """The process's lifetime peak RSS (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _mib(n: int | None) -> float | None:
+    return None if n is None else n / (1 << 20)
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name; ARM boards often have none, so fall back to the board model."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        info = ""
+    for key in ("model name", "Hardware", "Model", "cpu model"):
+        for line in info.splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key and value.strip():
+                return value.strip()
+    with contextlib.suppress(OSError):
+        return Path("/proc/device-tree/model").read_text().strip("\x00\n ")
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _runtime_version(module: str) -> str | None:
+    mod = sys.modules.get(module)
+    version = getattr(mod, "__version__", None)
+    if version:
+        return str(version)
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version(module)
+    except PackageNotFoundError:
+        return None
+
+
+def machine_summary(runtime_module: str) -> dict[str, Any]:
+    """What a result needs to be comparable: CPU, cores, OS, runtime version, load."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "platform": platform.platform(),
+        "arch": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cores_logical": os.cpu_count(),
+        "cores_available": len(affinity(0)) if affinity else os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "runtime": runtime_module,
+        "runtime_version": _runtime_version(runtime_module),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+# --- fidelity --------------------------------------------------------------------------------
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None  # strict JSON has no NaN/inf
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.clip(np.dot(a.ravel(), b.ravel()) / (na * nb), -1.0, 1.0))
+
+
+def compare_outputs(
+    actual: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: dict[str, float]
+) -> dict[str, Any]:
+    """Judge the engine's outputs against the source model's on the reference inputs.
+
+    An output passes when it is finite, its cosine similarity is at least ``cosine_min`` and
+    every element satisfies ``|a - ref| <= atol + rtol * |ref|`` (numpy's ``allclose`` rule).
+    ``max_rel`` is reported over elements with ``|ref| > atol`` only, since a relative error
+    against a near-zero reference says nothing.
+
+    Raises:
+        InputError: the reference names an output the engine does not produce.
+    """
+    missing = sorted(set(reference) - set(actual))
+    if missing:
+        raise InputError(
+            f"reference/outputs.npz has output(s) {missing} that the engine does not produce "
+            f"(engine outputs: {sorted(actual)}); the bundle is inconsistent."
+        )
+    cos_min, atol, rtol = (float(tolerance[k]) for k in ("cosine_min", "atol", "rtol"))
+    outputs: dict[str, Any] = {}
+    for name, ref in reference.items():
+        a = np.asarray(actual[name], dtype=np.float64)
+        r = np.asarray(ref, dtype=np.float64)
+        if a.shape != r.shape:
+            outputs[name] = {
+                "shape": list(a.shape),
+                "max_abs": None,
+                "max_rel": None,
+                "cosine": None,
+                "passed": False,
+                "reason": f"shape {list(a.shape)} != reference {list(r.shape)}",
+            }
+            continue
+        diff = np.abs(a - r)
+        big = np.abs(r) > atol
+        max_abs = float(diff.max()) if diff.size else 0.0
+        max_rel = float((diff[big] / np.abs(r[big])).max()) if big.any() else 0.0
+        cosine = _cosine(a, r)
+        bad = int(np.count_nonzero(~(diff <= atol + rtol * np.abs(r))))  # NaN counts as bad
+        reasons = []
+        if not np.isfinite(a).all():
+            reasons.append("non-finite values")
+        if not cosine >= cos_min:
+            reasons.append(f"cosine {cosine:.6f} < {cos_min}")
+        if bad:
+            reasons.append(f"{bad}/{diff.size} elements exceed atol + rtol*|ref|")
+        outputs[name] = {
+            "shape": list(a.shape),
+            "max_abs": _finite(max_abs),
+            "max_rel": _finite(max_rel),
+            "cosine": _finite(cosine),
+            "passed": not reasons,
+            "reason": "; ".join(reasons) or None,
+        }
+    return {
+        "passed": all(o["passed"] for o in outputs.values()),
+        "tolerance": {"cosine_min": cos_min, "atol": atol, "rtol": rtol},
+        "outputs": outputs,
+    }
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC so a collection does not land inside a timed run (as timeit does)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _timed_loop(fn: Callable[[], Any], runs: int, progress: Progress | None = None) -> list[int]:
+    """Per-run latency of ``fn()`` in ns; progress is reported between chunks, never inside."""
+    pc = time.perf_counter_ns
+    out = [0] * runs
+    step = max(1, runs // 100) if progress is not None else runs
+    with _gc_paused():
+        start = 0
+        while start < runs:
+            end = min(start + step, runs)
+            for i in range(start, end):
+                t0 = pc()
+                fn()
+                out[i] = pc() - t0
+            if progress is not None:
+                progress(end - start)
+            start = end
+    return out
+
+
+def _call(fn: Callable[[], Any], what: str) -> Any:
+    """``fn()``, turning a runtime's own exception into one clear line."""
+    try:
+        return fn()
+    except RoboptError:
+        raise
+    except Exception as exc:
+        raise InputError(f"the engine failed on the {what}: {_first_line(exc)}") from exc
+
+
+def _check_feeds(runner: Runner, feeds: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    missing = [n for n in runner.input_names if n not in feeds]
+    if missing:
+        raise InputError(f"{what} lack input(s) {missing}; the engine takes {runner.input_names}.")
+    return {n: np.ascontiguousarray(feeds[n]) for n in runner.input_names}
+
+
+def _describe(feeds: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    return [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in feeds.items()]
+
+
+def _batch(feeds: dict[str, np.ndarray]) -> int:
+    """Items per run: the leading dim of the first input (bundles keep batch first)."""
+    first = next(iter(feeds.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _enter_runner(stack: contextlib.ExitStack, b: _Bundle, threads: int | None) -> Runner:
+    try:
+        return stack.enter_context(b.backend.runner(b.artifact, threads))
+    except RoboptError:
+        raise
+    except Exception as exc:
+        built = {k: v for k, v in b.artifact.config.items() if k.endswith("_version")}
+        raise BackendUnavailableError(
+            f"{b.backend.name} could not load the engine: {_first_line(exc)} (engine built "
+            f"with {built or 'unknown versions'}; runtime here "
+            f"{_runtime_version(b.backend.runtime_module)})."
+        ) from exc
+
+
+def _check_counts(runs: int, warmup: int, threads: int | None) -> None:
+    if runs < 1 or warmup < 0:
+        raise InputError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup}).")
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be >= 1 (got {threads}); omit it for the default.")
+
+
+def run_benchmark(
+    bundle_dir: str | Path,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int | None = None,
+    batch_inputs: dict[str, np.ndarray] | None = None,
+    control_rate: float | None = None,
+    progress: Progress | None = None,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Benchmark a bundle: fidelity on the reference inputs, then ``runs`` timed runs.
+
+    Args:
+        bundle_dir: the folder ``robopt-compile -o`` wrote.
+        runs: timed runs after warm-up.
+        warmup: untimed runs first (lazy allocations, caches, CPU frequency).
+        threads: intra-op threads; None keeps the runtime's default (all cores).
+        batch_inputs: feeds to time instead of the reference inputs (e.g. a larger batch);
+            fidelity is always judged on the reference inputs.
+        control_rate: control-loop rate in Hz; adds deadline-miss figures.
+        progress: called with the number of timed runs just finished.
+        verify: check every bundle file's sha256 first.
+
+    Returns:
+        A JSON-serialisable dict (keys in docs and the CLI table); ``fidelity.passed`` says
+        whether the engine matches the source model within the manifest's tolerance.
+    """
+    _check_counts(runs, warmup, threads)
+    t0 = time.perf_counter()
+    b = _open_bundle(bundle_dir, verify)
+    check_ms = (time.perf_counter() - t0) * 1e3
+    ref = b.manifest["reference"]
+    ref_in = _load_npz(b.root / ref["inputs"])
+    ref_out = _load_npz(b.root / ref["outputs"])
+    rss0 = _rss_bytes()
+
+    with contextlib.ExitStack() as stack:
+        t0 = time.perf_counter()
+        runner = _enter_runner(stack, b, threads)
+        load_ms = (time.perf_counter() - t0) * 1e3
+        rss_loaded = _rss_bytes()
+
+        feeds = _check_feeds(runner, ref_in, "reference/inputs.npz")
+        t0 = time.perf_counter()
+        actual = _call(partial(runner.infer, feeds), "reference inputs")
+        first_ms = (time.perf_counter() - t0) * 1e3
+        fidelity = compare_outputs(actual, ref_out, ref["tolerance"])
+        del actual
+
+        timed = feeds if batch_inputs is None else _check_feeds(runner, batch_inputs, "inputs")
+        fn = runner.bind(timed)
+        what = "reference inputs" if batch_inputs is None else "given inputs"
+        _call(fn, what)
+        with _gc_paused():
+            for _ in range(warmup):
+                fn()
+        samples = _timed_loop(fn, runs, progress)
+        rss_runs = _rss_bytes()
+
+    batch = _batch(timed)
+    peak = _peak_rss_bytes()
+    inc = None if rss0 is None or rss_runs is None else rss_runs - rss0
+    manifest = b.manifest
+    return {
+        "result_version": 1,
+        "bundle": str(b.root.resolve()),
+        "model": manifest.get("model", {}).get("name"),
+        "backend": b.backend.name,
+        "precision": manifest.get("precision"),
+        "target": manifest.get("target", {}).get("profile"),
+        "settings": {
+            "runs": runs,
+            "warmup": warmup,
+            "threads": threads,
+            "verify": verify,
+            "control_rate_hz": control_rate,
+            "build_threads": manifest.get("build", {}).get("threads"),
+        },
+        "inputs": _describe(timed),
+        "timing": {
+            "bundle_check_ms": check_ms,
+            "engine_load_ms": load_ms,
+            "first_infer_ms": first_ms,
+        },
+        "latency": latency_stats(samples, "ns", batch),
+        "control": None if control_rate is None else control_loop_stats(samples, control_rate),
+        "fidelity": fidelity,
+        "memory": {
+            "peak_rss_mib": _mib(peak),
+            "rss_before_load_mib": _mib(rss0),
+            "rss_after_load_mib": _mib(rss_loaded),
+            "rss_after_runs_mib": _mib(rss_runs),
+            "rss_increase_mib": _mib(inc),
+        },
+        "machine": {
+            **machine_summary(b.backend.runtime_module),
+            "runtime_version_at_build": b.artifact.config.get(
+                f"{b.backend.runtime_module}_version"
+            ),
+        },
+    }
+
+
+# --- harness overhead ------------------------------------------------------------------------
+
+
+class _BareLoop(abc.ABC):
+    """The runtime called directly, with the runner's settings, in the plainest timed loop.
+
+    Subclasses repeat their runner's session settings (``targets/<backend>.py``) instead of
+    calling into it, so the floor does not share code with what it measures; tests/bench
+    checks the two agree so the comparison stays fair.
+    """
+
+    @abc.abstractmethod
+    def __init__(
+        self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def block(self, n: int) -> list[int]:
+        """Latencies in ns of ``n`` back-to-back calls."""
+
+
+class _OrtBareLoop(_BareLoop):
+    def __init__(self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None):
+        import onnxruntime as ort
+
+        cfg = artifact.config
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        so = ort.SessionOptions()
+        so.graph_optimization_level = levels[cfg.get("runtime_optimization_level", "all")]
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(artifact.root / cfg["model"]),
+            sess_options=so,
+            providers=cfg.get("providers", ["CPUExecutionProvider"]),
+        )
+        self.feeds = {i.name: feeds[i.name] for i in self.session.get_inputs()}
+
+    def block(self, n: int) -> list[int]:
+        run, feeds, pc = self.session.run, self.feeds, time.perf_counter_ns
+        out = []
+        for _ in range(n):
+            t0 = pc()
+            run(None, feeds)
+            out.append(pc() - t0)
+        return out
+
+
+class _OvBareLoop(_BareLoop):
+    def __init__(self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None):
+        import openvino as ov
+
+        cfg = artifact.config
+        props: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": cfg.get("inference_precision_hint", "f32"),
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if threads:
+            props["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(
+            str(artifact.root / cfg["model"]), cfg.get("device", "CPU"), props
+        )
+        self.request = self.compiled.create_infer_request()
+        for i, port in enumerate(self.compiled.inputs):
+            arr = np.ascontiguousarray(feeds[port.get_any_name()])
+            self.request.set_input_tensor(i, ov.Tensor(arr))
+
+    def block(self, n: int) -> list[int]:
+        infer, pc = self.request.infer, time.perf_counter_ns
+        out = []
+        for _ in range(n):
+            t0 = pc()
+            infer()
+            out.append(pc() - t0)
+        return out
+
+
+BARE_LOOPS: dict[str, type[_BareLoop]] = {
+    "onnxruntime": _OrtBareLoop,
+    "openvino": _OvBareLoop,
+}
+
+
+def _bare_loop(b: _Bundle, feeds: dict[str, np.ndarray], threads: int | None) -> _BareLoop:
+    cls = BARE_LOOPS.get(b.backend.name)
+    if cls is None:
+        raise InputError(f"no bare-loop reference for backend {b.backend.name!r} yet.")
+    return cls(b.artifact, feeds, threads)
+
+
+def bare_loop_p50(
+    bundle_dir: str | Path,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int | None = None,
+    verify: bool = True,
+) -> float:
+    """Median latency in ms of the runtime called directly on the reference inputs.
+
+    The floor the harness is compared against: no runner, no ``bind``, no progress hook.
+    """
+    _check_counts(runs, warmup, threads)
+    b = _open_bundle(bundle_dir, verify)
+    feeds = _load_npz(b.root / b.manifest["reference"]["inputs"])
+    loop = _bare_loop(b, feeds, threads)
+    with _gc_paused():
+        loop.block(warmup)
+        samples = loop.block(runs)
+    return float(np.median(samples)) / 1e6
+
+
+def measure_overhead(
+    bundle_dir: str | Path,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int | None = None,
+    blocks: int | None = None,
+    verify: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Harness p50 vs bare-loop p50 on the same engine, measured in alternating blocks.
+
+    Both loops live in one process and take turns (``runs`` split into ``blocks`` turns, the
+    leader swapping every turn), so frequency scaling, other processes and thermal drift hit
+    both alike. Short turns track a noisy machine best, hence the default of 5 runs a turn
+    (at most 100 turns): on a shared 2-core VM, 10 turns of 30 runs wandered by several
+    percent, 60 turns of 5 by a few tenths. ``overhead_pct`` is (harness - bare) / bare; it
+    should sit within noise of zero, and a clearly positive figure means the harness itself
+    distorts the timings.
+    """
+    _check_counts(runs, warmup, threads)
+    if blocks is None:
+        blocks = min(max(runs // 5, 1), 100)
+    if blocks < 1:
+        raise InputError(f"blocks must be >= 1 (got {blocks}).")
+    blocks = min(blocks, runs)
+    sizes = [runs // blocks + (k < runs % blocks) for k in range(blocks)]
+    b = _open_bundle(bundle_dir, verify)
+    ref_in = _load_npz(b.root / b.manifest["reference"]["inputs"])
+    harness: list[int] = []
+    bare: list[int] = []
+    with contextlib.ExitStack() as stack:
+        runner = _enter_runner(stack, b, threads)
+        feeds = _check_feeds(runner, ref_in, "reference/inputs.npz")
+        fn = runner.bind(feeds)
+        _call(fn, "reference inputs")
+        loop = _bare_loop(b, feeds, threads)
+        with _gc_paused():
+            for _ in range(warmup):
+                fn()
+            loop.block(warmup)
+            for k, per in enumerate(sizes):
+                harness_first = k % 2 == 0
+                if harness_first:
+                    harness += _timed_loop(fn, per)
+                bare += loop.block(per)
+                if not harness_first:
+                    harness += _timed_loop(fn, per)
+                if progress is not None:
+                    progress(2 * per)
+    h50, b50 = float(np.median(harness)) / 1e6, float(np.median(bare)) / 1e6
+    return {
+        "backend": b.backend.name,
+        "threads": threads,
+        "blocks": blocks,
+        "runs_each": runs,
+        "harness_p50_ms": h50,
+        "bare_p50_ms": b50,
+        "overhead_pct": (h50 - b50) / b50 * 100.0,
+        "harness_mean_ms": float(np.mean(harness)) / 1e6,
+        "bare_mean_ms": float(np.mean(bare)) / 1e6,
+    }

@@ -1,0 +1,1 @@
+"""robopt subpackage."""

@@ -1,0 +1,366 @@
+"""``robopt-compile``: the command line.
+
+    robopt-compile SOURCE --target T [-o OUT]     compile (the default command)
+    robopt-compile analyze SOURCE --target T      facts table (--json for machines)
+    robopt-compile --list-targets                 boards, backends and what runs here
+
+Module level imports only click and the error classes so ``--help`` starts fast on a robot;
+everything heavy is imported by the command that needs it. Errors print one line and exit with
+the code documented in ``robopt_compile.errors``; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from robopt_compile import __version__
+from robopt_compile.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, RoboptError
+
+PROG = "robopt-compile"
+GROUP_FLAGS = {"--help", "-h", "--version"}
+
+EXIT_CODES_HELP = """\b
+Exit codes: 0 ok; 1 internal error (a bug: re-run with --debug and report it);
+2 bad input (missing/corrupt model, unknown target, bad option, output exists);
+3 backend missing or engine build failed; 4 a numerical check failed."""
+
+
+class _DefaultToCompile(click.Group):
+    """A group whose default command is ``compile``: ``robopt-compile SOURCE ...`` works."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--list-targets" in args:
+            args = ["targets", *[a for a in args if a != "--list-targets"]]
+        elif args and args[0] not in self.commands and args[0] not in GROUP_FLAGS:
+            args = ["compile", *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(PROG, "SOURCE --target TARGET [-o OUT] [OPTIONS]")
+        formatter.write_usage(PROG, "analyze SOURCE --target TARGET [--json]", prefix="       ")
+        formatter.write_usage(PROG, "--list-targets [--json]", prefix="       ")
+
+
+@click.group(
+    cls=_DefaultToCompile,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES_HELP,
+)
+@click.version_option(__version__, prog_name=PROG)
+def cli() -> None:
+    """Compile a robot policy into a deployable, benchmarked engine for a board.
+
+    SOURCE is zoo:NAME, a .onnx file, a .pt2 torch.export program, or
+    package.module:factory returning (torch module, example inputs).
+    """
+
+
+def _source_options(f: Any) -> Any:
+    opts = [
+        click.argument("source"),
+        click.option(
+            "--target",
+            "-t",
+            default="host",
+            show_default=True,
+            help="Board profile name (see --list-targets).",
+        ),
+        click.option(
+            "--hwprofile",
+            type=click.Path(path_type=Path),
+            help="A board profile TOML file; overrides --target.",
+        ),
+        click.option(
+            "--threads",
+            type=int,
+            default=None,
+            help="CPU threads for the runtime (default: all cores).",
+        ),
+        click.option(
+            "--dynamic-batch", is_flag=True, help="Export with a symbolic batch dimension."
+        ),
+        click.option("--opset", type=int, default=None, help="ONNX opset for torch export."),
+        click.option(
+            "--simplify",
+            "simplify",
+            default="default",
+            show_default=True,
+            help="Simplify tool: default (onnxscript), onnxscript, onnxslim, onnxsim or none.",
+        ),
+        click.option(
+            "--dump-ir",
+            type=click.Path(path_type=Path),
+            help="Write the model after every pass into this folder.",
+        ),
+        click.option(
+            "--no-parity-check",
+            is_flag=True,
+            help="Record but do not enforce export parity (not recommended).",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Seed for zoo weights and reference inputs.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _options(kw: dict[str, Any], **extra: Any):
+    from robopt_compile.pipeline import CompileOptions
+
+    return CompileOptions(
+        target=kw["target"],
+        hwprofile=kw["hwprofile"],
+        threads=kw["threads"],
+        dynamic_batch=kw["dynamic_batch"],
+        opset=kw["opset"],
+        simplify=kw["simplify"],
+        dump_ir=kw["dump_ir"],
+        check_parity=not kw["no_parity_check"],
+        seed=kw["seed"],
+        **extra,
+    )
+
+
+class _StageLog:
+    """Progress on stderr: a line per stage with its time, live on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, stage: str, event: str, seconds: float) -> None:
+        if not self.enabled:
+            return
+        if event == "start":
+            if self.tty:
+                click.echo(f"  {stage:<10} ...", err=True, nl=False)
+            return
+        prefix = "\r" if self.tty else ""
+        click.echo(f"{prefix}  {stage:<10} {seconds:7.2f} s", err=True)
+
+
+@cli.command("compile")
+@_source_options
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Bundle folder to write (refused if it exists, unless --force).",
+)
+@click.option(
+    "--backend",
+    "-b",
+    default=None,
+    help="onnxruntime or openvino (default: the profile's first available).",
+)
+@click.option(
+    "--precision", default="fp32", show_default=True, help="Numeric precision of the engine."
+)
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+def compile_cmd(out: Path, backend: str | None, precision: str, force: bool, **kw: Any) -> None:
+    """Compile SOURCE into a deployable bundle at OUT."""
+    from robopt_compile.pipeline import compile_model
+
+    opts = _options(kw, backend=backend, precision=precision)
+    result = compile_model(
+        kw["source"], out, opts, force=force, progress=_StageLog(not kw["as_json"])
+    )
+    m = result.manifest
+    if kw["as_json"]:
+        click.echo(
+            json.dumps({"bundle": str(out), "manifest": m, "report": result.report}, default=str)
+        )
+        return
+    s = result.facts.get("summary", {})
+    exp = m["parity"].get("export")
+    eng = m["parity"]["engine"]
+    rows = [
+        ("bundle", str(out)),
+        ("target", f"{m['target']['profile']} ({m['target']['description']})"),
+        ("engine", f"{m['backend']} {m['precision']}"),
+        ("inputs", ", ".join(f"{i['name']}{list(i['shape'])}:{i['dtype']}" for i in m["inputs"])),
+        ("outputs", ", ".join(f"{o['name']}{list(o['shape'])}" for o in m["outputs"])),
+    ]
+    if exp:
+        rows.append(
+            (
+                "export parity",
+                f"cosine {exp['cosine']:.7f}, max abs err {exp['max_abs']:.2e} "
+                f"({result.report['exporter']})",
+            )
+        )
+    rows.append(
+        (
+            "engine fidelity",
+            f"cosine {eng['cosine']:.7f}, max abs err {eng['max_abs']:.2e} "
+            f"({'pass' if eng['passed'] else 'FAIL'})",
+        )
+    )
+    if s:
+        rows.append(("model", _summary_line(s)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+    click.echo(f"\nnext: robopt-bench {out} --runs 500")
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    parts = []
+    if "macs" in s:
+        parts.append(f"{s['macs'] / 1e9:.3f} GMAC")
+    if "params" in s:
+        parts.append(f"{s['params'] / 1e6:.2f} M params")
+    if "estimated_latency_ms" in s:
+        parts.append(f"roofline estimate {s['estimated_latency_ms']:.2f} ms")
+    return ", ".join(parts)
+
+
+@cli.command("analyze")
+@_source_options
+@click.option(
+    "--precision",
+    default="fp32",
+    show_default=True,
+    help="Precision the roofline estimate assumes.",
+)
+@click.option(
+    "--top",
+    type=int,
+    default=10,
+    show_default=True,
+    help="How many nodes to list by estimated time.",
+)
+def analyze_cmd(precision: str, top: int, **kw: Any) -> None:
+    """Print facts about SOURCE for a target: ops, params, FLOPs, memory, roofline, support."""
+    from robopt_compile import analysis
+    from robopt_compile.frontend import load_source
+    from robopt_compile.passes.base import DumpIRInstrument, PassRunner
+    from robopt_compile.pipeline import build_passes, resolve_profile
+
+    opts = _options(kw, precision=precision)
+    log = _StageLog(not kw["as_json"])
+    profile = resolve_profile(opts)
+    log("export", "start", 0)
+    src = load_source(
+        kw["source"],
+        dynamic_batch=opts.dynamic_batch,
+        opset=opts.opset,
+        seed=opts.seed,
+        check_parity=opts.check_parity,
+    )
+    log("export", "done", 0)
+    instruments = [DumpIRInstrument(opts.dump_ir)] if opts.dump_ir else []
+    model = PassRunner(instruments).run(build_passes(opts), src.model)
+    facts = analysis.analyze(
+        model, profile, precision=precision, threads=opts.threads or profile.cpu_cores
+    )
+    if kw["as_json"]:
+        click.echo(
+            json.dumps(
+                {
+                    "source": kw["source"],
+                    "target": profile.name,
+                    "parity": src.parity,
+                    "facts": facts,
+                },
+                default=str,
+            )
+        )
+        return
+    click.echo(f"{kw['source']} on {profile.name} ({profile.description})")
+    click.echo(analysis.format_table(facts, top=top))
+
+
+@cli.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def targets_cmd(as_json: bool, debug: bool) -> None:
+    """List board profiles, their backends and whether each runs on this machine."""
+    from robopt_compile.hwprofiles import load_profile, profile_names
+    from robopt_compile.targets import TARGETS, get_backend
+
+    avail = {}
+    for b in TARGETS:
+        ok, why = get_backend(b).availability()
+        avail[b] = {"available": ok, "reason": why}
+    rows = []
+    for name in profile_names():
+        p = load_profile(name)
+        rows.append(
+            {
+                "name": name,
+                "description": p.description,
+                "arch": p.arch,
+                "backends": {
+                    b: avail.get(b, {"available": False, "reason": "not built into this robopt"})
+                    for b in p.backends
+                },
+                "precisions": list(p.precisions),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps({"targets": rows, "backends": avail}))
+        return
+    for r in rows:
+        bs = ", ".join(
+            f"{b}{'' if v['available'] else ' (unavailable)'}" for b, v in r["backends"].items()
+        )
+        click.echo(f"{r['name']:<16} {r['arch']:<8} {'/'.join(r['precisions']):<16} {bs}")
+        click.echo(f"{'':<16} {r['description']}")
+    missing = {b: v["reason"] for b, v in avail.items() if not v["available"]}
+    for b, why in missing.items():
+        click.echo(f"\n{b} unavailable: {why}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT)
+    except click.exceptions.Abort:
+        click.echo(f"{PROG}: interrupted", err=True)
+        sys.exit(130)
+    except RoboptError as exc:
+        if debug:
+            raise
+        click.echo(f"{PROG}: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"{PROG}: interrupted; no output was written", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        msg = str(exc).splitlines()[0][:300] if str(exc) else ""
+        click.echo(
+            f"{PROG}: internal error: {type(exc).__name__}: {msg} "
+            "(re-run with --debug and report it)",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

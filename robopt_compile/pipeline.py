@@ -1,0 +1,267 @@
+"""The compile pipeline: source -> checked ONNX -> passes -> engine -> checked bundle.
+
+This is the session runner the CLI drives. Each stage reports to a ``progress`` callback so the
+CLI can draw progress on a terminal and stay silent under ``--json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robopt_compile.errors import BackendUnavailableError, CheckFailedError, InputError
+
+Progress = Callable[[str, str, float], None]  # (stage, "start" | "done", seconds)
+
+# The engine must reproduce the source model's outputs this closely on the reference inputs.
+ENGINE_TOLERANCE = {
+    "fp32": {"cosine_min": 0.9999, "atol": 1e-3, "rtol": 1e-3},
+    # bf16 keeps 8 mantissa bits: ~0.4% relative error per op, accumulating over layers.
+    "bf16": {"cosine_min": 0.995, "atol": 5e-2, "rtol": 5e-2},
+}
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    target: str = "host"
+    hwprofile: Path | None = None  # a user's TOML file; overrides ``target``
+    backend: str | None = None  # None: the profile's first available backend
+    precision: str = "fp32"
+    threads: int | None = 1
+    dynamic_batch: bool = False
+    opset: int | None = None
+    simplify: str = "default"  # a SimplifyPass tool name, "default" or "none"
+    dump_ir: Path | None = None
+    check_parity: bool = True
+    seed: int = 0
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    manifest: dict[str, Any]
+    report: dict[str, Any]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _noop(stage: str, event: str, seconds: float) -> None:
+    pass
+
+
+@contextmanager
+def _stage(progress: Progress, name: str, timings: dict[str, float]) -> Iterator[None]:
+    progress(name, "start", 0.0)
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
+    progress(name, "done", timings[name])
+
+
+def resolve_profile(opts: CompileOptions):
+    from robopt_compile.hwprofiles import load_profile, load_profile_file
+
+    if opts.hwprofile is not None:
+        return load_profile_file(opts.hwprofile)
+    return load_profile(opts.target)
+
+
+def resolve_backend(profile: Any, requested: str | None):
+    """The requested backend (checked against the profile) or the first available one."""
+    from robopt_compile.errors import UnknownNameError
+    from robopt_compile.targets import TARGETS, get_backend
+
+    if requested is not None:
+        if requested not in TARGETS:
+            raise UnknownNameError("backend", requested, list(TARGETS))
+        if requested not in profile.backends:
+            raise InputError(
+                f"target {profile.name!r} does not support backend {requested!r}; "
+                f"it supports {list(profile.backends)}."
+            )
+        backend = get_backend(requested)
+        backend.require()
+        return backend
+    reasons = []
+    for name in profile.backends:
+        if name not in TARGETS:
+            reasons.append(f"{name}: not built into this robopt version")
+            continue
+        backend = get_backend(name)
+        ok, why = backend.availability()
+        if ok:
+            return backend
+        reasons.append(f"{name}: {why}")
+    raise BackendUnavailableError(
+        f"no backend for target {profile.name!r} can run here ({'; '.join(reasons)})."
+    )
+
+
+def check_precision(profile: Any, backend: Any, precision: str) -> None:
+    if precision not in profile.precisions:
+        raise InputError(
+            f"target {profile.name!r} does not support precision {precision!r}; "
+            f"it supports {list(profile.precisions)}."
+        )
+    if precision not in backend.precisions:
+        raise InputError(
+            f"backend {backend.name!r} does not build {precision!r} in this robopt version; "
+            f"it builds {list(backend.precisions)}."
+        )
+
+
+def build_passes(opts: CompileOptions) -> list[Any]:
+    """The transform passes of the plan (analysis runs separately, after them)."""
+    from robopt_compile.passes import get_pass_class
+
+    passes = []
+    if opts.simplify != "none":
+        cls = get_pass_class("simplify")
+        passes.append(cls() if opts.simplify == "default" else cls(tool=opts.simplify))
+    return passes
+
+
+def compile_model(
+    source: str, out: Path, opts: CompileOptions, *, force: bool = False, progress: Progress = _noop
+) -> CompileResult:
+    """Compile ``source`` for ``opts.target`` into a bundle at ``out``."""
+    from robopt_compile import bundle
+
+    timings: dict[str, float] = {}
+    # Validate everything cheap before the slow work.
+    with _stage(progress, "resolve", timings):
+        profile = resolve_profile(opts)
+        backend = resolve_backend(profile, opts.backend)
+        check_precision(profile, backend, opts.precision)
+        bundle.check_output_dir(out, force)
+        if opts.threads is not None and opts.threads < 1:
+            raise InputError("--threads must be >= 1.")
+
+    from robopt_compile import analysis
+    from robopt_compile import ir as rir
+    from robopt_compile.frontend import load_source
+    from robopt_compile.passes.base import DumpIRInstrument, PassRunner, TimingInstrument
+    from robopt_compile.targets import BuildOptions
+
+    with _stage(progress, "export", timings):
+        src = load_source(
+            source,
+            dynamic_batch=opts.dynamic_batch,
+            opset=opts.opset,
+            seed=opts.seed,
+            check_parity=opts.check_parity,
+        )
+
+    timing = TimingInstrument()
+    instruments: list[Any] = [timing]
+    if opts.dump_ir is not None:
+        instruments.append(DumpIRInstrument(Path(opts.dump_ir)))
+    runner = PassRunner(instruments)
+    with _stage(progress, "optimize", timings):
+        passes = build_passes(opts)
+        model = runner.run(passes, src.model)
+    simplify_report = next(
+        (getattr(p, "report", None) for p in passes if hasattr(p, "report")), None
+    )
+
+    with _stage(progress, "analyze", timings):
+        facts = analysis.analyze(
+            model, profile, precision=opts.precision, threads=opts.threads or profile.cpu_cores
+        )
+
+    with bundle.staged_output(out, force) as tmp:
+        with _stage(progress, "build", timings):
+            model_files = rir.save(model, tmp / "model.onnx")
+            artifact = backend.build(
+                tmp / "model.onnx",
+                profile,
+                BuildOptions(precision=opts.precision, threads=opts.threads),
+                tmp / "engine",
+            )
+        with _stage(progress, "verify", timings):
+            engine_fig = verify_engine(backend, artifact, src, opts)
+            tol = ENGINE_TOLERANCE.get(opts.precision, ENGINE_TOLERANCE["fp32"])
+            if not engine_fig["passed"]:
+                raise CheckFailedError(
+                    f"the {backend.name} engine does not reproduce the source model "
+                    f"(cosine {engine_fig['cosine']:.6f}, max abs error "
+                    f"{engine_fig['max_abs']:.3g}; tolerance {tol}). Re-run with --debug."
+                )
+        bundle.save_npz(tmp / "reference" / "inputs.npz", src.reference_inputs)
+        bundle.save_npz(tmp / "reference" / "outputs.npz", src.reference_outputs)
+        bundle.write_json(tmp / "analysis.json", facts)
+        report = {
+            "source": src.source,
+            "exporter": src.exporter,
+            "notes": src.notes,
+            "passes": [r.to_json() for r in timing.records],
+            "simplify": simplify_report,
+            "stage_seconds": {k: round(v, 4) for k, v in timings.items()},
+            "summary": facts.get("summary", {}),
+        }
+        bundle.write_json(tmp / "report.json", report)
+        parity = dict(src.parity)
+        if simplify_report and simplify_report.get("parity"):
+            parity["simplify"] = simplify_report["parity"]
+        parity["engine"] = engine_fig
+        manifest = {
+            "schema_version": bundle.SCHEMA_VERSION,
+            "robopt_version": bundle.tool_versions()["robopt"],
+            "created_utc": bundle.utc_now(),
+            "model": {"name": src.name, "source": src.source, "source_kind": src.kind},
+            "inputs": [s.to_json() for s in rir.input_specs(model)],
+            "outputs": [s.to_json() for s in rir.output_specs(model)],
+            "target": {
+                "profile": profile.name,
+                "arch": profile.arch,
+                "description": profile.description,
+            },
+            "backend": backend.name,
+            "precision": opts.precision,
+            "engine": {"dir": "engine", **artifact.to_json()},
+            "files": bundle.hash_tree(tmp),
+            "tool_versions": bundle.tool_versions(),
+            "parity": parity,
+            "reference": {
+                "inputs": "reference/inputs.npz",
+                "outputs": "reference/outputs.npz",
+                "tolerance": tol,
+            },
+            "build": {
+                "threads": opts.threads,
+                "dynamic_batch": opts.dynamic_batch,
+                "opset": _opset(model),
+                "model_files": [p.name for p in model_files],
+            },
+        }
+        bundle.write_json(tmp / bundle.MANIFEST, manifest)
+    timings["total"] = sum(timings.values())
+    return CompileResult(out=out, manifest=manifest, report=report, facts=facts)
+
+
+def _opset(model: Any) -> int | None:
+    return model.opset_imports.get("")
+
+
+def verify_engine(backend: Any, artifact: Any, src: Any, opts: CompileOptions) -> dict[str, Any]:
+    """Run the built engine on the reference inputs and compare with the source's outputs."""
+    from robopt_compile.numerics import compare, worst
+
+    with backend.runner(artifact, threads=opts.threads) as r:
+        got = r.infer(src.reference_inputs)
+    cmp = compare(src.reference_outputs, got)
+    w = worst(cmp)
+    tol = ENGINE_TOLERANCE.get(opts.precision, ENGINE_TOLERANCE["fp32"])
+    ref_max = max(float(abs(v).max()) for v in src.reference_outputs.values())
+    passed = (
+        w["cosine"] >= tol["cosine_min"] and w["max_abs"] <= tol["atol"] + tol["rtol"] * ref_max
+    )
+    return {
+        "per_output": cmp,
+        **w,
+        "passed": bool(passed),
+        "inputs": "bundle reference inputs (not used during export)",
+    }

@@ -1,0 +1,120 @@
+"""OpenVINO backend (CPU device by default; the profile may name another device).
+
+The engine is OpenVINO IR (``model.xml`` + ``model.bin``) converted from the bundle's ONNX with
+weights kept in fp32. The inference precision is a *runtime* hint: OpenVINO on CPUs with
+AVX-512 BF16 or AMX silently runs in bf16 unless told otherwise, so fp32 bundles pin
+``INFERENCE_PRECISION_HINT=f32`` and the hint travels in the manifest to the robot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robopt_compile.errors import BuildError
+from robopt_compile.targets.base import Artifact, Backend, BuildOptions, Runner
+
+# robopt precision -> OpenVINO inference precision hint
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+class OpenVinoRunner(Runner):
+    def _activate(self) -> None:
+        import openvino as ov
+
+        cfg = self.artifact.config
+        core = ov.Core()
+        props: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": cfg.get("inference_precision_hint", "f32"),
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if self.threads:
+            props["INFERENCE_NUM_THREADS"] = self.threads
+        self.compiled = core.compile_model(
+            str(self.artifact.root / cfg["model"]), cfg.get("device", "CPU"), props
+        )
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in self.compiled.inputs]
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        res = self.request.infer({n: feeds[n] for n in self.input_names})
+        # OpenVINO reuses its output buffers between calls: copy what we hand out.
+        return {
+            n: np.array(res[o], copy=True)
+            for n, o in zip(self.output_names, self.compiled.outputs, strict=True)
+        }
+
+    def bind(self, feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
+        import openvino as ov
+
+        for i, n in enumerate(self.input_names):
+            self.request.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(feeds[n])))
+        return self.request.infer
+
+    def _deactivate(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    runtime_module = "openvino"
+    pip_extra = "openvino"
+    precisions = ("fp32", "bf16")
+
+    def build(
+        self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path
+    ) -> Artifact:
+        self.require()
+        import openvino as ov
+
+        if options.precision not in PRECISION_HINTS:
+            raise BuildError(
+                f"openvino backend builds {list(PRECISION_HINTS)} here, not {options.precision!r}."
+            )
+        opts = dict(getattr(profile, "backend_options", {}).get("openvino", {}))
+        device = str(opts.get("device", "CPU"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(model_path))
+            ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=False)
+        except Exception as exc:
+            raise BuildError(
+                f"OpenVINO could not convert the model: {str(exc).splitlines()[0][:200]}. "
+                "Check `robopt-compile analyze` for unsupported operators."
+            ) from exc
+        if device not in core.available_devices:
+            raise BuildError(
+                f"OpenVINO device {device!r} is not present on this machine "
+                f"(available: {core.available_devices})."
+            )
+        # Compile once now so a model the plugin rejects fails the build, not the robot.
+        try:
+            core.compile_model(
+                str(out_dir / "model.xml"),
+                device,
+                {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision]},
+            )
+        except Exception as exc:
+            raise BuildError(
+                f"OpenVINO {device} plugin rejected the model: {str(exc).splitlines()[0][:200]}."
+            ) from exc
+        config = {
+            "model": "model.xml",
+            "device": device,
+            "inference_precision_hint": PRECISION_HINTS[options.precision],
+            "openvino_version": ov.get_version(),
+        }
+        return Artifact(
+            self.name, out_dir, tuple(sorted(p.name for p in out_dir.iterdir())), config
+        )
+
+    def runner(self, artifact: Artifact, threads: int | None = None) -> Runner:
+        self.require()
+        return OpenVinoRunner(artifact, threads)

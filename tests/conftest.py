@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny policies as a factory module, an ONNX file and a .pt2 program."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TINY_POLICY = textwrap.dedent(
+    """
+    import torch
+
+
+    class TinyPolicy(torch.nn.Module):
+        output_names = ("action",)
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8 + 4, 16)
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, image, state):
+            x = torch.relu(self.bn(self.conv(image))).mean((2, 3))
+            x = torch.relu(self.fc(torch.cat([x, state], dim=1)))
+            return torch.tanh(self.head(x))
+
+
+    def make_tiny():
+        torch.manual_seed(0)
+        m = TinyPolicy().eval()
+        return m, {"image": torch.rand(1, 3, 16, 16), "state": torch.randn(1, 4)}
+
+
+    def make_tuple_inputs():
+        m, ins = make_tiny()
+        return m, (ins["image"], ins["state"])
+
+
+    def make_broken():
+        raise RuntimeError("checkpoint weights.pt is missing")
+
+
+    def make_wrong_type():
+        return 42
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``tiny_policies.py``, importable as a factory module."""
+    d = tmp_path_factory.mktemp("policies")
+    (d / "tiny_policies.py").write_text(TINY_POLICY)
+    sys.path.insert(0, str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(policy_dir: Path) -> Path:
+    import torch
+    from tiny_policies import make_tiny
+
+    m, ins = make_tiny()
+    path = policy_dir / "tiny.onnx"
+    torch.onnx.export(
+        m,
+        args=(),
+        kwargs=ins,
+        f=str(path),
+        dynamo=True,
+        verbose=False,
+        input_names=list(ins),
+        output_names=["action"],
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pt2(policy_dir: Path) -> Path:
+    import torch
+    from tiny_policies import make_tiny
+
+    m, ins = make_tiny()
+    ep = torch.export.export(m, args=(ins["image"], ins["state"]))
+    path = policy_dir / "tiny.pt2"
+    torch.export.save(ep, str(path))
+    return path
