@@ -142,17 +142,13 @@ def machine_summary(runtime_module: str) -> dict[str, Any]:
 # --- fidelity --------------------------------------------------------------------------------
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None  # strict JSON has no NaN/inf
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 and nb == 0.0:
-        return 1.0
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.clip(np.dot(a.ravel(), b.ravel()) / (na * nb), -1.0, 1.0))
+def _finite(x: Any) -> Any:
+    """Strict JSON has no NaN/inf: they become null."""
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return x
 
 
 def compare_outputs(
@@ -160,61 +156,21 @@ def compare_outputs(
 ) -> dict[str, Any]:
     """Judge the engine's outputs against the source model's on the reference inputs.
 
-    An output passes when it is finite, its cosine similarity is at least ``cosine_min`` and
-    every element satisfies ``|a - ref| <= atol + rtol * |ref|`` (numpy's ``allclose`` rule).
-    ``max_rel`` is reported over elements with ``|ref| > atol`` only, since a relative error
-    against a near-zero reference says nothing.
+    Uses ``robopt_compile.numerics.judge``, the same rule the compiler applied when it built
+    the bundle, so a bundle that passed there passes here with the same runtime.
 
     Raises:
         InputError: the reference names an output the engine does not produce.
     """
+    from robopt_compile.numerics import judge
+
     missing = sorted(set(reference) - set(actual))
     if missing:
         raise InputError(
             f"reference/outputs.npz has output(s) {missing} that the engine does not produce "
             f"(engine outputs: {sorted(actual)}); the bundle is inconsistent."
         )
-    cos_min, atol, rtol = (float(tolerance[k]) for k in ("cosine_min", "atol", "rtol"))
-    outputs: dict[str, Any] = {}
-    for name, ref in reference.items():
-        a = np.asarray(actual[name], dtype=np.float64)
-        r = np.asarray(ref, dtype=np.float64)
-        if a.shape != r.shape:
-            outputs[name] = {
-                "shape": list(a.shape),
-                "max_abs": None,
-                "max_rel": None,
-                "cosine": None,
-                "passed": False,
-                "reason": f"shape {list(a.shape)} != reference {list(r.shape)}",
-            }
-            continue
-        diff = np.abs(a - r)
-        big = np.abs(r) > atol
-        max_abs = float(diff.max()) if diff.size else 0.0
-        max_rel = float((diff[big] / np.abs(r[big])).max()) if big.any() else 0.0
-        cosine = _cosine(a, r)
-        bad = int(np.count_nonzero(~(diff <= atol + rtol * np.abs(r))))  # NaN counts as bad
-        reasons = []
-        if not np.isfinite(a).all():
-            reasons.append("non-finite values")
-        if not cosine >= cos_min:
-            reasons.append(f"cosine {cosine:.6f} < {cos_min}")
-        if bad:
-            reasons.append(f"{bad}/{diff.size} elements exceed atol + rtol*|ref|")
-        outputs[name] = {
-            "shape": list(a.shape),
-            "max_abs": _finite(max_abs),
-            "max_rel": _finite(max_rel),
-            "cosine": _finite(cosine),
-            "passed": not reasons,
-            "reason": "; ".join(reasons) or None,
-        }
-    return {
-        "passed": all(o["passed"] for o in outputs.values()),
-        "tolerance": {"cosine_min": cos_min, "atol": atol, "rtol": rtol},
-        "outputs": outputs,
-    }
+    return _finite(judge(reference, actual, tolerance))
 
 
 # --- timing ----------------------------------------------------------------------------------

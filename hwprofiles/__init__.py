@@ -10,12 +10,11 @@ multiplies by the threads in use); ``"device"`` means for the whole accelerator.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-
-import tomllib
 
 from robopt_compile.errors import ProfileError, UnknownNameError
 

@@ -101,10 +101,19 @@ class TimingInstrument(PassInstrument):
 
 @dataclass
 class DumpIRInstrument(PassInstrument):
-    """Writes the model after every pass to ``DIR/NN-<pass>.onnx`` (``--dump-ir DIR``)."""
+    """Writes the input to ``DIR/00-input.onnx`` and the model after every pass to
+    ``DIR/NN-<pass>.onnx`` (``--dump-ir DIR``). Dumps stay after a failed compile on purpose:
+    they are how a failing pass is debugged."""
 
     directory: Path
     _count: int = 0
+
+    def run_before_pass(self, p: ir.passes.PassBase, model: ir.Model) -> None:
+        from robopt_compile import ir as rir
+
+        if self._count == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            rir.save(model, self.directory / "00-input.onnx")
 
     def run_after_pass(
         self, p: ir.passes.PassBase, result: ir.passes.PassResult, seconds: float

@@ -22,55 +22,80 @@ from typing import Any
 import numpy as np
 
 from robopt_compile import __version__
-from robopt_compile.errors import InputError, OutputExistsError
-from robopt_compile.ir import sha256_file
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+# The robot-side reader owns the format's constants and hashing; the writer follows it.
+from robopt_compile.bench.manifest import MANIFEST, SCHEMA_VERSION, sha256_file
+from robopt_compile.errors import InputError, OutputExistsError
+
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "sha256_file"]
 TOOLS = ("torch", "onnx", "onnx-ir", "onnxscript", "onnxslim", "onnxruntime", "openvino", "numpy")
 
 
 def check_output_dir(out: Path, force: bool) -> None:
-    """Fail before any work if ``out`` cannot be written (exists without --force, is a file)."""
+    """Fail before any work if ``out`` cannot be (re)written; never touches the disk.
+
+    ``--force`` replaces only what robopt wrote: an empty folder or a bundle (one holding
+    manifest.json). Any other folder, and the current folder or one of its parents, is refused.
+    """
+    resolved = out.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise OutputExistsError(
+            f"-o {out} is the current folder or contains it; choose a new folder."
+        )
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is a file; choose another -o path.")
-    if out.exists() and not force:
-        raise OutputExistsError(f"output folder {out} exists; pass --force to replace it.")
-    parent = out.resolve().parent
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True)
-        except OSError as exc:
-            raise InputError(f"cannot create the parent folder of {out}: {exc}.") from exc
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write into {parent}; choose another -o path.")
+    if out.exists():
+        if not force:
+            raise OutputExistsError(f"output folder {out} exists; pass --force to replace it.")
+        if any(out.iterdir()) and not (out / MANIFEST).is_file():
+            raise OutputExistsError(
+                f"{out} is not empty and not a robopt bundle (no {MANIFEST}); refusing to "
+                "replace it even with --force. Choose another -o path."
+            )
+    existing = next(p for p in [resolved, *resolved.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise InputError(f"cannot write into {existing}; choose another -o path.")
 
 
 @contextlib.contextmanager
 def staged_output(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``out``, on error it is removed."""
+    """Yield a temporary folder; on success it replaces ``out``, on error it is removed.
+
+    Parent folders created for ``out`` are removed again if the compile fails.
+    """
     check_output_dir(out, force)
     parent = out.resolve().parent
+    created = [p for p in [parent, *parent.parents] if not p.exists()]
+    parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a bundle is published like any folder
+
+    def cleanup() -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in created:  # innermost first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
     try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup()
         raise
     old = None
-    if out.exists():
-        old = parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
-        out.rename(old)
     try:
+        if out.exists():
+            old = parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
+            out.rename(old)
         tmp.rename(out)
-    except OSError:
-        if old is not None:
+    except OSError as exc:
+        if old is not None and not out.exists():
             old.rename(out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        cleanup()
+        raise InputError(
+            f"cannot move the new bundle into {out} ({exc}); nothing was changed."
+        ) from exc
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

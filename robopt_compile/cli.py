@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,12 @@ def _source_options(f: Any) -> Any:
             help="Record but do not enforce export parity (not recommended).",
         ),
         click.option(
+            "--reference-inputs",
+            type=click.Path(path_type=Path),
+            help="An .npz of real input samples keyed by input name, used for the reference "
+            "data and every fidelity check (default: seeded random inputs).",
+        ),
+        click.option(
             "--seed",
             type=int,
             default=0,
@@ -130,6 +137,7 @@ def _options(kw: dict[str, Any], **extra: Any):
         dump_ir=kw["dump_ir"],
         check_parity=not kw["no_parity_check"],
         seed=kw["seed"],
+        reference_inputs=kw["reference_inputs"],
         **extra,
     )
 
@@ -250,20 +258,23 @@ def analyze_cmd(precision: str, top: int, **kw: Any) -> None:
     from robopt_compile import analysis
     from robopt_compile.frontend import load_source
     from robopt_compile.passes.base import DumpIRInstrument, PassRunner
-    from robopt_compile.pipeline import build_passes, resolve_profile
+    from robopt_compile.pipeline import build_passes, check_options, resolve_profile
 
     opts = _options(kw, precision=precision)
     log = _StageLog(not kw["as_json"])
     profile = resolve_profile(opts)
+    check_options(opts)
     log("export", "start", 0)
+    started = time.perf_counter()
     src = load_source(
         kw["source"],
         dynamic_batch=opts.dynamic_batch,
         opset=opts.opset,
         seed=opts.seed,
         check_parity=opts.check_parity,
+        reference_inputs=opts.reference_inputs,
     )
-    log("export", "done", 0)
+    log("export", "done", time.perf_counter() - started)
     instruments = [DumpIRInstrument(opts.dump_ir)] if opts.dump_ir else []
     model = PassRunner(instruments).run(build_passes(opts), src.model)
     facts = analysis.analyze(

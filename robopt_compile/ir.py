@@ -6,7 +6,6 @@ place that touches files; passes never read or write disk.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,11 +138,3 @@ def weight_bytes(model: ir.Model) -> int:
         if init.const_value is not None:
             total += init.const_value.nbytes
     return total
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

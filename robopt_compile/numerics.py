@@ -216,3 +216,42 @@ def worst(cmp: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "output": name,
         "outputs": len(cmp),
     }
+
+
+def judge(
+    ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], tolerance: Mapping[str, float]
+) -> dict[str, Any]:
+    """Pass/fail of ``got`` against ``ref`` under ``tolerance`` {cosine_min, atol, rtol}.
+
+    The one rule every check in robopt uses (export parity, engine fidelity at compile time,
+    fidelity in ``robopt-bench`` on the robot), so a bundle that passed at compile time passes
+    on the robot with the same runtime. An output passes when it has the reference's shape,
+    no NaN/inf where the reference has none, cosine >= ``cosine_min``, and every element
+    satisfies ``|got - ref| <= atol + rtol * |ref|``.
+    """
+    cos_min, atol, rtol = (float(tolerance[k]) for k in ("cosine_min", "atol", "rtol"))
+    cmp = compare(ref, got, rtol=rtol, atol=atol)
+    for name, c in cmp.items():
+        reasons = []
+        if "error" in c:
+            reasons.append(c["error"])
+        else:
+            if c["nonfinite_mismatch"]:
+                reasons.append(f"{c['nonfinite_mismatch']} non-finite values")
+            if not c["cosine"] >= cos_min:
+                reasons.append(f"cosine {c['cosine']:.6f} < {cos_min}")
+            if not c["allclose"]:
+                reasons.append(f"max abs error {c['max_abs']:.3g} exceeds atol + rtol*|ref|")
+        c["shape"] = list(np.shape(got[name])) if name in got else None
+        c["passed"] = not reasons
+        c["reason"] = "; ".join(reasons) or None
+    summary = {k: v for k, v in worst(cmp).items() if k != "allclose"}
+    failing = [n for n, c in cmp.items() if not c["passed"]]
+    if failing:
+        summary["output"] = failing[0]  # name the output that failed, not just the worst cosine
+    return {
+        "passed": not failing,
+        "tolerance": {"cosine_min": cos_min, "atol": atol, "rtol": rtol},
+        **summary,
+        "outputs": cmp,
+    }

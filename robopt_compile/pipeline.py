@@ -38,6 +38,7 @@ class CompileOptions:
     dump_ir: Path | None = None
     check_parity: bool = True
     seed: int = 0
+    reference_inputs: Path | None = None  # .npz of real samples keyed by input name
 
 
 @dataclass
@@ -113,6 +114,20 @@ def check_precision(profile: Any, backend: Any, precision: str) -> None:
         )
 
 
+def check_options(opts: CompileOptions) -> None:
+    """Options that would otherwise fail only after the (slow) export."""
+    from robopt_compile.passes.simplify.simplify import TOOLS
+
+    if opts.threads is not None and opts.threads < 1:
+        raise InputError("--threads must be >= 1.")
+    if opts.simplify not in ("default", *TOOLS):
+        from robopt_compile.errors import UnknownNameError
+
+        raise UnknownNameError("simplify tool", opts.simplify, ["default", *TOOLS])
+    if opts.dump_ir is not None and Path(opts.dump_ir).exists() and not Path(opts.dump_ir).is_dir():
+        raise InputError(f"--dump-ir {opts.dump_ir} is a file; give a folder.")
+
+
 def build_passes(opts: CompileOptions) -> list[Any]:
     """The transform passes of the plan (analysis runs separately, after them)."""
     from robopt_compile.passes import get_pass_class
@@ -120,7 +135,8 @@ def build_passes(opts: CompileOptions) -> list[Any]:
     passes = []
     if opts.simplify != "none":
         cls = get_pass_class("simplify")
-        passes.append(cls() if opts.simplify == "default" else cls(tool=opts.simplify))
+        tool = {} if opts.simplify == "default" else {"tool": opts.simplify}
+        passes.append(cls(seed=opts.seed, **tool))
     return passes
 
 
@@ -137,8 +153,7 @@ def compile_model(
         backend = resolve_backend(profile, opts.backend)
         check_precision(profile, backend, opts.precision)
         bundle.check_output_dir(out, force)
-        if opts.threads is not None and opts.threads < 1:
-            raise InputError("--threads must be >= 1.")
+        check_options(opts)
 
     from robopt_compile import analysis
     from robopt_compile import ir as rir
@@ -153,6 +168,7 @@ def compile_model(
             opset=opts.opset,
             seed=opts.seed,
             check_parity=opts.check_parity,
+            reference_inputs=opts.reference_inputs,
         )
 
     timing = TimingInstrument()
@@ -183,12 +199,12 @@ def compile_model(
             )
         with _stage(progress, "verify", timings):
             engine_fig = verify_engine(backend, artifact, src, opts)
-            tol = ENGINE_TOLERANCE.get(opts.precision, ENGINE_TOLERANCE["fp32"])
+            tol = engine_fig["tolerance"]
             if not engine_fig["passed"]:
+                bad = engine_fig["outputs"][engine_fig["output"]]
                 raise CheckFailedError(
-                    f"the {backend.name} engine does not reproduce the source model "
-                    f"(cosine {engine_fig['cosine']:.6f}, max abs error "
-                    f"{engine_fig['max_abs']:.3g}; tolerance {tol}). Re-run with --debug."
+                    f"the {backend.name} engine does not reproduce the source model on output "
+                    f"{engine_fig['output']!r}: {bad['reason']} (tolerance {tol})."
                 )
         bundle.save_npz(tmp / "reference" / "inputs.npz", src.reference_inputs)
         bundle.save_npz(tmp / "reference" / "outputs.npz", src.reference_outputs)
@@ -247,21 +263,15 @@ def _opset(model: Any) -> int | None:
 
 
 def verify_engine(backend: Any, artifact: Any, src: Any, opts: CompileOptions) -> dict[str, Any]:
-    """Run the built engine on the reference inputs and compare with the source's outputs."""
-    from robopt_compile.numerics import compare, worst
+    """Run the built engine on the reference inputs and judge it against the source's outputs.
+
+    Same rule (``numerics.judge``) and tolerance that ``robopt-bench`` applies on the robot.
+    """
+    from robopt_compile.numerics import judge
 
     with backend.runner(artifact, threads=opts.threads) as r:
         got = r.infer(src.reference_inputs)
-    cmp = compare(src.reference_outputs, got)
-    w = worst(cmp)
     tol = ENGINE_TOLERANCE.get(opts.precision, ENGINE_TOLERANCE["fp32"])
-    ref_max = max(float(abs(v).max()) for v in src.reference_outputs.values())
-    passed = (
-        w["cosine"] >= tol["cosine_min"] and w["max_abs"] <= tol["atol"] + tol["rtol"] * ref_max
-    )
-    return {
-        "per_output": cmp,
-        **w,
-        "passed": bool(passed),
-        "inputs": "bundle reference inputs (not used during export)",
-    }
+    verdict = judge(src.reference_outputs, got, tol)
+    verdict["inputs"] = "bundle reference inputs (not used during export)"
+    return verdict

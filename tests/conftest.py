@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -46,6 +47,25 @@ TINY_POLICY = textwrap.dedent(
 
     def make_wrong_type():
         return 42
+
+
+    def make_bad_shapes():
+        m, _ = make_tiny()
+        return m, {"image": torch.rand(1, 5, 16, 16), "state": torch.randn(1, 4)}
+
+
+    class StarArgs(torch.nn.Module):
+        def forward(self, *xs):
+            return xs[0] * 2
+
+
+    def make_star_args():
+        return StarArgs(), (torch.rand(1, 3),)
+
+
+    def make_wrong_names():
+        m, ins = make_tiny()
+        return m, {"img": ins["image"], "state": ins["state"]}
     """
 )
 
@@ -55,6 +75,7 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding ``tiny_policies.py``, importable as a factory module."""
     d = tmp_path_factory.mktemp("policies")
     (d / "tiny_policies.py").write_text(TINY_POLICY)
+    (d / "raising_mod.py").write_text("raise ValueError('CUDA device 3 not found')\n")
     sys.path.insert(0, str(d))
     return d
 
@@ -89,3 +110,23 @@ def tiny_pt2(policy_dir: Path) -> Path:
     path = policy_dir / "tiny.pt2"
     torch.export.save(ep, str(path))
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Under ROBOPT_FAIL_ON_SKIP=1 (set by .ci/run) a skip is a failure.
+
+    CI installs every dependency, so a skip there means a broken install, not a missing
+    optional tool. Tests that may legitimately skip in CI (a GPU, TensorRT) carry
+    ``@pytest.mark.may_skip``.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        os.environ.get("ROBOPT_FAIL_ON_SKIP") == "1"
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("may_skip") is None
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped where everything should be installed: {report.longrepr}"

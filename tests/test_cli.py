@@ -37,7 +37,7 @@ def leftovers(parent: Path) -> list[str]:
 
 
 def assert_bundle(out: Path, backend: str) -> dict:
-    from robopt_compile.ir import sha256_file
+    from robopt_compile.bench.manifest import sha256_file
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 1
@@ -135,10 +135,15 @@ def test_dump_ir_and_pass_timings(policy_dir, tmp_path, capsys):
         ["tiny_policies:make_tiny", "-o", str(out), "--dump-ir", str(dump)], capsys
     )
     assert code == 0, err
-    dumped = sorted(p.name for p in dump.iterdir())
-    assert dumped and dumped[0].startswith("01-") and dumped[0].endswith(".onnx")
     report = json.loads((out / "report.json").read_text())
-    assert report["passes"] and all(p["seconds"] >= 0 for p in report["passes"])
+    names = [p["name"] for p in report["passes"]]
+    assert names == ["simplify"] and report["passes"][0]["seconds"] > 0
+    dumped = sorted(p.name for p in dump.iterdir())
+    assert dumped == ["00-input.onnx", "01-simplify.onnx"]
+    import onnx
+
+    for f in dumped:
+        onnx.checker.check_model(onnx.load(dump / f))
 
 
 @pytest.mark.parametrize(
@@ -155,6 +160,11 @@ def test_dump_ir_and_pass_timings(policy_dir, tmp_path, capsys):
         (["tiny_policies:make_tiny", "--precision", "int3"], "precision"),
         (["tiny_policies:make_tiny", "--threads", "0"], "threads"),
         (["tiny_policies:make_tiny", "--hwprofile", "nope.toml"], "not found"),
+        (["tiny_policies:make_tiny", "--simplify", "onnxsimm"], "unknown simplify tool"),
+        (["raising_mod:make"], "raised ValueError"),
+        (["tiny_policies:make_bad_shapes"], "forward() raised"),
+        (["tiny_policies:make_star_args"], "*args"),
+        (["tiny_policies:make_wrong_names"], "not parameters of forward"),
     ],
 )
 def test_bad_input_one_line_exit_2(policy_dir, tmp_path, capsys, args, needle):
@@ -209,12 +219,43 @@ def test_output_exists_refused_then_forced(policy_dir, tmp_path, capsys):
     (out / "keep.txt").write_text("precious")
     code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(out)], capsys)
     assert code == EXIT_BAD_INPUT and "--force" in err
-    assert (out / "keep.txt").read_text() == "precious"
+    # --force replaces only bundles (or empty folders), never someone's data
     code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(out), "--force"], capsys)
+    assert code == EXIT_BAD_INPUT and "not a robopt bundle" in err
+    assert (out / "keep.txt").read_text() == "precious"
+    bundle = tmp_path / "bundle"
+    code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(bundle)], capsys)
     assert code == 0, err
-    assert not (out / "keep.txt").exists()
-    assert_bundle(out, "onnxruntime")
+    first = json.loads((bundle / "manifest.json").read_text())["created_utc"]
+    (bundle / "stale.txt").write_text("from an older build")
+    code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(bundle), "--force"], capsys)
+    assert code == 0, err
+    assert not (bundle / "stale.txt").exists()
+    assert json.loads((bundle / "manifest.json").read_text())["created_utc"] >= first
+    assert_bundle(bundle, "onnxruntime")
     assert leftovers(tmp_path) == []
+
+
+def test_output_is_current_folder_refused(policy_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    for target in (".", ".."):
+        code, _, err = run_cli(["tiny_policies:make_tiny", "-o", target, "--force"], capsys)
+        assert code == EXIT_BAD_INPUT and "current folder" in err
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path.parent) == []
+
+
+def test_created_parents_removed_on_failure(policy_dir, tmp_path, capsys, monkeypatch):
+    from robopt_compile.targets.onnxruntime import OnnxRuntimeBackend
+
+    def boom(self, *a, **k):
+        raise BuildError("simulated build failure")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "build", boom)
+    out = tmp_path / "new" / "deeper" / "b"
+    code, _, _ = run_cli(["tiny_policies:make_tiny", "-o", str(out)], capsys)
+    assert code == EXIT_BACKEND
+    assert not (tmp_path / "new").exists()
 
 
 def test_failed_build_leaves_nothing(policy_dir, tmp_path, capsys, monkeypatch):
@@ -225,6 +266,7 @@ def test_failed_build_leaves_nothing(policy_dir, tmp_path, capsys, monkeypatch):
 
     out = tmp_path / "b"
     out.mkdir()
+    (out / "manifest.json").write_text("{}")  # an (old) bundle
     (out / "keep.txt").write_text("old bundle")
     monkeypatch.setattr(OnnxRuntimeBackend, "build", boom)
     code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(out), "--force"], capsys)
@@ -278,6 +320,33 @@ def test_help_starts_fast_without_heavy_imports(cmd):
     exe = Path(sys.executable).parent / cmd
     best = min(_timed([str(exe), "--help"]) for _ in range(3))
     assert best < 1.0, f"{cmd} --help took {best:.2f} s"
+    module = {"robopt-compile": "robopt_compile.cli", "robopt-bench": "robopt_compile.bench.cli"}
+    code = (
+        f"import sys; sys.argv = ['{cmd}', '--help']\n"
+        f"from {module[cmd]} import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'onnx', 'onnx_ir', 'onnxruntime', 'openvino', 'numpy')"
+        " if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=60)
+
+
+def test_compiled_bundle_runs_in_robopt_bench(policy_dir, tmp_path, capsys):
+    """The writer (pipeline) and the reader (harness) agree on the bundle format."""
+    out = tmp_path / "b"
+    code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(out), "-b", "openvino"], capsys)
+    assert code == 0, err
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "robopt-bench"), str(out), "--runs", "20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["fidelity"]["passed"] is True
+    assert res["backend"] == "openvino" and res["latency"]["n"] == 20
 
 
 def _timed(argv: list[str]) -> float:
@@ -285,3 +354,55 @@ def _timed(argv: list[str]) -> float:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return time.perf_counter() - t
+
+
+GATHER_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[4, 3] table, int64[2] idx) => (float[2, 3] rows) {
+  rows = Gather <axis = 0> (table, idx)
+}
+"""
+
+
+def test_reference_inputs_for_models_that_need_valid_values(tmp_path, capsys):
+    import onnx
+
+    path = tmp_path / "gather.onnx"
+    onnx.save(onnx.parser.parse_model(GATHER_MODEL), path)
+    # random int64 indices run out of range: a clear hint to pass real samples
+    code, _, err = run_cli([str(path), "-o", str(tmp_path / "o")], capsys)
+    if code != 0:
+        assert code == EXIT_BAD_INPUT and "--reference-inputs" in err
+    samples = tmp_path / "samples.npz"
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.savez(samples, table=table, idx=np.array([3, 1], dtype=np.int64))
+    out = tmp_path / "ok"
+    code, _, err = run_cli([str(path), "-o", str(out), "--reference-inputs", str(samples)], capsys)
+    assert code == 0, err
+    ref_out = np.load(out / "reference" / "outputs.npz")["rows"]
+    assert np.array_equal(ref_out, table[[3, 1]])
+    # wrong names, dtypes and shapes are refused with the input named
+    for bad, needle in (
+        ({"table": table}, "do not match the model inputs"),
+        ({"table": table, "idx": np.array([1, 2], dtype=np.int32)}, "int32"),
+        ({"table": table[:2], "idx": np.array([1, 2])}, "shape"),
+    ):
+        np.savez(samples, **bad)
+        code, _, err = run_cli(
+            [str(path), "-o", str(tmp_path / "x"), "--reference-inputs", str(samples)], capsys
+        )
+        assert code == EXIT_BAD_INPUT and needle in err, err
+
+
+def test_reference_inputs_for_torch_sources(policy_dir, tmp_path, capsys):
+    samples = tmp_path / "s.npz"
+    image = np.full((1, 3, 16, 16), 0.5, dtype=np.float32)
+    np.savez(samples, image=image, state=np.ones((1, 4), dtype=np.float32))
+    out = tmp_path / "b"
+    code, _, err = run_cli(
+        ["tiny_policies:make_tiny", "-o", str(out), "--reference-inputs", str(samples)], capsys
+    )
+    assert code == 0, err
+    m = assert_bundle(out, "onnxruntime")
+    assert m["parity"]["export"]["inputs"] == "user-supplied --reference-inputs"
+    assert np.array_equal(np.load(out / "reference" / "inputs.npz")["image"], image)

@@ -102,7 +102,7 @@ def test_onnx_missing_external_data(tmp_path):
 def test_factory_returning_non_module(tmp_path, monkeypatch):
     (tmp_path / "badfac.py").write_text(
         "import torch\ndef make():\n    return 'model', (torch.zeros(1),)\n"
-        "def make_nontensor():\n    return torch.nn.Linear(2, 2), {'x': [1, 2]}\n"
+        "def make_nontensor():\n    return torch.nn.Linear(2, 2), {'input': [1, 2]}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModelLoadError, match=r"torch\.nn\.Module"):

@@ -69,7 +69,12 @@ def test_timing_dump_and_facts(tmp_path):
     assert runner.facts["count-ops"] == {"n": 1}  # the later run's facts
     assert len(out.graph) == 1
     dumps = sorted(p.name for p in tmp_path.iterdir())
-    assert dumps == ["01-count-ops.onnx", "02-drop-identity.onnx", "03-count-ops.onnx"]
+    assert dumps == [
+        "00-input.onnx",
+        "01-count-ops.onnx",
+        "02-drop-identity.onnx",
+        "03-count-ops.onnx",
+    ]
     assert len(onnx.load(tmp_path / "02-drop-identity.onnx").graph.node) == 1
 
 
