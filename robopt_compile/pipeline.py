@@ -31,7 +31,7 @@ class CompileOptions:
     hwprofile: Path | None = None  # a user's TOML file; overrides ``target``
     backend: str | None = None  # None: the profile's first available backend
     precision: str = "fp32"
-    threads: int | None = 1
+    threads: int | None = None  # None: the runtime's default (all cores)
     dynamic_batch: bool = False
     opset: int | None = None
     simplify: str = "default"  # a SimplifyPass tool name, "default" or "none"
@@ -254,7 +254,6 @@ def compile_model(
             },
         }
         bundle.write_json(tmp / bundle.MANIFEST, manifest)
-    timings["total"] = sum(timings.values())
     return CompileResult(out=out, manifest=manifest, report=report, facts=facts)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ class BuildOptions:
 
     precision: str = "fp32"
     threads: int | None = None  # None: the runtime's default (all cores)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,12 +130,3 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def runner(self, artifact: Artifact, threads: int | None = None) -> Runner:
         """A runner for ``artifact``; it imports only numpy and the runtime."""
-
-    def versions(self) -> dict[str, str]:
-        """Versions of the runtime this backend builds with, for the manifest."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return {self.runtime_module: version(self.runtime_module)}
-        except PackageNotFoundError:
-            return {}

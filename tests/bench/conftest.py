@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from robopt_compile.bundle import tool_versions
+
 TOLERANCE = {"cosine_min": 0.9999, "atol": 1e-4, "rtol": 1e-3}
 
 
@@ -109,7 +111,7 @@ def write_bundle(out: Path, backend_name: str, source: dict[str, Any]) -> Path:
         "precision": "fp32",
         "engine": {**artifact.to_json(), "dir": "engine"},
         "files": {},
-        "tool_versions": backend.versions(),
+        "tool_versions": tool_versions(),
         "parity": {},
         "reference": {
             "inputs": "reference/inputs.npz",
