@@ -248,7 +248,10 @@ def compile_model(
             },
             "build": {
                 "threads": opts.threads,
-                "dynamic_batch": opts.dynamic_batch,
+                # from the model itself: a .pt2 or .onnx may carry a symbolic batch dim
+                "dynamic_batch": any(
+                    s.shape and not isinstance(s.shape[0], int) for s in rir.input_specs(model)
+                ),
                 "opset": _opset(model),
                 "model_files": [p.name for p in model_files],
             },

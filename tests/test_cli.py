@@ -406,3 +406,33 @@ def test_reference_inputs_for_torch_sources(policy_dir, tmp_path, capsys):
     m = assert_bundle(out, "onnxruntime")
     assert m["parity"]["export"]["inputs"] == "user-supplied --reference-inputs"
     assert np.array_equal(np.load(out / "reference" / "inputs.npz")["image"], image)
+
+
+def test_dynamic_batch_recorded_from_the_model(policy_dir, tmp_path, capsys):
+    """An .onnx with a symbolic batch dim is recorded as dynamic without --dynamic-batch."""
+    import torch
+    from tiny_policies import make_tiny
+
+    m, ins = make_tiny()
+    path = tmp_path / "dyn.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(
+        m,
+        args=(),
+        kwargs={k: torch.cat([v, v]) for k, v in ins.items()},
+        f=str(path),
+        dynamo=True,
+        verbose=False,
+        input_names=list(ins),
+        output_names=["action"],
+        dynamic_shapes={k: {0: batch} for k in ins},
+    )
+    out = tmp_path / "b"
+    code, _, err = run_cli([str(path), "-o", str(out)], capsys)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["build"]["dynamic_batch"] is True
+    code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(tmp_path / "s")], capsys)
+    assert (
+        json.loads((tmp_path / "s" / "manifest.json").read_text())["build"]["dynamic_batch"]
+        is False
+    )
