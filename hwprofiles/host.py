@@ -111,7 +111,12 @@ def detect_host() -> HardwareProfile:
         round(bw, 2), "measured here: best-of-5 numpy copy of 64 MiB, 1 thread", estimate=False
     )
     backends = ("onnxruntime", "openvino")
-    precisions = ("fp32", "bf16", "int8") if arch == "x86_64" else ("fp32", "fp16", "int8")
+    if arch == "x86_64":
+        precisions = ("fp32", "int8")
+        precisions += ("bf16",) if "avx512_bf16" in flags or "amx_bf16" in flags else ()
+        precisions += ("fp16",) if "avx512_fp16" in flags else ()
+    else:
+        precisions = ("fp32", "fp16", "int8")
     return HardwareProfile(
         name="host",
         description=f"this machine: {model}, {cores} cores, {arch}",

@@ -22,6 +22,14 @@ PASSES: dict[str, str] = {
     "backend-support": "robopt_compile.passes.analysis.backend_support:BackendSupportPass",
     # simplify
     "simplify": "robopt_compile.passes.simplify.simplify:SimplifyPass",
+    # quantize
+    "int8-static-ort": "robopt_compile.passes.quantize.int8_static_ort:OrtStaticInt8Pass",
+    "int8-static-trt": "robopt_compile.passes.quantize.int8_static_trt:TensorRTInt8Pass",
+    "int8-dynamic": "robopt_compile.passes.quantize.int8_dynamic:DynamicInt8Pass",
+    "int8-nncf": "robopt_compile.passes.quantize.int8_nncf:NncfInt8Pass",
+    "float16": "robopt_compile.passes.quantize.float16:Float16Pass",
+    "weight-only-ort": "robopt_compile.passes.quantize.weight_only_ort:OrtWeightOnlyPass",
+    "weight-only-nncf": "robopt_compile.passes.quantize.weight_only_nncf:NncfWeightOnlyPass",
 }
 
 

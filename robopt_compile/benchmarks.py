@@ -198,6 +198,7 @@ def write_report(
     out: Path,
     rounds: int,
     per_round: int,
+    quant: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -296,6 +297,10 @@ def write_report(
         "![latency](bench_latency.png)",
         "",
     ]
+    if quant:
+        from robopt_compile.benchmarks_quant import report_lines
+
+        lines += report_lines(quant)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -327,6 +332,7 @@ def main() -> None:
     ap.add_argument("--per-round", type=int, default=20)
     ap.add_argument("--models", nargs="*", default=list(ZOO_MODELS))
     ap.add_argument("--overhead-runs", type=int, default=2000)
+    ap.add_argument("--no-quant", action="store_true", help="Skip the quantization section.")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="robopt-bench-"))
     try:
@@ -342,12 +348,23 @@ def main() -> None:
             else {"error": "visuomotor-cnn not in --models"}
         )
         startup = bench_startup()
+        quant = None
+        if not args.no_quant:
+            from robopt_compile.benchmarks_quant import bench_quant
+
+            quant = bench_quant(
+                work, args.rounds, args.per_round, lambda m: print(m, file=sys.stderr, flush=True)
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_report(rows, overhead, startup, args.out, args.rounds, args.per_round)
+    write_report(rows, overhead, startup, args.out, args.rounds, args.per_round, quant)
     (args.out.parent / "bench_results.json").write_text(
-        json.dumps({"rows": rows, "overhead": overhead, "startup": startup}, indent=2, default=str)
+        json.dumps(
+            {"rows": rows, "overhead": overhead, "startup": startup, "quant": quant},
+            indent=2,
+            default=str,
+        )
     )
     print(f"[bench] wrote {args.out}", file=sys.stderr)
 

@@ -150,6 +150,9 @@ class _StageLog:
         self.tty = sys.stderr.isatty()
 
     def __call__(self, stage: str, event: str, seconds: float) -> None:
+        if event == "note":  # a warning the user must see even in --json mode
+            click.echo(f"{PROG}: warning: {stage}", err=True)
+            return
         if not self.enabled:
             return
         if event == "start":
@@ -177,14 +180,72 @@ class _StageLog:
     help="onnxruntime or openvino (default: the profile's first available).",
 )
 @click.option(
-    "--precision", default="fp32", show_default=True, help="Numeric precision of the engine."
+    "--precision",
+    default="fp32",
+    show_default=True,
+    help="fp32, bf16 (OpenVINO), fp16, int8 (static, calibrated), int8-dynamic, int8-weight "
+    "or int4-weight (weight-only).",
 )
+@click.option(
+    "--calibration",
+    help="Calibration data: a folder of .npy/.npz samples, one .npz with a leading sample "
+    "axis, package.module:iterator, or 'random' (accuracy figures then meaningless). A "
+    "held-out part is kept for every accuracy figure.",
+)
+@click.option(
+    "--calib-method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    help="int8 calibration method (default: the quantizer's own).",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=None,
+    help="Largest allowed held-out error vs fp32 (relative L2 of the outputs, or --metric); "
+    "int8 keeps the most sensitive layers in fp32 to meet it. Default 0.01.",
+)
+@click.option(
+    "--strict", is_flag=True, help="Exit 4 instead of rolling back to fp32 when the bound breaks."
+)
+@click.option(
+    "--metric", help="Accuracy drop as package.module:function(reference, candidate, inputs)."
+)
+@click.option(
+    "--measure-sensitivity",
+    is_flag=True,
+    help="Measure every layer's sensitivity even when the bound is met (for quant-report).",
+)
+@click.option("--block-size", type=int, help="Weight-only quantization block (group) size.")
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
-def compile_cmd(out: Path, backend: str | None, precision: str, force: bool, **kw: Any) -> None:
+def compile_cmd(
+    out: Path,
+    backend: str | None,
+    precision: str,
+    calibration: str | None,
+    calib_method: str | None,
+    max_accuracy_drop: float | None,
+    strict: bool,
+    metric: str | None,
+    measure_sensitivity: bool,
+    block_size: int | None,
+    force: bool,
+    **kw: Any,
+) -> None:
     """Compile SOURCE into a deployable bundle at OUT."""
     from robopt_compile.pipeline import compile_model
+    from robopt_compile.quantize import QuantOptions
 
-    opts = _options(kw, backend=backend, precision=precision)
+    quant = QuantOptions(
+        calibration=calibration,
+        method=calib_method,
+        max_drop=max_accuracy_drop,
+        strict=strict,
+        metric=metric,
+        measure_sensitivity=measure_sensitivity,
+        block_size=block_size,
+        seed=kw["seed"],
+    )
+    opts = _options(kw, backend=backend, precision=precision, quant=quant)
     result = compile_model(
         kw["source"], out, opts, force=force, progress=_StageLog(not kw["as_json"])
     )
@@ -221,10 +282,30 @@ def compile_cmd(out: Path, backend: str | None, precision: str, force: bool, **k
     )
     if s:
         rows.append(("model", _summary_line(s)))
+    q = result.report.get("quantization")
+    if q:
+        rows.append(("quantization", _quant_line(q)))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
     click.echo(f"\nnext: robopt-bench {out} --runs 500")
+
+
+def _quant_line(q: dict[str, Any]) -> str:
+    f = q["final"]
+    data = q["data"]
+    line = (
+        f"{q['pass']}: held-out {q['metric']} {f['drop']:.4g} (bound {q['max_accuracy_drop']}), "
+        f"cosine {f['cosine']:.5f} on {f['samples']} held-out samples"
+    )
+    mp = q.get("mixed_precision")
+    if mp:
+        line += f"; mixed precision kept {len(mp['fp32_nodes'])} layers fp32"
+    if q.get("rolled_back"):
+        line += "; ROLLED BACK to fp32"
+    if data.get("random"):
+        line += " [random data]"
+    return line
 
 
 def _summary_line(s: dict[str, Any]) -> str:
@@ -295,6 +376,55 @@ def analyze_cmd(precision: str, top: int, **kw: Any) -> None:
         return
     click.echo(f"{kw['source']} on {profile.name} ({profile.description})")
     click.echo(analysis.format_table(facts, top=top))
+
+
+@cli.command("quant-report")
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def quant_report_cmd(bundle_dir: Path, as_json: bool, debug: bool) -> None:
+    """Per-layer quantization table of a bundle: precision, sensitivity, error contribution."""
+    from robopt_compile.bench.manifest import load_manifest
+    from robopt_compile.errors import InputError
+
+    manifest = load_manifest(bundle_dir, verify=False)
+    try:
+        report = json.loads((bundle_dir / "report.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{bundle_dir}/report.json cannot be read ({exc}).") from exc
+    q = report.get("quantization")
+    if not q:
+        raise InputError(
+            f"{bundle_dir} was compiled at {manifest['precision']} without quantization; "
+            "nothing to report."
+        )
+    if as_json:
+        click.echo(json.dumps(q, default=str))
+        return
+    click.echo(f"{bundle_dir}: {manifest['backend']} {manifest['precision']} "
+               f"(requested {q['requested_precision']}), {_quant_line(q)}")  # fmt: skip
+    if q.get("data_note"):
+        click.echo(f"note: {q['data_note']}")
+    if q.get("rolled_back"):
+        click.echo(f"rolled back: {q['rollback_reason']}")
+    click.echo(f"full quantization: held-out {q['metric']} {q['full_quantization']['drop']:.4g}")
+    layers = q.get("layers", [])
+    measured = any(r.get("sensitivity") is not None for r in layers)
+    click.echo(f"\n{'layer':<40} {'op':<10} {'precision':<9} {'sensitivity':>12} "
+               f"{'drop if only this fp32':>22}")  # fmt: skip
+    rows = sorted(layers, key=lambda r: -(r.get("sensitivity") or 0.0))
+    for r in rows:
+        sens = "" if r.get("sensitivity") is None else f"{r['sensitivity']:.4g}"
+        alone = (
+            ""
+            if r.get("drop_with_only_this_fp32") is None
+            else (f"{r['drop_with_only_this_fp32']:.4g}")
+        )
+        click.echo(f"{r['node'][:40]:<40} {r['op_type']:<10} {r['precision']:<9} {sens:>12} "
+                   f"{alone:>22}")  # fmt: skip
+    if not measured:
+        click.echo("\nsensitivity not measured (the bound was met with every layer quantized); "
+                   "recompile with --measure-sensitivity to measure it.")  # fmt: skip
 
 
 @cli.command("targets")

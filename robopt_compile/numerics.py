@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,12 +77,25 @@ def random_feeds(
 def run_onnx(
     model: ir.Model | str | os.PathLike[str],
     feeds: Mapping[str, np.ndarray],
-    threads: int = 1,
+    threads: int | None = 1,
     *,
     optimization: str = "all",
     providers: list[Any] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run ``model`` once with ONNX Runtime and return its outputs by name, in graph order.
+    """Run ``model`` once on ``feeds``; see ``run_onnx_many``."""
+    return run_onnx_many(model, [feeds], threads, optimization=optimization, providers=providers)[0]
+
+
+def run_onnx_many(
+    model: ir.Model | str | os.PathLike[str],
+    feeds_list: Sequence[Mapping[str, np.ndarray]],
+    threads: int | None = 1,
+    *,
+    optimization: str = "all",
+    providers: list[Any] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` with ONNX Runtime on each feed dict (one session) and return the outputs
+    by name, in graph order. ``threads=None`` uses ONNX Runtime's default.
 
     An ``ir.Model`` is serialized in memory; above 1 GiB of weights, or when it holds external
     tensors, it is written to a temporary folder with external data instead, so models past
@@ -96,21 +109,24 @@ def run_onnx(
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
+    so.intra_op_num_threads = threads or 0
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[optimization])
     so.log_severity_level = 3
     providers = providers or ["CPUExecutionProvider"]
 
-    def _run(source: str | bytes) -> dict[str, np.ndarray]:
+    def _run(source: str | bytes) -> list[dict[str, np.ndarray]]:
         sess = ort.InferenceSession(source, so, providers=providers)
         names = [o.name for o in sess.get_outputs()]
         wanted = {i.name for i in sess.get_inputs()}
         ro = ort.RunOptions()
         ro.log_severity_level = 3  # a failing run raises; ORT's own error log is noise
-        outs = sess.run(names, {k: v for k, v in feeds.items() if k in wanted}, ro)
-        return dict(zip(names, (np.asarray(o) for o in outs), strict=True))
+        results = []
+        for feeds in feeds_list:
+            outs = sess.run(names, {k: v for k, v in feeds.items() if k in wanted}, ro)
+            results.append(dict(zip(names, (np.asarray(o) for o in outs), strict=True)))
+        return results
 
     if isinstance(model, (str, os.PathLike)):
         return _run(os.fspath(model))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import BackendUnavailableError, CheckFailedError, InputError
+from robopt_compile.quantize import QuantOptions, needs_quantization
 
 Progress = Callable[[str, str, float], None]  # (stage, "start" | "done", seconds)
 
@@ -39,6 +40,7 @@ class CompileOptions:
     check_parity: bool = True
     seed: int = 0
     reference_inputs: Path | None = None  # .npz of real samples keyed by input name
+    quant: QuantOptions = field(default_factory=QuantOptions)
 
 
 @dataclass
@@ -101,8 +103,24 @@ def resolve_backend(profile: Any, requested: str | None):
     )
 
 
+# The hardware number format each robopt precision computes in (what a profile lists).
+HARDWARE_PRECISION = {
+    "fp32": "fp32",
+    "fp16": "fp16",
+    "bf16": "bf16",
+    "int8": "int8",
+    "int8-dynamic": "int8",
+    "int8-weight": "fp32",  # weights stored in int8/int4, dequantized to fp32 for compute
+    "int4-weight": "fp32",
+}
+
+
 def check_precision(profile: Any, backend: Any, precision: str) -> None:
-    if precision not in profile.precisions:
+    if precision not in HARDWARE_PRECISION:
+        from robopt_compile.errors import UnknownNameError
+
+        raise UnknownNameError("precision", precision, list(HARDWARE_PRECISION))
+    if HARDWARE_PRECISION[precision] not in profile.precisions:
         raise InputError(
             f"target {profile.name!r} does not support precision {precision!r}; "
             f"it supports {list(profile.precisions)}."
@@ -183,9 +201,31 @@ def compile_model(
         (getattr(p, "report", None) for p in passes if hasattr(p, "report")), None
     )
 
+    precision = opts.precision
+    tol = ENGINE_TOLERANCE.get(precision, ENGINE_TOLERANCE["fp32"])
+    quant_report = None
+    if needs_quantization(backend.name, precision):
+        from robopt_compile.quantize import quantize
+
+        with _stage(progress, "quantize", timings):
+            qres = quantize(model, backend, profile, precision, opts.threads, opts.quant, runner)
+        quant_report = qres.report
+        precision = qres.precision
+        if quant_report.get("data_note"):
+            progress(quant_report["data_note"], "note", 0.0)
+        if not quant_report.get("rolled_back"):
+            model = qres.model
+            # The engine is judged on a held-out sample against the fp32 model, with the
+            # tolerance its measured quality earned (see quantize.engine_tolerance).
+            src.reference_inputs = qres.reference_inputs
+            src.reference_outputs = qres.reference_outputs
+            tol = qres.tolerance
+        if quant_report.get("rolled_back"):
+            progress(f"rolled back to fp32: {quant_report['rollback_reason']}", "note", 0.0)
+
     with _stage(progress, "analyze", timings):
         facts = analysis.analyze(
-            model, profile, precision=opts.precision, threads=opts.threads or profile.cpu_cores
+            model, profile, precision=precision, threads=opts.threads or profile.cpu_cores
         )
 
     with bundle.staged_output(out, force) as tmp:
@@ -194,12 +234,11 @@ def compile_model(
             artifact = backend.build(
                 tmp / "model.onnx",
                 profile,
-                BuildOptions(precision=opts.precision, threads=opts.threads),
+                BuildOptions(precision=precision, threads=opts.threads),
                 tmp / "engine",
             )
         with _stage(progress, "verify", timings):
-            engine_fig = verify_engine(backend, artifact, src, opts)
-            tol = engine_fig["tolerance"]
+            engine_fig = verify_engine(backend, artifact, src, opts.threads, tol)
             if not engine_fig["passed"]:
                 bad = engine_fig["outputs"][engine_fig["output"]]
                 raise CheckFailedError(
@@ -215,6 +254,7 @@ def compile_model(
             "notes": src.notes,
             "passes": [r.to_json() for r in timing.records],
             "simplify": simplify_report,
+            "quantization": quant_report,
             "stage_seconds": {k: round(v, 4) for k, v in timings.items()},
             "summary": facts.get("summary", {}),
         }
@@ -236,7 +276,8 @@ def compile_model(
                 "description": profile.description,
             },
             "backend": backend.name,
-            "precision": opts.precision,
+            "precision": precision,
+            "requested_precision": opts.precision,
             "engine": {"dir": "engine", **artifact.to_json()},
             "files": bundle.hash_tree(tmp),
             "tool_versions": bundle.tool_versions(),
@@ -264,16 +305,17 @@ def _opset(model: Any) -> int | None:
     return model.opset_imports.get("")
 
 
-def verify_engine(backend: Any, artifact: Any, src: Any, opts: CompileOptions) -> dict[str, Any]:
+def verify_engine(
+    backend: Any, artifact: Any, src: Any, threads: int | None, tol: dict[str, float]
+) -> dict[str, Any]:
     """Run the built engine on the reference inputs and judge it against the source's outputs.
 
     Same rule (``numerics.judge``) and tolerance that ``robopt-bench`` applies on the robot.
     """
     from robopt_compile.numerics import judge
 
-    with backend.runner(artifact, threads=opts.threads) as r:
+    with backend.runner(artifact, threads=threads) as r:
         got = r.infer(src.reference_inputs)
-    tol = ENGINE_TOLERANCE.get(opts.precision, ENGINE_TOLERANCE["fp32"])
     verdict = judge(src.reference_outputs, got, tol)
     verdict["inputs"] = "bundle reference inputs (not used during export)"
     return verdict

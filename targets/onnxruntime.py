@@ -69,7 +69,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     runtime_module = "onnxruntime"
     pip_extra = "onnxruntime"
-    precisions = ("fp32",)
+    # Quantized precisions arrive as Q/DQ, MatMulNBits or fp16 graphs made by the quantize
+    # passes; the build itself is the same for all of them.
+    precisions = ("fp32", "fp16", "int8", "int8-dynamic", "int8-weight", "int4-weight")
 
     def build(
         self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path

@@ -18,7 +18,15 @@ from robopt_compile.errors import BuildError
 from robopt_compile.targets.base import Artifact, Backend, BuildOptions, Runner
 
 # robopt precision -> OpenVINO inference precision hint
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# Quantized graphs (NNCF Q/DQ, compressed weights) run their int8 parts in int8 whatever the
+# hint; the hint decides the precision of everything else.
+PRECISION_HINTS = {
+    "fp32": "f32",
+    "bf16": "bf16",
+    "int8": "f32",
+    "int8-weight": "f32",
+    "int4-weight": "f32",
+}
 
 
 class OpenVinoRunner(Runner):
@@ -65,7 +73,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     runtime_module = "openvino"
     pip_extra = "openvino"
-    precisions = ("fp32", "bf16")
+    precisions = tuple(PRECISION_HINTS)
 
     def build(
         self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path

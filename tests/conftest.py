@@ -63,6 +63,15 @@ TINY_POLICY = textwrap.dedent(
         return StarArgs(), (torch.rand(1, 3),)
 
 
+    def make_mlp():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(
+            torch.nn.Linear(12, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+            torch.nn.Linear(64, 3),
+        ).eval()
+        return m, {"input": torch.randn(1, 12)}
+
+
     def make_wrong_names():
         m, ins = make_tiny()
         return m, {"img": ins["image"], "state": ins["state"]}

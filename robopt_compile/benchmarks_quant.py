@@ -1,0 +1,283 @@
+"""The quantization part of ``make bench``: model x precision x backend, against the vendor
+recipes a user would otherwise run, measured in one run, 1 thread, on held-out inputs.
+
+Data: the zoo has random weights and no dataset yet (trained policies come with the evaluation
+issue), so calibration uses 64 synthetic samples from each model's input distribution (images
+uniform in [0, 1], proprioception standard normal), split by robopt into calibration and
+held-out parts. Every error figure is on the held-out part, against torch fp32.
+
+Baselines (each tool's documented default recipe):
+  nncf+OV default   nncf.quantize(OpenVINO model, calibration) then compile_model with no
+                    options (bf16 for the non-quantized parts on AMX/AVX-512-BF16 CPUs)
+  ORT QDQ all ops   onnxruntime.quantization.quantize_static(QDQ, per-channel) with no op
+                    restriction: what ANCHORS.md says collapses transformers
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CASES: tuple[tuple[str, str, str], ...] = (
+    ("visuomotor-cnn", "onnxruntime", "int8"),
+    ("visuomotor-cnn", "openvino", "int8"),
+    ("act-policy", "onnxruntime", "int8"),
+    ("act-policy", "openvino", "int8"),
+    ("act-policy", "onnxruntime", "int4-weight"),
+    ("act-policy", "openvino", "int4-weight"),
+    ("state-mlp", "onnxruntime", "int8-dynamic"),
+)
+SAMPLES = 64
+
+
+def synthetic_calibration(name: str, path: Path, n: int = SAMPLES, seed: int = 7) -> Path:
+    from robopt_compile.zoo import load_zoo
+
+    _, examples = load_zoo(name)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for k, v in examples.items():
+        shape = (n, *tuple(v.shape))
+        if k == "image":
+            arrays[k] = rng.random(shape, dtype=np.float32)
+        else:
+            arrays[k] = rng.standard_normal(shape, dtype=np.float32)
+    np.savez(path, **arrays)
+    return path
+
+
+def _median_ms(fns: dict[str, Callable[[], Any]], rounds: int, per_round: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        for _ in range(5):
+            fn()
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(per_round):
+                t = time.perf_counter_ns()
+                fn()
+                samples[k].append((time.perf_counter_ns() - t) / 1e6)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _holdout(calib: Path, report: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    data = np.load(calib)
+    idx = [int(re.search(r"\[(\d+)\]$", i).group(1)) for i in report["data"]["holdout_ids"]]
+    return [{k: data[k][i] for k in data.files} for i in idx]
+
+
+def _weight_bytes(onnx_path: Path) -> int:
+    from robopt_compile import ir as rir
+
+    return rir.weight_bytes(rir.load(onnx_path))
+
+
+def bench_quant(workdir: Path, rounds: int, per_round: int, log: Callable[[str], None]) -> dict:
+    import onnxruntime as ort
+    import openvino as ov
+    import torch
+
+    from robopt_compile import ir as rir
+    from robopt_compile.accuracy import accuracy_figures
+    from robopt_compile.frontend import export_torch
+    from robopt_compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.quantize import QuantOptions
+    from robopt_compile.targets import Artifact, get_backend
+    from robopt_compile.zoo import load_zoo
+
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    baselines: list[dict[str, Any]] = []
+    models = sorted({c[0] for c in CASES})
+    for name in models:
+        log(f"[bench] quantization: {name}")
+        calib = synthetic_calibration(name, workdir / f"{name}-calib.npz")
+        module, examples = load_zoo(name)
+        plain = workdir / f"{name}-plain.onnx"
+        out_names = list(getattr(module, "output_names", ["output"]))
+        rir.save(export_torch(module, examples, out_names)[0], plain)
+        fp32_bytes = _weight_bytes(plain)
+        built = {}
+        for _, backend, precision in (c for c in CASES if c[0] == name):
+            out = workdir / f"{name}-{backend}-{precision}"
+            t = time.perf_counter()
+            res = compile_model(
+                f"zoo:{name}",
+                out,
+                CompileOptions(
+                    backend=backend,
+                    precision=precision,
+                    threads=1,
+                    quant=QuantOptions(calibration=str(calib)),
+                ),
+                force=True,
+            )
+            built[(backend, precision)] = (out, res, time.perf_counter() - t)
+        first_report = next(iter(built.values()))[1].report["quantization"]
+        holdout = _holdout(calib, first_report)
+        with torch.no_grad():
+            ref = [
+                dict(
+                    zip(
+                        out_names,
+                        _as_list(module(**{k: torch.from_numpy(v) for k, v in s.items()})),
+                        strict=True,
+                    )
+                )
+                for s in holdout
+            ]
+        ref = [{k: v.numpy() for k, v in r.items()} for r in ref]
+        feeds = holdout[0]
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        fns: dict[str, Callable[[], Any]] = {}
+        outs: dict[str, list[dict[str, np.ndarray]]] = {}
+        t_in = {k: torch.from_numpy(v) for k, v in feeds.items()}
+
+        def eager(t_in: dict = t_in, module: Any = module) -> Any:
+            with torch.no_grad():
+                return module(**t_in)
+
+        fns["torch eager fp32"] = eager
+        runners = []
+        for (backend, precision), (out, res, secs) in built.items():
+            m = res.manifest
+            art = Artifact.from_json(m["engine"], out / m["engine"]["dir"])
+            r = get_backend(backend).runner(art, threads=1).__enter__()
+            runners.append(r)
+            key = f"robopt {backend} {m['precision']}"
+            fns[key] = r.bind(feeds)
+            outs[key] = [r.infer(s) for s in holdout]
+            q = res.report["quantization"]
+            rows.append(
+                {
+                    "model": name,
+                    "backend": backend,
+                    "requested": precision,
+                    "precision": m["precision"],
+                    "key": key,
+                    "weight_bytes": _weight_bytes(out / "model.onnx"),
+                    "fp32_weight_bytes": fp32_bytes,
+                    "compile_s": secs,
+                    "rolled_back": q["rolled_back"],
+                    "fp32_layers": len((q.get("mixed_precision") or {}).get("fp32_nodes", [])),
+                    "quantized_layers": len(q.get("layers", [])),
+                    "pass": q["pass"],
+                }
+            )
+        if name == "visuomotor-cnn":
+            import nncf
+
+            data = list(_holdout_free(calib, first_report))
+            ov_model = ov.Core().read_model(str(plain))
+            qov = nncf.quantize(ov_model, nncf.Dataset(data))
+            compiled = ov.Core().compile_model(qov, "CPU", {"INFERENCE_NUM_THREADS": 1})
+            req = compiled.create_infer_request()
+            for i, inp in enumerate(compiled.inputs):
+                req.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(feeds[inp.get_any_name()])))
+            fns["nncf+OV default"] = req.infer
+            names = [o.get_any_name() for o in compiled.outputs]
+            outs["nncf+OV default"] = [
+                {n: np.array(v) for n, v in zip(names, compiled(s).values(), strict=True)}
+                for s in holdout
+            ]
+            baselines.append({"model": name, "key": "nncf+OV default"})
+        if name == "act-policy":
+            from onnxruntime.quantization import (
+                CalibrationDataReader,
+                QuantFormat,
+                QuantType,
+                quantize_static,
+            )
+
+            data = list(_holdout_free(calib, first_report))
+
+            class Reader(CalibrationDataReader):
+                def __init__(self, data: list = data) -> None:
+                    self.it = iter(data)
+
+                def get_next(self) -> Any:
+                    return next(self.it, None)
+
+            qpath = workdir / f"{name}-ort-all-ops.onnx"
+            quantize_static(str(plain), str(qpath), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8)  # fmt: skip
+            sess = ort.InferenceSession(str(qpath), so, providers=["CPUExecutionProvider"])
+            fns["ORT QDQ all ops"] = lambda s=sess, f=feeds: s.run(None, f)
+            outs["ORT QDQ all ops"] = [
+                dict(zip(out_names, sess.run(None, s), strict=True)) for s in holdout
+            ]
+            baselines.append({"model": name, "key": "ORT QDQ all ops"})
+        lat = _median_ms(fns, rounds, per_round)
+        for r in runners:
+            r.__exit__(None, None, None)
+        eager_ms = lat["torch eager fp32"]
+        for row in [*rows, *baselines]:
+            if row["model"] != name:
+                continue
+            row["p50_ms"] = lat[row["key"]]
+            row["speedup_vs_eager"] = eager_ms / lat[row["key"]]
+            fig = accuracy_figures(ref, outs[row["key"]])
+            row["cosine"] = fig["cosine"]
+            row["relative_l2"] = fig["relative_l2"]
+            row["eager_ms"] = eager_ms
+    return {"rows": rows, "baselines": baselines, "samples": SAMPLES}
+
+
+def _as_list(out: Any) -> list[Any]:
+    import torch
+
+    return [out] if isinstance(out, torch.Tensor) else list(out)
+
+
+def _holdout_free(calib: Path, report: dict[str, Any]):
+    """The calibration part of robopt's split, so baselines calibrate on the same samples."""
+    data = np.load(calib)
+    idx = [int(re.search(r"\[(\d+)\]$", i).group(1)) for i in report["data"]["calibration_ids"]]
+    for i in idx:
+        yield {k: data[k][i] for k in data.files}
+
+
+def report_lines(q: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Quantization (issue 3): model x precision x backend",
+        "",
+        f"Calibration: {q['samples']} synthetic samples per model from its input distribution "
+        "(no dataset for the random-weight zoo yet), split by robopt into calibration and "
+        "held-out parts; baselines calibrate on the same calibration part. Errors are on the "
+        "held-out part vs torch fp32 (all outputs): relative L2 and cosine. Weights: bytes of "
+        "the ONNX initializers vs the fp32 export.",
+        "",
+        "| model | engine | p50 ms | vs eager | weights vs fp32 | held-out rel. L2 | cosine | "
+        "notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in q["rows"]:
+        notes = []
+        if r.get("rolled_back"):
+            notes.append("rolled back to fp32 (bound broken)")
+        if r.get("fp32_layers"):
+            notes.append(f"mixed precision: {r['fp32_layers']}/{r['quantized_layers']} layers fp32")
+        notes.append(f"pass {r['pass']}, compile {r['compile_s']:.0f} s")
+        lines.append(
+            f"| {r['model']} | {r['key']} | {r['p50_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
+            f"{r['weight_bytes'] / r['fp32_weight_bytes']:.2f}x | {r['relative_l2']:.4f} | "
+            f"{r['cosine']:.5f} | {'; '.join(notes)} |"
+        )
+    for b in q["baselines"]:
+        lines.append(
+            f"| {b['model']} | {b['key']} (baseline) | {b['p50_ms']:.3f} | "
+            f"{b['speedup_vs_eager']:.2f}x | | {b['relative_l2']:.4f} | {b['cosine']:.5f} | "
+            "vendor recipe |"
+        )
+    lines += ["", "torch eager fp32 p50 per model: " + ", ".join(
+        sorted({f"{r['model']} {r['eager_ms']:.2f} ms" for r in q["rows"]})) + "."]  # fmt: skip
+    return [*lines, ""]
