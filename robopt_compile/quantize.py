@@ -32,6 +32,9 @@ PLAN: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
 CALIBRATED = {"int8"}
 # Precisions whose Q/DQ graph supports per-layer mixed precision by graph surgery.
 MIXED = {"int8"}
+# Options a quantizer needs for that surgery to be exact (NNCF's SmoothQuant rescales weights,
+# so a layer put back in fp32 would not compute what the fp32 model does).
+SURGERY_OPTIONS: dict[str, dict[str, Any]] = {"int8-nncf": {"smooth_quant": False}}
 DEFAULT_MAX_DROP = 0.01  # relative L2 action error on held-out data
 RANDOM_HOLDOUT = 16  # samples when no --calibration is given for a data-free precision
 
@@ -178,6 +181,14 @@ def quantize(
         "full_quantization": _brief(full),
     }
     final_model, final_fig, layers = qmodel, full, []
+    retry = SURGERY_OPTIONS.get(pass_name)
+    if precision in MIXED and retry and (full["drop"] > bound or opts.measure_sensitivity):
+        qpass = cls(**kwargs, **retry)
+        qmodel = runner.run([qpass], model)
+        full = evaluator.score(qmodel)
+        report["surgery_requantization"] = {"options": retry, "figures": _brief(full)}
+        report["pass_report"] = getattr(qpass, "report", {})
+        final_model, final_fig = qmodel, full
     if precision in MIXED and full["drop"] > bound:
         res = search(qmodel, model, evaluator.score, bound, full_figures=full, progress=progress)
         if res.met:

@@ -42,10 +42,12 @@ FORWARDING_OPS = frozenset({
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16})
 # Models with more weight bytes than this are written by the quantizer with external data.
 EXTERNAL_DATA_LIMIT = 1 << 30
-# Entropy calibration's histogram bins and quantized bins (TensorRT's entropy calibrator uses
-# 2048 and 128). quantize_static cannot pass them on, and with its defaults (128 and 128) the
-# KL search has a single candidate, the full range: "entropy" silently equals MinMax.
-ENTROPY_BINS = (2048, 128)
+# Entropy calibration: histogram bins over [-max|x|, max|x|], and the levels each candidate
+# window is quantized to. quantize_static cannot set them, and with its defaults (128, 128)
+# the KL search has one candidate, the full range: its "entropy" silently equals MinMax.
+# 2048/256 is 128 levels a side on 1024 bins a side: the int8 resolution of TensorRT's entropy
+# calibrator (2048 bins of |x|, 128 levels) at half its threshold resolution.
+ENTROPY_BINS = (2048, 256)
 
 
 def prepare(model: ir.Model) -> ir.Model:

@@ -73,6 +73,9 @@ class NncfInt8Pass(QuantizePass):
             attention (a Softmax feeding a MatMul of two activations) and says so in the report.
         subset_size: How many calibration samples NNCF uses at most.
         fast_bias_correction: Correct the shift quantization puts into each layer's bias.
+        smooth_quant: Let transformer mode apply SmoothQuant (rescales weights and activations).
+            robopt's mixed-precision search turns it off: keeping a layer in fp32 by graph
+            surgery needs weights that are only rounded, not rescaled.
     """
 
     name = "int8-nncf"
@@ -86,6 +89,7 @@ class NncfInt8Pass(QuantizePass):
         model_type: str | None = None,
         subset_size: int = 300,
         fast_bias_correction: bool = True,
+        smooth_quant: bool = True,
     ) -> None:
         super().__init__(calibration, exclude_nodes)
         if preset not in PRESETS:
@@ -100,6 +104,7 @@ class NncfInt8Pass(QuantizePass):
         self.model_type = model_type
         self.subset_size = subset_size
         self.fast_bias_correction = fast_bias_correction
+        self.smooth_quant = smooth_quant
 
     def quantizable_nodes(self, model: ir.Model) -> list[str]:
         """Nodes of NNCF's linear metatypes (Conv, ConvTranspose, Gemm, MatMul, ...) that depend
@@ -160,6 +165,15 @@ class NncfInt8Pass(QuantizePass):
             "fast_bias_correction": self.fast_bias_correction,
             "model_type": nncf.ModelType.TRANSFORMER if model_type else None,
         }
+        if not self.smooth_quant:
+            from nncf.quantization.advanced_parameters import (
+                AdvancedQuantizationParameters,
+                AdvancedSmoothQuantParameters,
+            )
+
+            kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1)
+            )
         if ignored := [n for n in self.exclude_nodes if n not in folded]:
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=ignored)
         start = time.perf_counter()
@@ -201,6 +215,7 @@ class NncfInt8Pass(QuantizePass):
             "fast_bias_correction": self.fast_bias_correction,
             "calibration_samples": len(feeds),
             "subset_size": kwargs["subset_size"],
+            "smooth_quant": self.smooth_quant,
             "seconds": round(seconds, 3),
             "quantized_nodes": quantized,
             "left_float_by_nncf": [

@@ -26,6 +26,11 @@ only 9 of the CNN's 20 Convs become QLinearConv, the rest and the residual Adds 
 behind DequantizeLinear, and the model is barely faster than fp32 (ACT: slower). On CPUs
 without VNNI ORT's guidance adds ``reduce_range``; robopt's x86 profiles all have VNNI.
 
+Calibration: MinMax is the default. ``quantize_static``'s own entropy method is MinMax in
+disguise (see ``_ort_common.ENTROPY_BINS``); with working bins it clips the tails that these
+random-weight models' outputs depend on: centred cosine CNN 0.861, ACT 0.402 (MinMax 0.984,
+0.931), after 40-165 s of calibration. Percentile 99.999: 0.980 and 0.925.
+
 Transformer-safe placement (``transformer_safe=True``, the default), built rule by rule on
 ``act-policy`` (same protocol, 8 held-out inputs, another run; fp32 32.6 ms):
 

@@ -204,7 +204,9 @@ class TensorRTInt8Pass(QuantizePass):
         self.method = method
         self.percentile = percentile
 
-    def _plan(self, model: ir.Model) -> tuple[list[str], dict[str, str], dict[str, int]]:
+    def _plan(
+        self, model: ir.Model, exclude: Sequence[str]
+    ) -> tuple[list[str], dict[str, str], dict[str, int]]:
         """(Conv/Gemm/MatMul and pooling nodes to quantize, nodes left float with reasons,
         residual Adds)."""
         from robopt_compile.passes.analysis.flops import infer_static_shapes
@@ -226,13 +228,13 @@ class TensorRTInt8Pass(QuantizePass):
                 targets.append(node.name)
             else:
                 skipped[node.name] = reason
-        kept = set(targets) - set(self.exclude_nodes)
+        kept = set(targets) - set(exclude)
         residual = residual_adds(model, kept)
         pools = pooling_nodes(model, kept | set(residual))
         return [*targets, *pools], skipped, residual
 
     def quantizable_nodes(self, model: ir.Model) -> list[str]:
-        targets, _, residual = self._plan(common.prepare(model))
+        targets, _, residual = self._plan(common.prepare(model), ())
         return [*targets, *residual]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -246,7 +248,7 @@ class TensorRTInt8Pass(QuantizePass):
         work = common.prepare(model)
         reader = common.calibration_reader(self.calibration, work, self.name)
         common.check_exclude(self.exclude_nodes, work, self.name)
-        targets, skipped, residual = self._plan(work)
+        targets, skipped, residual = self._plan(work, self.exclude_nodes)
         by_name = common.nodes_by_name(work)
         wanted = [n for n in [*targets, *residual] if n not in self.exclude_nodes]
         if not any(by_name[n].op_type in WEIGHTED_OPS for n in wanted):

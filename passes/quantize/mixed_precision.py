@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from robopt_compile.errors import PassError
@@ -42,9 +43,7 @@ def quantized_compute_nodes(model: ir.Model) -> list[str]:
     return names
 
 
-def dequantize_nodes(
-    qmodel: ir.Model, float_model: ir.Model, names: Iterable[str]
-) -> ir.Model:
+def dequantize_nodes(qmodel: ir.Model, float_model: ir.Model, names: Iterable[str]) -> ir.Model:
     """A copy of ``qmodel`` with the nodes ``names`` computing in floating point again."""
     from onnx_ir.passes.common import RemoveUnusedNodesPass
 
@@ -64,15 +63,18 @@ def dequantize_nodes(
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             src = dq.inputs[0]
-            # fp32 weights from the source model where the same node has a constant input
-            if ref is not None and i < len(ref.inputs) and ref.inputs[i] is not None:
-                fv = ref.inputs[i]
-                if fv.const_value is not None:
-                    new = ir.Value(name=f"{node.name}_fp32_in{i}", const_value=fv.const_value)
-                    new.shape, new.type = fv.shape, fv.type
-                    model.graph.register_initializer(new)
-                    node.replace_input_with(i, new)
-                    continue
+            if src is not None and src.const_value is not None:
+                # A quantized weight: use the fp32 source's tensor when the quantizer only
+                # rounded it; keep the dequantized values when it also rescaled it (NNCF's
+                # SmoothQuant moves scales between activations and weights).
+                fv = None
+                if ref is not None and i < len(ref.inputs) and ref.inputs[i] is not None:
+                    fv = ref.inputs[i] if ref.inputs[i].const_value is not None else None
+                tensor = _float_weight(dq, fv)
+                new = ir.Value(name=f"{node.name}_fp32_in{i}", const_value=tensor)
+                model.graph.register_initializer(new)
+                node.replace_input_with(i, new)
+                continue
             q = src.producer() if src is not None else None
             if q is not None and q.op_type == "QuantizeLinear":
                 # bypass the activation's Q/DQ pair
@@ -96,6 +98,35 @@ def dequantize_nodes(
         )
     RemoveUnusedNodesPass()(model)
     return model
+
+
+def _dequantized(dq: ir.Node) -> np.ndarray:
+    """The float values a constant DequantizeLinear produces (per-tensor or per-axis)."""
+    x = dq.inputs[0].const_value.numpy().astype(np.float64)
+    scale = dq.inputs[1].const_value.numpy().astype(np.float64)
+    zp = (
+        dq.inputs[2].const_value.numpy().astype(np.float64)
+        if len(dq.inputs) > 2 and dq.inputs[2] is not None and dq.inputs[2].const_value is not None
+        else np.zeros_like(scale)
+    )
+    if scale.ndim == 1 and x.ndim > 1:
+        axis = dq.attributes.get_int("axis", 1) % x.ndim
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (x - zp) * scale
+
+
+def _float_weight(dq: ir.Node, source: ir.Value | None) -> ir.TensorProtocol:
+    """The source's fp32 weight if the quantized one is just its rounding, else dequantized."""
+    deq = _dequantized(dq)
+    if source is not None:
+        src = source.const_value.numpy()
+        step = float(np.max(np.abs(dq.inputs[1].const_value.numpy())))
+        if src.shape == deq.shape and np.all(np.abs(src - deq) <= 0.51 * step + 1e-12):
+            return source.const_value
+    dtype = dq.outputs[0].dtype.numpy() if dq.outputs[0].dtype is not None else np.float32
+    return ir.tensor(deq.astype(dtype))
 
 
 # Activations a quantizer may drop because an unsigned Q clips at zero (ORT's QDQ quantizer

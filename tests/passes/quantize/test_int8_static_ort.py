@@ -255,6 +255,18 @@ def test_other_calibration_methods(cnn: ir.Model, method: str) -> None:
     assert cosine_vs_fp32(cnn, out, feeds(cnn, 2, seed=2)) > 0.99
 
 
+def test_entropy_is_not_minmax_in_disguise(cnn: ir.Model) -> None:
+    # quantize_static's entropy defaults (128 bins, 128 levels) leave one candidate range, the
+    # full one; the pass calibrates with ENTROPY_BINS itself so the method means something.
+    def scale(model: ir.Model) -> float:
+        return float(model.graph.node("c3_node").inputs[0].producer().inputs[1].const_value.numpy())
+
+    calib = feeds(cnn, 4, seed=1)
+    minmax = OrtStaticInt8Pass(calib)(cnn).model
+    entropy = OrtStaticInt8Pass(calib, method="entropy")(cnn).model
+    assert scale(entropy) < 0.9 * scale(minmax)
+
+
 def test_external_data_in_and_out(cnn: ir.Model, tmp_path, monkeypatch) -> None:
     path = tmp_path / "cnn.onnx"
     ir.save(cnn, path, external_data="cnn.onnx.data", size_threshold_bytes=0)
