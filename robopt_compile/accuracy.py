@@ -70,8 +70,16 @@ def accuracy_figures(
             agree = float(
                 np.mean(np.concatenate([(a == b).ravel() for a, b in zip(ra, ca, strict=True)]))
             )
+        # Centred: both sides minus the fp32 mean over the samples, so the figure measures the
+        # input-dependent part of the output (a constant bias makes plain cosine look perfect).
+        mean = np.mean([np.asarray(s[name], np.float64) for s in reference], axis=0).ravel()
+        reps = len(reference)
+        rc, cc = r - np.tile(mean, reps), c - np.tile(mean, reps)
+        nrc, ncc = float(np.linalg.norm(rc)), float(np.linalg.norm(cc))
+        centred = float(rc @ cc / (nrc * ncc)) if nrc and ncc else None
         per_output[name] = {
             "cosine": cosine,
+            "centred_cosine": centred,
             "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
             "relative_l2": float(np.linalg.norm(diff) / nr) if nr else float(np.linalg.norm(diff)),
             "argmax_agreement": agree,
@@ -82,6 +90,10 @@ def accuracy_figures(
     fig: dict[str, Any] = {
         "samples": len(reference),
         "cosine": min((o["cosine"] for o in per_output.values()), default=1.0),
+        "centred_cosine": min(
+            (o["centred_cosine"] for o in per_output.values() if o["centred_cosine"] is not None),
+            default=None,
+        ),
         "max_abs": max((o["max_abs"] for o in per_output.values()), default=0.0),
         "relative_l2": rel_l2,
         "per_output": per_output,

@@ -225,7 +225,10 @@ def compile_model(
 
     with _stage(progress, "analyze", timings):
         facts = analysis.analyze(
-            model, profile, precision=precision, threads=opts.threads or profile.cpu_cores
+            model,
+            profile,
+            precision=HARDWARE_PRECISION[precision],
+            threads=opts.threads or profile.cpu_cores,
         )
 
     with bundle.staged_output(out, force) as tmp:

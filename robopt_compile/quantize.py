@@ -244,6 +244,15 @@ def quantize(
 def _brief(fig: dict[str, Any]) -> dict[str, Any]:
     return {
         k: fig[k]
-        for k in ("drop", "metric", "cosine", "max_abs", "relative_l2", "samples", "holdout_ids")
+        for k in (
+            "drop",
+            "metric",
+            "cosine",
+            "centred_cosine",
+            "max_abs",
+            "relative_l2",
+            "samples",
+            "holdout_ids",
+        )
         if k in fig
     } | {"per_output": fig.get("per_output")}

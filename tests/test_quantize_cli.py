@@ -153,6 +153,20 @@ def test_mixed_precision_meets_a_tight_bound(policy_dir, calib_npz, tmp_path, ca
     assert json.loads(text)["mixed_precision"]["met"] is True
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int4_weight_only(policy_dir, tmp_path, capsys, backend):
+    out = tmp_path / "w4"
+    code, _, err = run_cli(["tiny_policies:make_mlp", "-b", backend, "--precision", "int4-weight",
+                            "--max-accuracy-drop", "0.5", "-o", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    m, q = manifest(out), report(out)["quantization"]
+    assert m["precision"] == "int4-weight" and not q["rolled_back"]
+    assert q["data"]["random"] is True and "random held-out" in q["data_note"]
+    ops = {n.op_type for n in __import__("onnx").load(out / "model.onnx").graph.node}
+    assert "MatMulNBits" in ops
+    assert m["parity"]["engine"]["passed"] is True
+
+
 def test_dynamic_int8_refuses_conv_nets(policy_dir, tmp_path, capsys):
     code, _, err = run_cli(["tiny_policies:make_tiny", "--precision", "int8-dynamic", "-o",
                             str(tmp_path / "d")], capsys)  # fmt: skip

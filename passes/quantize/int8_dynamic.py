@@ -37,7 +37,7 @@ from robopt_compile.passes.quantize.base import QuantizePass
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 # Measured on visuomotor-cnn (module docstring): ConvInteger time / fp32 Conv time.
 CONV_INTEGER_SLOWDOWN = 6.2
-HINT = "exclude the node it names with exclude_nodes, or use int8-static-ort"
+HINT = "exclude the node it names, or use static int8 (--precision int8 --calibration ...)"
 
 
 def conv_mac_share(model: ir.Model) -> float | None:
@@ -94,7 +94,7 @@ class DynamicInt8Pass(QuantizePass):
             raise PassError(
                 f"{self.name} does not quantize {', '.join(conv)}: ONNX Runtime runs the "
                 f"resulting ConvInteger {CONV_INTEGER_SLOWDOWN}x slower than fp32 Conv on x86; "
-                "use int8-static-ort for convolutions."
+                "use static int8 (--precision int8 with --calibration) for convolutions."
             )
         if not 0.0 <= max_conv_mac_share <= 1.0:
             raise InputError(f"max_conv_mac_share must be in [0, 1], got {max_conv_mac_share}.")
@@ -127,7 +127,7 @@ class DynamicInt8Pass(QuantizePass):
                 f"{self.name} refused: this is a conv net (Conv holds {held} of its MACs, limit "
                 f"{self.max_conv_mac_share:.0%}), and dynamic INT8 leaves Conv in fp32 "
                 f"(ConvInteger runs {CONV_INTEGER_SLOWDOWN}x slower than fp32 Conv here); "
-                "use int8-static-ort."
+                "use static int8 (--precision int8 with --calibration)."
             )
         wanted = [n for n in self._targets(work) if n not in self.exclude_nodes]
         if not wanted:

@@ -210,6 +210,26 @@ def test_transformer_safe_keeps_softmax_norm_mask_residual_float(layer_quantized
     assert cosine_vs_fp32(build(TRANSFORMER, 2), out, feeds(out, 4, seed=2)) > 0.995
 
 
+def test_residual_add_into_a_decomposed_layernorm_stays_float() -> None:
+    text = """
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[1,8,32] x, float[32,32] W, float[32] b) => (float[1,8,32] y) {
+      m0 = MatMul(x, W)
+      m = Add(m0, b)
+      h = Add(x, m)
+      mu = ReduceMean<axes = [-1]>(h)
+      c = Sub(h, mu)
+      y = Mul(c, c)
+    }
+    """
+    model = build(text, 1)
+    p = OrtStaticInt8Pass(feeds(model, 4, seed=1))
+    out = p(model).model
+    reasons = {e["name"]: e["reason"] for e in p.report["excluded_nodes"]}
+    assert "LayerNorm (ReduceMean/Sub)" in reasons["h_node"]
+    assert dq_inputs(out, "h_node") == [] and dq_inputs(out, "m0_node") == [0, 1]
+
+
 def test_all_ops_placement_quantizes_softmax(layer: ir.Model) -> None:
     p = OrtStaticInt8Pass(feeds(layer, 8, seed=1), transformer_safe=False)
     out = p(layer).model
@@ -247,15 +267,21 @@ def test_unnamed_nodes_get_report_names() -> None:
     assert dq_inputs(out, "Conv_0") == [] and dq_inputs(out, "Conv_3") == [0, 1, 2]
 
 
+@pytest.fixture
+def fast_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer histogram bins: the KL search costs ~1 s a tensor at the default 2048."""
+    monkeypatch.setattr(_ort_common, "ENTROPY_BINS", (512, 256))
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
-def test_other_calibration_methods(cnn: ir.Model, method: str) -> None:
+def test_other_calibration_methods(cnn: ir.Model, method: str, fast_entropy: None) -> None:
     p = OrtStaticInt8Pass(feeds(cnn, 4, seed=1), method=method, percentile=99.9)
     out = p(cnn).model
     assert p.report["method"] == method
     assert cosine_vs_fp32(cnn, out, feeds(cnn, 2, seed=2)) > 0.99
 
 
-def test_entropy_is_not_minmax_in_disguise(cnn: ir.Model) -> None:
+def test_entropy_is_not_minmax_in_disguise(cnn: ir.Model, fast_entropy: None) -> None:
     # quantize_static's entropy defaults (128 bins, 128 levels) leave one candidate range, the
     # full one; the pass calibrates with ENTROPY_BINS itself so the method means something.
     def scale(model: ir.Model) -> float:

@@ -13,6 +13,7 @@ import pytest
 from robopt_compile.errors import PassError
 from robopt_compile.numerics import compare, run_onnx
 from robopt_compile.passes import get_pass_class
+from robopt_compile.passes.quantize import _ort_common
 from robopt_compile.passes.quantize.int8_static_trt import TensorRTInt8Pass
 
 # Residual CNN: a basic block whose skip comes from the MaxPool, a downsampling block whose
@@ -201,7 +202,8 @@ def test_numerics_vs_fp32(cnn: ir.Model, cnn_quantized) -> None:
     assert cosine_vs_fp32(cnn, out, feeds(cnn, 4, seed=2)) > 0.999
 
 
-def test_transformer_placement() -> None:
+def test_transformer_placement(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ort_common, "ENTROPY_BINS", (512, 256))  # 2048: ~1 s a tensor
     model = build(TRANSFORMER, 1)
     p = TensorRTInt8Pass(feeds(model, 8, seed=1), method="entropy")
     out = p(model).model
