@@ -13,8 +13,6 @@ returns the drop (larger is worse), e.g. a task-specific action-space error.
 
 from __future__ import annotations
 
-import importlib
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,26 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.errors import InputError
-
 Sample = dict[str, np.ndarray]
 Metric = Callable[[list[Sample], list[Sample], list[Sample]], float]
 
 
 def load_metric(spec: str) -> Metric:
     """Import ``module:function`` (cwd on sys.path) as a user accuracy metric."""
-    mod_name, sep, fn_name = spec.partition(":")
-    if not sep or not mod_name or not fn_name:
-        raise InputError(f"--metric {spec!r}: expected package.module:function.")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except Exception as exc:
-        raise InputError(f"--metric {spec}: cannot load it ({type(exc).__name__}: {exc}).") from exc
-    if not callable(fn):
-        raise InputError(f"--metric {spec} is not callable.")
-    return fn
+    from robopt_compile.userimport import import_callable
+
+    return import_callable(spec, "--metric")
 
 
 def accuracy_figures(

@@ -12,10 +12,7 @@ Sources (``spec``): a folder of ``.npy``/``.npz`` files (one sample per file), a
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import itertools
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +24,10 @@ import numpy as np
 from robopt_compile.errors import InputError
 from robopt_compile.frontend import check_feeds_match, load_npz_inputs
 from robopt_compile.ir import TensorSpec
+from robopt_compile.userimport import brief as _brief
+from robopt_compile.userimport import cwd_on_path as _cwd_on_path
+from robopt_compile.userimport import import_callable
+from robopt_compile.userimport import is_callable_ref as _is_callable_ref
 
 Sample = dict[str, np.ndarray]
 
@@ -239,22 +240,8 @@ def _array_file_source(path: Path, specs: list[TensorSpec]) -> tuple[list[str], 
 
 
 def _callable_source(spec: str, max_samples: int | None) -> tuple[list[str], Getter]:
-    mod_name, _, fn_name = spec.partition(":")
-    with _cwd_on_path():
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise InputError(
-                f"calibration {spec}: cannot import {mod_name!r} ({exc}). Run from the folder "
-                "that holds it or install it."
-            ) from exc
-        except Exception as exc:  # the user's module raised (or has a syntax error) on import
-            raise InputError(
-                f"calibration {spec}: importing {mod_name!r} raised {_brief(exc)}. Fix the module."
-            ) from exc
-        fn = getattr(mod, fn_name, None)
-        if not callable(fn):
-            raise InputError(f"calibration {spec}: {mod_name} has no callable {fn_name!r}.")
+    fn = import_callable(spec, "calibration")
+    with _cwd_on_path():  # a generator may import lazily while it is iterated
         try:
             result = fn()
             if isinstance(result, Mapping):
@@ -380,27 +367,3 @@ def _single_input(specs: list[TensorSpec], path: Path) -> str:
             f"{[s.name for s in specs]}; save each sample as .npz keyed by input name."
         )
     return specs[0].name
-
-
-def _is_callable_ref(spec: str) -> bool:
-    mod, sep, fn = spec.partition(":")
-    return bool(sep and mod and fn.isidentifier()) and all(p.isidentifier() for p in mod.split("."))
-
-
-@contextlib.contextmanager
-def _cwd_on_path() -> Iterator[None]:
-    """The user's module lives beside them: import it with the cwd on ``sys.path``."""
-    cwd = str(Path.cwd())
-    added = "" not in sys.path and cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        yield
-    finally:
-        if added and cwd in sys.path:
-            sys.path.remove(cwd)
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

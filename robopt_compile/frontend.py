@@ -13,11 +13,9 @@ robot is judged against the *original* model, not against an intermediate.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import io
 import logging
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,22 +228,9 @@ def check_model(model: ir.Model, where: str) -> None:
 
 
 def _call_factory(source: str) -> tuple[Any, Any]:
-    mod_name, _, fn_name = source.partition(":")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"cannot import {mod_name!r} ({exc}). Run from the folder that holds it or install it."
-        ) from exc
-    except Exception as exc:  # the user's module raised (or has a syntax error) on import
-        raise ModelLoadError(
-            f"importing {mod_name!r} raised {type(exc).__name__}: {str(exc)[:200]}. Fix the module."
-        ) from exc
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise ModelLoadError(f"{mod_name} has no callable {fn_name!r}.")
+    from robopt_compile.userimport import import_callable
+
+    fn = import_callable(source, "factory", ModelLoadError)
     try:
         result = fn()
     except Exception as exc:

@@ -33,7 +33,7 @@ def test_user_metric(tmp_path, monkeypatch):
     got = [{"a": np.array([[0.0, 0.2, 0.0]])}]
     fig = accuracy_figures(ref, got, [], fn, "mymetric:worst_joint")
     assert fig["drop"] == pytest.approx(0.2) and fig["metric"] == "mymetric:worst_joint"
-    with pytest.raises(InputError, match="cannot load"):
+    with pytest.raises(InputError, match="no callable"):
         load_metric("mymetric:nope")
     with pytest.raises(InputError, match="module:function"):
         load_metric("no-colon")
