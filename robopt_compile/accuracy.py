@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from robopt_compile.errors import InputError
+
 Sample = dict[str, np.ndarray]
 Metric = Callable[[list[Sample], list[Sample], list[Sample]], float]
 
@@ -59,11 +61,13 @@ def accuracy_figures(
             )
         # Centred: both sides minus the fp32 mean over the samples, so the figure measures the
         # input-dependent part of the output (a constant bias makes plain cosine look perfect).
-        mean = np.mean([np.asarray(s[name], np.float64) for s in reference], axis=0).ravel()
-        reps = len(reference)
-        rc, cc = r - np.tile(mean, reps), c - np.tile(mean, reps)
-        nrc, ncc = float(np.linalg.norm(rc)), float(np.linalg.norm(cc))
-        centred = float(rc @ cc / (nrc * ncc)) if nrc and ncc else None
+        centred = None
+        if len({np.shape(x[name]) for x in reference}) == 1:  # samples of one shape only
+            mean = np.mean([np.asarray(x[name], np.float64) for x in reference], axis=0).ravel()
+            reps = len(reference)
+            rc, cc = r - np.tile(mean, reps), c - np.tile(mean, reps)
+            nrc, ncc = float(np.linalg.norm(rc)), float(np.linalg.norm(cc))
+            centred = float(rc @ cc / (nrc * ncc)) if nrc and ncc else None
         per_output[name] = {
             "cosine": cosine,
             "centred_cosine": centred,
@@ -86,9 +90,18 @@ def accuracy_figures(
         "per_output": per_output,
         "metric": metric_name,
     }
-    fig["drop"] = (
-        float(metric(list(reference), list(candidate), list(inputs))) if metric else rel_l2
-    )
+    if metric is None:
+        drop = rel_l2
+    else:
+        try:
+            drop = float(metric(list(reference), list(candidate), list(inputs)))
+        except Exception as exc:
+            raise InputError(
+                f"--metric {metric_name} failed: {type(exc).__name__}: {str(exc)[:200]}. It must "
+                "return a number (the accuracy drop) for (reference, candidate, inputs)."
+            ) from exc
+    # NaN/inf outputs or a NaN metric must break any bound, never pass it.
+    fig["drop"] = drop if np.isfinite(drop) else float("inf")
     return fig
 
 

@@ -215,7 +215,9 @@ class _StageLog:
     is_flag=True,
     help="Measure every layer's sensitivity even when the bound is met (for quant-report).",
 )
-@click.option("--block-size", type=int, help="Weight-only quantization block (group) size.")
+@click.option(
+    "--block-size", type=click.IntRange(min=1), help="Weight-only quantization block (group) size."
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def compile_cmd(
     out: Path,

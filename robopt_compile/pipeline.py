@@ -204,6 +204,8 @@ def compile_model(
     precision = opts.precision
     tol = ENGINE_TOLERANCE.get(precision, ENGINE_TOLERANCE["fp32"])
     quant_report = None
+    if not needs_quantization(backend.name, precision) and opts.quant.calibration:
+        progress(f"--calibration is not used at --precision {precision}", "note", 0.0)
     if needs_quantization(backend.name, precision):
         from robopt_compile.quantize import quantize
 

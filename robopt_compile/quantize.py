@@ -70,9 +70,9 @@ def _pass_kwargs(name: str, base: dict[str, Any], opts: QuantOptions) -> dict[st
     kw = dict(base)
     if opts.method and name in ("int8-static-ort", "int8-static-trt"):
         kw["method"] = opts.method
-    if opts.block_size and name == "weight-only-ort":
+    if opts.block_size is not None and name == "weight-only-ort":
         kw["block_size"] = opts.block_size
-    if opts.block_size and name == "weight-only-nncf":
+    if opts.block_size is not None and name == "weight-only-nncf":
         kw["group_size"] = opts.block_size
     return kw
 
@@ -183,14 +183,24 @@ def quantize(
     final_model, final_fig, layers = qmodel, full, []
     retry = SURGERY_OPTIONS.get(pass_name)
     if precision in MIXED and retry and (full["drop"] > bound or opts.measure_sensitivity):
-        qpass = cls(**kwargs, **retry)
-        qmodel = runner.run([qpass], model)
-        full = evaluator.score(qmodel)
-        report["surgery_requantization"] = {"options": retry, "figures": _brief(full)}
-        report["pass_report"] = getattr(qpass, "report", {})
-        final_model, final_fig = qmodel, full
+        rpass = cls(**kwargs, **retry)
+        rmodel = runner.run([rpass], model)
+        rfull = evaluator.score(rmodel)
+        report["surgery_requantization"] = {"options": retry, "figures": _brief(rfull)}
+        # The surgery-friendly model is searched; it replaces the first one only when the first
+        # broke the bound (a diagnostic --measure-sensitivity never changes the bundle).
+        if full["drop"] > bound:
+            qpass, qmodel, full = rpass, rmodel, rfull
+            report["pass_report"] = getattr(rpass, "report", {})
+            final_model, final_fig = qmodel, full
+        sweep_model, sweep_full = rmodel, rfull
+    else:
+        sweep_model, sweep_full = qmodel, full
     if precision in MIXED and full["drop"] > bound:
         res = search(qmodel, model, evaluator.score, bound, full_figures=full, progress=progress)
+        if res.met and len(res.fp32_nodes) >= len(res.rows):
+            res.met = False  # every layer back in fp32 is the fp32 model, not an int8 one
+            report["mixed_precision_note"] = "the bound is met only with no layer left in int8"
         if res.met:
             final_model, final_fig = res.model, res.figures
         report["mixed_precision"] = {
@@ -201,7 +211,9 @@ def quantize(
         }
         layers = res.table()
     elif precision in MIXED and opts.measure_sensitivity:
-        rows = sensitivities(qmodel, model, evaluator.score, full["drop"], progress=progress)
+        rows = sensitivities(
+            sweep_model, model, evaluator.score, sweep_full["drop"], progress=progress
+        )
         layers = [r.to_json() for r in rows]
     if not layers:
         from robopt_compile.passes.quantize.mixed_precision import quantized_compute_nodes
@@ -226,6 +238,8 @@ def quantize(
         if opts.strict:
             raise CheckFailedError(msg + " (--strict). Loosen the bound or use more precision.")
         report["rolled_back"] = True
+        for row in report["layers"]:
+            row["precision"] = "fp32"  # the bundle is the fp32 model
         report["rollback_reason"] = msg + "; the bundle keeps the fp32 model."
         return QuantResult(model, "fp32", report)
     report["rolled_back"] = False
