@@ -46,7 +46,7 @@ OVERHEAD_MAX_PCT = 2.0
 HELP_MAX_S = 1.0
 
 
-def _interleaved(
+def interleaved_median_ms(
     fns: dict[str, Callable[[], Any]], rounds: int, per_round: int, warmup: int = 5
 ) -> dict[str, float]:
     """Median latency in ms of each callable, timed in interleaved rounds."""
@@ -134,7 +134,7 @@ def bench_model(name: str, workdir: Path, rounds: int, per_round: int) -> dict[s
             "OV default": ov_req.infer,
         }
         fns.update({col: r.bind(ref_in) for col, r in runners.items()})
-        row["p50_ms"] = _interleaved({c: fns[c] for c in COLUMNS}, rounds, per_round)
+        row["p50_ms"] = interleaved_median_ms({c: fns[c] for c in COLUMNS}, rounds, per_round)
         # Fidelity against torch on the reference inputs (never used in export), all outputs.
         outs = {
             "ORT default": dict(zip(ref_out, sess_default.run(None, ref_in), strict=True)),

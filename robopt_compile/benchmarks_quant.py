@@ -16,7 +16,6 @@ Baselines (each tool's documented default recipe):
 from __future__ import annotations
 
 import re
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,20 +54,6 @@ def synthetic_calibration(name: str, path: Path, n: int = SAMPLES, seed: int = 7
     return path
 
 
-def _median_ms(fns: dict[str, Callable[[], Any]], rounds: int, per_round: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        for _ in range(5):
-            fn()
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            for _ in range(per_round):
-                t = time.perf_counter_ns()
-                fn()
-                samples[k].append((time.perf_counter_ns() - t) / 1e6)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def _holdout(calib: Path, report: dict[str, Any]) -> list[dict[str, np.ndarray]]:
     data = np.load(calib)
     idx = [int(re.search(r"\[(\d+)\]$", i).group(1)) for i in report["data"]["holdout_ids"]]
@@ -98,6 +83,7 @@ def bench_quant(workdir: Path, rounds: int, per_round: int, log: Callable[[str],
 
     from robopt_compile import ir as rir
     from robopt_compile.accuracy import accuracy_figures
+    from robopt_compile.benchmarks import interleaved_median_ms
     from robopt_compile.frontend import export_torch
     from robopt_compile.pipeline import CompileOptions, compile_model
     from robopt_compile.quantize import QuantOptions
@@ -234,7 +220,7 @@ def bench_quant(workdir: Path, rounds: int, per_round: int, log: Callable[[str],
                 dict(zip(out_names, sess.run(None, s), strict=True)) for s in holdout
             ]
             baselines.append({"model": name, "key": "ORT QDQ all ops"})
-        lat = _median_ms(fns, rounds, per_round)
+        lat = interleaved_median_ms(fns, rounds, per_round)
         for r in runners:
             r.__exit__(None, None, None)
         eager_ms = lat["torch eager fp32"]

@@ -14,7 +14,6 @@ here skip them too and report them as ``constant_nodes``.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib.metadata
 import logging
 import warnings
@@ -27,7 +26,11 @@ import onnx_ir as ir
 
 from robopt_compile import ir as rir
 from robopt_compile.errors import PassError
-from robopt_compile.passes.analysis.flops import node_name
+from robopt_compile.passes.quantize.base import (  # noqa: F401 - shared helpers
+    check_exclude,
+    input_dependent,
+    unique_node_names,
+)
 
 # Ops whose second input is a weight matrix the weight-only quantizers can compress.
 WEIGHT_OPS = ("MatMul", "Gemm")
@@ -37,29 +40,11 @@ PROTO_LIMIT = 2_000_000_000
 
 def prepare(model: ir.Model) -> ir.Model:
     """A copy with unique non-empty node names and Constant-node weights as initializers."""
-    from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
-    out = model.clone()
-    seen: set[str] = set()
-    for i, node in enumerate(out.graph):
-        base = node.name or node_name(node, i)
-        name, k = base, 1
-        while name in seen:
-            name, k = f"{base}_{k}", k + 1
-        node.name = name
-        seen.add(name)
-    NameFixPass()(out)
+    out = unique_node_names(model)
     LiftConstantsToInitializersPass()(out)
     return out
-
-
-def input_dependent(model: ir.Model) -> set[ir.Value]:
-    """Values that change with the model's inputs; everything else is a constant."""
-    dep = {v for v in model.graph.inputs if not v.is_initializer()}
-    for node in model.graph:  # ONNX graphs are topologically sorted
-        if any(v in dep for v in node.inputs if v is not None):
-            dep.update(node.outputs)
-    return dep
 
 
 def constant_weight(node: ir.Node) -> ir.Value | None:
@@ -195,20 +180,6 @@ def fold_constant_matmuls(model: ir.Model) -> list[str]:
     if folded:
         RemoveUnusedNodesPass()(model)
     return folded
-
-
-def check_exclude(model: ir.Model, names: Sequence[str], pass_name: str) -> None:
-    """Raise ``PassError`` naming the closest nodes if an excluded name is not in ``model``."""
-    known = [n.name for n in model.graph if n.name]
-    known_set = set(known)
-    for name in names:
-        if name not in known_set:
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise PassError(
-                f"{pass_name}: exclude_nodes names {name!r}, which is not a node of this model."
-                f"{hint} List candidates with the pass's quantizable_nodes(model)."
-            )
 
 
 def check_calibration(

@@ -20,8 +20,12 @@ import numpy as np
 import onnx_ir as ir
 
 from robopt_compile import ir as rir
-from robopt_compile.errors import PassError, UnknownNameError
-from robopt_compile.passes.analysis.flops import node_name
+from robopt_compile.errors import PassError
+from robopt_compile.passes.quantize.base import (  # noqa: F401 - shared helpers
+    check_exclude,
+    input_dependent,
+    unique_node_names,
+)
 
 # "minmax" | "entropy" | "percentile" -> onnxruntime.quantization.CalibrationMethod member.
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -50,51 +54,16 @@ EXTERNAL_DATA_LIMIT = 1 << 30
 ENTROPY_BINS = (2048, 256)
 
 
-def prepare(model: ir.Model) -> ir.Model:
-    """A copy whose main-graph nodes and values all have unique, non-empty names.
-
-    The quantizers address nodes by name (``nodes_to_exclude``), so names must exist and be
-    unique. Unnamed nodes get ``<op_type>_<index>``, the name every robopt report uses.
-    """
-    from onnx_ir.passes.common import NameFixPass
-
-    out = model.clone()
-    seen: set[str] = set()
-    for i, node in enumerate(out.graph):
-        base = node.name or node_name(node, i)
-        name, k = base, 1
-        while name in seen:
-            name, k = f"{base}_{k}", k + 1
-        node.name = name
-        seen.add(name)
-    NameFixPass()(out)  # values, and nodes inside subgraphs
-    return out
+prepare = unique_node_names
 
 
 def nodes_by_name(model: ir.Model) -> dict[str, ir.Node]:
     return {n.name: n for n in model.graph if n.name}
 
 
-def check_exclude(names: Sequence[str], model: ir.Model, pass_name: str) -> None:
-    """Raise ``UnknownNameError`` for an excluded name that is not a node of ``model``."""
-    known = nodes_by_name(model)
-    for name in names:
-        if name not in known:
-            raise UnknownNameError(f"node in {pass_name} exclude_nodes", name, list(known))
-
-
 def is_float(value: ir.Value | None) -> bool:
     """True if ``value`` is a float tensor (or of unknown type, which the quantizer checks)."""
     return value is not None and (value.dtype is None or value.dtype in FLOAT_TYPES)
-
-
-def input_dependent(model: ir.Model) -> set[ir.Value]:
-    """Values that change with the model's inputs; the rest are weights and constants."""
-    dep = {v for v in model.graph.inputs if not v.is_initializer()}
-    for node in model.graph:  # ONNX graphs are topologically sorted
-        if any(v in dep for v in node.inputs if v is not None):
-            dep.update(node.outputs)
-    return dep
 
 
 def is_weight(value: ir.Value | None) -> bool:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from robopt_compile.errors import PassError, UnknownNameError
+
 Sample = dict[str, np.ndarray]
 
 
@@ -43,3 +45,47 @@ class QuantizePass(ir.passes.FunctionalPass):
     @abc.abstractmethod
     def quantizable_nodes(self, model: ir.Model) -> list[str]:
         """Names of the nodes this pass would quantize in ``model`` (before exclusions)."""
+
+
+class UnknownNodeError(UnknownNameError, PassError):
+    """``exclude_nodes`` names a node the model does not have (suggests the closest)."""
+
+
+def unique_node_names(model: ir.Model) -> ir.Model:
+    """A copy whose nodes and values all have unique, non-empty names.
+
+    The quantizers address nodes by name (exclusions, mixed precision), so names must exist and
+    be unique. Unnamed nodes get ``<op_type>_<index>``, the name every robopt report uses.
+    """
+    from onnx_ir.passes.common import NameFixPass
+
+    from robopt_compile.passes.analysis.flops import node_name
+
+    out = model.clone()
+    seen: set[str] = set()
+    for i, node in enumerate(out.graph):
+        base = node.name or node_name(node, i)
+        name, k = base, 1
+        while name in seen:
+            name, k = f"{base}_{k}", k + 1
+        node.name = name
+        seen.add(name)
+    NameFixPass()(out)  # values, and nodes inside subgraphs
+    return out
+
+
+def check_exclude(model: ir.Model, names: Sequence[str], pass_name: str) -> None:
+    """Raise ``UnknownNodeError`` for an excluded name that is not a node of ``model``."""
+    known = [n.name for n in model.graph if n.name]
+    missing = [n for n in names if n not in set(known)]
+    if missing:
+        raise UnknownNodeError(f"node in {pass_name} exclude_nodes", missing[0], known)
+
+
+def input_dependent(model: ir.Model) -> set[ir.Value]:
+    """Values that change with the model's inputs; the rest are weights and constants."""
+    dep = {v for v in model.graph.inputs if not v.is_initializer()}
+    for node in model.graph:  # ONNX graphs are topologically sorted
+        if any(v in dep for v in node.inputs if v is not None):
+            dep.update(node.outputs)
+    return dep

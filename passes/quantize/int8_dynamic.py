@@ -119,7 +119,7 @@ class DynamicInt8Pass(QuantizePass):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         work = common.prepare(model)
-        common.check_exclude(self.exclude_nodes, work, self.name)
+        common.check_exclude(work, self.exclude_nodes, self.name)
         share = conv_mac_share(work)
         if share is None or share > self.max_conv_mac_share:
             held = "an unknown share" if share is None else f"{share:.0%}"

@@ -194,7 +194,7 @@ class OrtStaticInt8Pass(QuantizePass):
 
         work = common.prepare(model)
         reader = common.calibration_reader(self.calibration, work, self.name)
-        common.check_exclude(self.exclude_nodes, work, self.name)
+        common.check_exclude(work, self.exclude_nodes, self.name)
         targets, unsafe = self._plan(work)
         wanted = [n for n in targets if n not in self.exclude_nodes]
         if not wanted:

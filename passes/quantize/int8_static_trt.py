@@ -247,7 +247,7 @@ class TensorRTInt8Pass(QuantizePass):
 
         work = common.prepare(model)
         reader = common.calibration_reader(self.calibration, work, self.name)
-        common.check_exclude(self.exclude_nodes, work, self.name)
+        common.check_exclude(work, self.exclude_nodes, self.name)
         targets, skipped, residual = self._plan(work, self.exclude_nodes)
         by_name = common.nodes_by_name(work)
         wanted = [n for n in [*targets, *residual] if n not in self.exclude_nodes]
