@@ -97,6 +97,13 @@ def format_result(r: dict[str, Any]) -> str:
     threads = s["threads"] if s["threads"] else "runtime default"
     scale, unit = (1e3, "us") if lat["p50_ms"] < 1 else (1.0, "ms")  # keep 4 digits
     shapes = ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in r["inputs"])
+    unpack = t.get("engine_unpack_ms")  # only for bundles with a compressed engine
+    startup = (
+        f"start-up    bundle check {_f(t['bundle_check_ms'], '.1f')} ms, "
+        + ("" if unpack is None else f"engine unpack {unpack:.1f} ms, ")
+        + f"engine load {_f(t['engine_load_ms'], '.1f')} ms, "
+        f"first inference {_f(t['first_infer_ms'], '.2f')} ms"
+    )
     lines = [
         f"bundle      {r['bundle']}",
         f"model       {r['model']} ({r['backend']}, {r['precision']}, target {r['target']})",
@@ -104,8 +111,7 @@ def format_result(r: dict[str, Any]) -> str:
         f"{m['runtime']} {m['runtime_version']} (built with {m['runtime_version_at_build']})",
         f"settings    {s['runs']} runs after {s['warmup']} warm-up, threads {threads}",
         f"inputs      {shapes}",
-        f"start-up    bundle check {_f(t['bundle_check_ms'], '.1f')} ms, engine load "
-        f"{_f(t['engine_load_ms'], '.1f')} ms, first inference {_f(t['first_infer_ms'], '.2f')} ms",
+        startup,
         "",
         f"{'latency ' + unit:<12}" + "".join(f"{k:>10}" for k in _COLS),
         f"{'':<12}" + "".join(f"{lat[k + '_ms'] * scale:>10.3f}" for k in _COLS),

@@ -30,6 +30,11 @@ PASSES: dict[str, str] = {
     "float16": "robopt_compile.passes.quantize.float16:Float16Pass",
     "weight-only-ort": "robopt_compile.passes.quantize.weight_only_ort:OrtWeightOnlyPass",
     "weight-only-nncf": "robopt_compile.passes.quantize.weight_only_nncf:NncfWeightOnlyPass",
+    # prune / compress
+    "prune-channels": "robopt_compile.passes.prune.channels:ChannelPrunePass",
+    "prune-2of4": "robopt_compile.passes.prune.semi_structured:SemiStructuredSparsityPass",
+    "prune-magnitude": "robopt_compile.passes.prune.magnitude:MagnitudePrunePass",
+    "low-rank": "robopt_compile.passes.prune.lowrank:LowRankPass",
 }
 
 

@@ -1,0 +1,1 @@
+"""Pruning passes: structured (N:M) and unstructured weight sparsity."""
