@@ -199,6 +199,8 @@ def write_report(
     rounds: int,
     per_round: int,
     quant: dict[str, Any] | None = None,
+    prune: dict[str, Any] | None = None,
+    reused: dict[str, str] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -206,6 +208,15 @@ def write_report(
         "",
         f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         "Every figure below was measured in that one run; none is copied from elsewhere.",
+        *(
+            [
+                "Sections re-used from an earlier `make bench` run (`--sections`): "
+                + ", ".join(f"{k} (measured {v})" for k, v in reused.items())
+                + "; ratios are only compared within a section.",
+            ]
+            if reused
+            else []
+        ),
         "",
         f"Machine: {_machine()}. One thread per runtime, batch 1, medians of "
         f"{rounds} interleaved rounds x {per_round} runs per runtime. This machine is shared "
@@ -301,6 +312,10 @@ def write_report(
         from robopt_compile.benchmarks_quant import report_lines
 
         lines += report_lines(quant)
+    if prune:
+        from robopt_compile.benchmarks_prune import report_lines as prune_lines
+
+        lines += prune_lines(prune)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -325,6 +340,9 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+SECTIONS = ("base", "quant", "prune")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("docs/BENCHMARKS.md"))
@@ -332,41 +350,65 @@ def main() -> None:
     ap.add_argument("--per-round", type=int, default=20)
     ap.add_argument("--models", nargs="*", default=list(ZOO_MODELS))
     ap.add_argument("--overhead-runs", type=int, default=2000)
-    ap.add_argument("--no-quant", action="store_true", help="Skip the quantization section.")
+    ap.add_argument(
+        "--sections",
+        nargs="*",
+        default=list(SECTIONS),
+        choices=SECTIONS,
+        help="Sections to measure; the others are re-used from bench_results.json (labelled).",
+    )
+    ap.add_argument("--distill-steps", type=int, default=300)
     args = ap.parse_args()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    results_path = args.out.parent / "bench_results.json"
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamps = dict(previous.get("measured", {}))
+    for key, field in (("base", "rows"), ("quant", "quant"), ("prune", "prune")):
+        if previous.get(field) is not None and key not in stamps:
+            stamps[key] = "in an earlier run"
+    missing = [s for s in SECTIONS if s not in args.sections and s not in stamps]
+    if missing and previous:
+        log(f"[bench] no earlier measurement of {missing}: they are left out")
     work = Path(tempfile.mkdtemp(prefix="robopt-bench-"))
+    res = {k: previous.get(k) for k in ("rows", "overhead", "startup", "quant", "prune")}
     try:
-        rows = []
-        for name in args.models:
-            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            rows.append(bench_model(name, work, args.rounds, args.per_round))
-        print("[bench] harness overhead ...", file=sys.stderr, flush=True)
-        cnn = work / "visuomotor-cnn-onnxruntime-fp32"
-        overhead = (
-            bench_harness_overhead(cnn, args.overhead_runs)
-            if cnn.exists()
-            else {"error": "visuomotor-cnn not in --models"}
-        )
-        startup = bench_startup()
-        quant = None
-        if not args.no_quant:
+        if "base" in args.sections:
+            rows = []
+            for name in args.models:
+                log(f"[bench] {name} ...")
+                rows.append(bench_model(name, work, args.rounds, args.per_round))
+            log("[bench] harness overhead ...")
+            cnn = work / "visuomotor-cnn-onnxruntime-fp32"
+            res["overhead"] = (
+                bench_harness_overhead(cnn, args.overhead_runs)
+                if cnn.exists()
+                else {"error": "visuomotor-cnn not in --models"}
+            )
+            res["rows"], res["startup"] = rows, bench_startup()
+            stamps["base"] = now
+        if "quant" in args.sections:
             from robopt_compile.benchmarks_quant import bench_quant
 
-            quant = bench_quant(
-                work, args.rounds, args.per_round, lambda m: print(m, file=sys.stderr, flush=True)
-            )
+            res["quant"] = bench_quant(work, args.rounds, args.per_round, log)
+            stamps["quant"] = now
+        if "prune" in args.sections:
+            from robopt_compile.benchmarks_prune import bench_prune
+
+            res["prune"] = bench_prune(work, args.rounds, args.per_round, log, args.distill_steps)
+            stamps["prune"] = now
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if res["rows"] is None:
+        raise SystemExit("bench: the base section was never measured; run with --sections base")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_report(rows, overhead, startup, args.out, args.rounds, args.per_round, quant)
-    (args.out.parent / "bench_results.json").write_text(
-        json.dumps(
-            {"rows": rows, "overhead": overhead, "startup": startup, "quant": quant},
-            indent=2,
-            default=str,
-        )
-    )
-    print(f"[bench] wrote {args.out}", file=sys.stderr)
+    reused = {k: v for k, v in stamps.items() if k not in args.sections}
+    write_report(
+        res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
+        res["quant"], res["prune"], reused,
+    )  # fmt: skip
+    results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
+    log(f"[bench] wrote {args.out}")
 
 
 if __name__ == "__main__":

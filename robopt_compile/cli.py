@@ -155,6 +155,13 @@ class _StageLog:
             return
         if not self.enabled:
             return
+        if event == "tick":  # progress inside a long stage; ``seconds`` is the done fraction
+            if self.tty:
+                click.echo(f"\r  {stage:<60}", err=True, nl=False)
+            elif int(seconds * 10) != int(getattr(self, "_last_tick", -1) * 10) or seconds >= 1:
+                click.echo(f"  {stage}", err=True)
+            self._last_tick = seconds
+            return
         if event == "start":
             if self.tty:
                 click.echo(f"  {stage:<10} ...", err=True, nl=False)
@@ -218,6 +225,31 @@ class _StageLog:
 @click.option(
     "--block-size", type=click.IntRange(min=1), help="Weight-only quantization block (group) size."
 )
+@click.option(
+    "--prune",
+    multiple=True,
+    help="Pruning, repeatable: channels:RATIO[,criterion=l1|l2|activation][,scope=layer|global]"
+    "[,multiple=8][,protect=NODE;NODE] (structured: fewer channels, faster everywhere), 2:4 "
+    "(semi-structured, for TensorRT sparse tensor cores on Ampere+ GPUs; no CPU speedup), "
+    "unstructured:SPARSITY (size only; engine stored compressed).",
+)
+@click.option(
+    "--prune-layer",
+    multiple=True,
+    metavar="NODE=RATIO",
+    help="Channel pruning ratio for the group owned by NODE (overrides the global ratio).",
+)
+@click.option(
+    "--low-rank",
+    metavar="energy=F|rank=F",
+    help="Truncated-SVD factorization of Gemm/MatMul/1x1-Conv weights, where it cuts FLOPs.",
+)
+@click.option(
+    "--distill",
+    metavar="steps=N[,lr=F,batch=N,loss=mse|kl]",
+    help="After --prune channels/--low-rank: train the compressed model to match the original "
+    "on the calibration inputs (unlabeled), to recover accuracy.",
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def compile_cmd(
     out: Path,
@@ -230,10 +262,15 @@ def compile_cmd(
     metric: str | None,
     measure_sensitivity: bool,
     block_size: int | None,
+    prune: tuple[str, ...],
+    prune_layer: tuple[str, ...],
+    low_rank: str | None,
+    distill: str | None,
     force: bool,
     **kw: Any,
 ) -> None:
     """Compile SOURCE into a deployable bundle at OUT."""
+    from robopt_compile.compress import CompressOptions
     from robopt_compile.pipeline import compile_model
     from robopt_compile.quantize import QuantOptions
 
@@ -247,7 +284,10 @@ def compile_cmd(
         block_size=block_size,
         seed=kw["seed"],
     )
-    opts = _options(kw, backend=backend, precision=precision, quant=quant)
+    compress = CompressOptions(
+        prune=prune, prune_layers=prune_layer, low_rank=low_rank, distill=distill
+    )
+    opts = _options(kw, backend=backend, precision=precision, quant=quant, compress=compress)
     result = compile_model(
         kw["source"], out, opts, force=force, progress=_StageLog(not kw["as_json"])
     )
@@ -284,6 +324,9 @@ def compile_cmd(
     )
     if s:
         rows.append(("model", _summary_line(s)))
+    c = result.report.get("compression")
+    if c:
+        rows.extend(_compress_lines(c))
     q = result.report.get("quantization")
     if q:
         rows.append(("quantization", _quant_line(q)))
@@ -308,6 +351,34 @@ def _quant_line(q: dict[str, Any]) -> str:
     if data.get("random"):
         line += " [random data]"
     return line
+
+
+def _compress_lines(c: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for step in c["steps"]:
+        f = step["figures"]
+        rep = step.get("report") or {}
+        tot = rep.get("totals", {})
+        what = []
+        if tot.get("macs_before"):
+            what.append(f"MACs {tot['macs_before'] / 1e9:.3f} -> {tot['macs_after'] / 1e9:.3f} G")
+        if tot.get("params_before"):
+            what.append(
+                f"params {tot['params_before'] / 1e6:.2f} -> {tot['params_after'] / 1e6:.2f} M"
+            )
+        line = ", ".join([*what, f"held-out {c['metric']} {f['drop']:.4g}"])
+        if f.get("centred_cosine") is not None:
+            line += f", centred cosine {f['centred_cosine']:.4f}"
+        d = step.get("distillation")
+        if d:
+            b = step["figures_before_distillation"]
+            line += f" (distilled {d['steps']} steps, from {b['drop']:.4g})"
+        if step.get("rolled_back"):
+            line += "; ROLLED BACK"
+        if rep.get("note"):
+            line += f" [{rep['note'].split('.')[0]}]"
+        rows.append((step["pass"], line))
+    return rows
 
 
 def _summary_line(s: dict[str, Any]) -> str:

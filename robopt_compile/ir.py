@@ -138,3 +138,8 @@ def weight_bytes(model: ir.Model) -> int:
         if init.const_value is not None:
             total += init.const_value.nbytes
     return total
+
+
+def clone(model: ir.Model) -> ir.Model:
+    """A deep copy (through the proto), so a candidate rewrite never touches its input."""
+    return from_proto(to_proto(model))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robopt_compile.compress import CompressOptions
 from robopt_compile.errors import BackendUnavailableError, CheckFailedError, InputError
 from robopt_compile.quantize import QuantOptions, needs_quantization
 
@@ -41,6 +42,7 @@ class CompileOptions:
     seed: int = 0
     reference_inputs: Path | None = None  # .npz of real samples keyed by input name
     quant: QuantOptions = field(default_factory=QuantOptions)
+    compress: CompressOptions = field(default_factory=CompressOptions)
 
 
 @dataclass
@@ -142,6 +144,10 @@ def check_options(opts: CompileOptions) -> None:
         from robopt_compile.errors import UnknownNameError
 
         raise UnknownNameError("simplify tool", opts.simplify, ["default", *TOOLS])
+    if opts.compress.active or opts.compress.distill or opts.compress.prune_layers:
+        from robopt_compile.compress import validate
+
+        validate(opts.compress, opts.quant.calibration is not None)
     if opts.dump_ir is not None and Path(opts.dump_ir).exists() and not Path(opts.dump_ir).is_dir():
         raise InputError(f"--dump-ir {opts.dump_ir} is a file; give a folder.")
 
@@ -201,10 +207,29 @@ def compile_model(
         (getattr(p, "report", None) for p in passes if hasattr(p, "report")), None
     )
 
+    compress_report = None
+    if opts.compress.active:
+        from robopt_compile.compress import compress
+
+        with _stage(progress, "compress", timings):
+            cres = compress(model, opts.compress, opts.quant, opts.threads, runner, progress)
+        compress_report = cres.report
+        if cres.compressed:
+            model = cres.model
+            # The engine must reproduce the compressed model; its cost against the source is
+            # in the report (held-out figures), not in the engine check.
+            src.reference_inputs = cres.reference_inputs
+            src.reference_outputs = cres.reference_outputs
+
     precision = opts.precision
     tol = ENGINE_TOLERANCE.get(precision, ENGINE_TOLERANCE["fp32"])
     quant_report = None
-    if not needs_quantization(backend.name, precision) and opts.quant.calibration:
+    quant_data_used = opts.compress.active
+    if (
+        not needs_quantization(backend.name, precision)
+        and opts.quant.calibration
+        and not quant_data_used
+    ):
         progress(f"--calibration is not used at --precision {precision}", "note", 0.0)
     if needs_quantization(backend.name, precision):
         from robopt_compile.quantize import quantize
@@ -250,6 +275,15 @@ def compile_model(
                     f"the {backend.name} engine does not reproduce the source model on output "
                     f"{engine_fig['output']!r}: {bad['reason']} (tolerance {tol})."
                 )
+        engine_json = {"dir": "engine", **artifact.to_json()}
+        if _stores_compressed(compress_report):
+            from robopt_compile.bench.compress import compress_engine
+
+            # Unstructured sparsity is a size optimization: the zeros compress, the kernels
+            # stay dense. robopt-bench unpacks the engine once into its cache.
+            compressed = compress_engine(tmp / "engine")
+            engine_json["files"] = sorted(compressed["files"])
+            engine_json["compressed"] = compressed
         bundle.save_npz(tmp / "reference" / "inputs.npz", src.reference_inputs)
         bundle.save_npz(tmp / "reference" / "outputs.npz", src.reference_outputs)
         bundle.write_json(tmp / "analysis.json", facts)
@@ -259,6 +293,7 @@ def compile_model(
             "notes": src.notes,
             "passes": [r.to_json() for r in timing.records],
             "simplify": simplify_report,
+            "compression": compress_report,
             "quantization": quant_report,
             "stage_seconds": {k: round(v, 4) for k, v in timings.items()},
             "summary": facts.get("summary", {}),
@@ -283,7 +318,7 @@ def compile_model(
             "backend": backend.name,
             "precision": precision,
             "requested_precision": opts.precision,
-            "engine": {"dir": "engine", **artifact.to_json()},
+            "engine": engine_json,
             "files": bundle.hash_tree(tmp),
             "tool_versions": bundle.tool_versions(),
             "parity": parity,
@@ -299,11 +334,18 @@ def compile_model(
                     s.shape and not isinstance(s.shape[0], int) for s in rir.input_specs(model)
                 ),
                 "opset": _opset(model),
+                # "2:4" after --prune 2:4: a TensorRT build enables SPARSE_WEIGHTS from this
+                "sparsity": model.metadata_props.get("robopt.sparsity"),
                 "model_files": [p.name for p in model_files],
             },
         }
         bundle.write_json(tmp / bundle.MANIFEST, manifest)
     return CompileResult(out=out, manifest=manifest, report=report, facts=facts)
+
+
+def _stores_compressed(compress_report: dict[str, Any] | None) -> bool:
+    steps = (compress_report or {}).get("steps", [])
+    return any(s["pass"] == "prune-magnitude" and not s["rolled_back"] for s in steps)
 
 
 def _opset(model: Any) -> int | None:
