@@ -207,15 +207,13 @@ def write_report(
         "# Benchmarks",
         "",
         f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-        "Every figure below was measured in that one run; none is copied from elsewhere.",
-        *(
-            [
-                "Sections re-used from an earlier `make bench` run (`--sections`): "
-                + ", ".join(f"{k} (measured {v})" for k, v in reused.items())
-                + "; ratios are only compared within a section.",
-            ]
-            if reused
-            else []
+        + (
+            "Every figure below was measured in that one run; none is copied from elsewhere."
+            if not reused
+            else "Sections re-rendered from earlier `make bench` runs (`--sections`): "
+            + ", ".join(f"{k} (measured {v})" for k, v in reused.items())
+            + ". Each section was measured in one run of its own and none is copied from "
+            "elsewhere; compare ratios only within a section."
         ),
         "",
         f"Machine: {_machine()}. One thread per runtime, batch 1, medians of "

@@ -50,6 +50,8 @@ def test_channel_pruning_bundle(policy_dir, calib_npz, tmp_path, capsys):
     c = report(out)["compression"]
     step = c["steps"][0]
     assert step["pass"] == "prune-channels" and step["rolled_back"] is False
+    assert step["report"]["criterion"] == "activation"  # the default with real calibration data
+    assert step["figures_before"]["drop"] == 0.0
     assert step["report"]["totals"]["channels_removed"] == 8
     held, cal = set(c["data"]["holdout_ids"]), set(c["data"]["calibration_ids"])
     assert held and cal and not held & cal
@@ -121,6 +123,7 @@ def test_distillation_recovers_on_held_out(policy_dir, tmp_path, capsys):
          "-o", str(out), "--threads", "1"], capsys)  # fmt: skip
     assert code == 0, err
     step = report(out)["compression"]["steps"][0]
+    assert step["report"]["criterion"] == "l1"  # no --calibration: data-free importance
     assert step["distillation"]["steps"] == 150
     before, after = step["figures_before_distillation"], step["figures"]
     assert after["relative_l2"] < before["relative_l2"]

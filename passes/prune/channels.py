@@ -69,7 +69,8 @@ class ChannelPrunePass(ir.passes.InPlacePass):
             raise InputError(f"unknown pruning scope {scope!r}; use one of {SCOPES}.")
         if criterion == "activation" and not calibration:
             raise InputError(
-                "criterion=activation needs calibration inputs: add --calibration DIR|FILE.npz."
+                "criterion=activation needs calibration inputs (not random): "
+                "add --calibration DIR|FILE.npz."
             )
         for name, r in (layer_ratios or {}).items():
             if not 0.0 <= r < 1.0:

@@ -230,6 +230,9 @@ class Analysis:
         for v in self.model.graph.outputs:
             if v in self.spaces:
                 self._block(self.spaces[v], f"graph output {v.name!r} keeps its shape")
+        for v, space in self.spaces.items():  # read inside an If/Loop body: not analysed
+            if any(u.node.graph is not self.model.graph for u in v.uses()):
+                self._block(space, f"{v.name!r} is read inside a subgraph")
 
     # ---- producers / consumers ---------------------------------------------------------------
 

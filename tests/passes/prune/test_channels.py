@@ -47,14 +47,21 @@ def _resnet_like(dead: int = 0) -> ir.Model:
     mean = _f((16,), 0.1)
     mean[:dead] = 0.0
     inits = {
-        "w0": _f((16, 3, 3, 3)), "b0": _f((16,), 0.1),
-        "w1": c1, "bn_s": np.ones(16, np.float32) + _f((16,), 0.05), "bn_b": beta,
-        "bn_m": mean, "bn_v": np.ones(16, np.float32),
+        "w0": _f((16, 3, 3, 3)),
+        "b0": _f((16,), 0.1),
+        "w1": c1,
+        "bn_s": np.ones(16, np.float32) + _f((16,), 0.05),
+        "bn_b": beta,
+        "bn_m": mean,
+        "bn_v": np.ones(16, np.float32),
         "wd": _f((16, 1, 3, 3)),
-        "w2": _f((16, 16, 1, 1)), "b2": _f((16,), 0.1),
-        "axes": np.array([2, 3], np.int64), "shape": np.array([1, 16], np.int64),
-        "wf": _f((4, 16)), "bf": _f((4,), 0.1),
-    }  # fmt: skip
+        "w2": _f((16, 16, 1, 1)),
+        "b2": _f((16,), 0.1),
+        "axes": np.array([2, 3], np.int64),
+        "shape": np.array([1, 16], np.int64),
+        "wf": _f((4, 16)),
+        "bf": _f((4,), 0.1),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w0", "b0"], ["t0"], name="c0", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["t0"], ["r0"], name="relu0"),
@@ -283,3 +290,41 @@ def test_ratio_too_small_after_rounding_and_bad_options():
         ChannelPrunePass(0.5, criterion="taylor")
     with pytest.raises(InputError, match="is not a node"):
         ChannelPrunePass(0.5, protect=["nope"])(_resnet_like())
+
+
+def test_value_read_inside_a_subgraph_blocks_its_group():
+    branch_out = helper.make_tensor_value_info("hb", TensorProto.FLOAT, [1, 16, 4, 4])
+    then_g = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["hb"], name="then_id")], "then", [], [branch_out]
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Neg", ["h"], ["hb"], name="else_neg")], "else", [], [branch_out]
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["t"], name="c1"),
+        helper.make_node("Relu", ["t"], ["h"], name="relu"),
+        helper.make_node("Conv", ["h", "w2"], ["y"], name="c2"),
+        helper.make_node(
+            "If", ["cond"], ["z"], name="branch", then_branch=then_g, else_branch=else_g
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 16, 4, 4]),
+        ],
+        [
+            numpy_helper.from_array(_f((16, 8, 1, 1)), "w1"),
+            numpy_helper.from_array(_f((8, 16, 1, 1)), "w2"),
+        ],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    m = ir.from_proto(onnx.shape_inference.infer_shapes(proto, strict_mode=True))
+    with pytest.raises(PassError, match="read inside a subgraph"):
+        ChannelPrunePass(0.5, protect=[])(m)
