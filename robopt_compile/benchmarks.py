@@ -201,6 +201,7 @@ def write_report(
     quant: dict[str, Any] | None = None,
     prune: dict[str, Any] | None = None,
     reused: dict[str, str] | None = None,
+    targets: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -314,6 +315,10 @@ def write_report(
         from robopt_compile.benchmarks_prune import report_lines as prune_lines
 
         lines += prune_lines(prune)
+    if targets:
+        from robopt_compile.benchmarks_targets import report_lines as target_lines
+
+        lines += target_lines(targets)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -338,7 +343,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-SECTIONS = ("base", "quant", "prune")
+SECTIONS = ("base", "quant", "prune", "targets")
 
 
 def main() -> None:
@@ -356,20 +361,22 @@ def main() -> None:
         help="Sections to measure; the others are re-used from bench_results.json (labelled).",
     )
     ap.add_argument("--distill-steps", type=int, default=300)
+    ap.add_argument("--tvm-trials", type=int, default=512, help="MetaSchedule trials per model.")
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     results_path = args.out.parent / "bench_results.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     stamps = dict(previous.get("measured", {}))
-    for key, field in (("base", "rows"), ("quant", "quant"), ("prune", "prune")):
+    for key, field in (("base", "rows"), ("quant", "quant"), ("prune", "prune"),
+                       ("targets", "targets")):  # fmt: skip
         if previous.get(field) is not None and key not in stamps:
             stamps[key] = "in an earlier run"
     missing = [s for s in SECTIONS if s not in args.sections and s not in stamps]
     if missing and previous:
         log(f"[bench] no earlier measurement of {missing}: they are left out")
     work = Path(tempfile.mkdtemp(prefix="robopt-bench-"))
-    res = {k: previous.get(k) for k in ("rows", "overhead", "startup", "quant", "prune")}
+    res = {k: previous.get(k) for k in ("rows", "overhead", "startup", "quant", "prune", "targets")}
     try:
         if "base" in args.sections:
             rows = []
@@ -395,6 +402,16 @@ def main() -> None:
 
             res["prune"] = bench_prune(work, args.rounds, args.per_round, log, args.distill_steps)
             stamps["prune"] = now
+        if "targets" in args.sections:
+            from robopt_compile import benchmarks_targets as bt
+            from robopt_compile.benchmarks_tvm import bench_tvm
+
+            res["targets"] = {
+                "openvino_cache": bt.bench_openvino_cache(work, log),
+                "tvm": bench_tvm(work, args.rounds, args.per_round, log, args.tvm_trials),
+                "roofline": bt.roofline_estimates(log),
+            }
+            stamps["targets"] = now
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if res["rows"] is None:
@@ -403,7 +420,7 @@ def main() -> None:
     reused = {k: v for k, v in stamps.items() if k not in args.sections}
     write_report(
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
-        res["quant"], res["prune"], reused,
+        res["quant"], res["prune"], reused, res["targets"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

@@ -184,7 +184,8 @@ class _StageLog:
     "--backend",
     "-b",
     default=None,
-    help="onnxruntime or openvino (default: the profile's first available).",
+    help="onnxruntime, openvino, tensorrt or tvm (default: the profile's first that can build "
+    "here; TensorRT without TensorRT installed writes a deferred build).",
 )
 @click.option(
     "--precision",
@@ -250,6 +251,20 @@ class _StageLog:
     help="After --prune channels/--low-rank: train the compressed model to match the original "
     "on the calibration inputs (unlabeled), to recover accuracy.",
 )
+@click.option(
+    "--tune-trials",
+    type=click.IntRange(min=0),
+    default=None,
+    help="TVM: MetaSchedule tuning trials (0: untuned). Records are kept in a database under "
+    "~/.cache/robopt/tvm and reused by later builds.",
+)
+@click.option(
+    "--dla-core",
+    type=click.IntRange(min=0),
+    default=None,
+    help="TensorRT on Jetson: run on this DLA core (fp16/int8), falling back to the GPU for "
+    "layers the DLA lacks.",
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def compile_cmd(
     out: Path,
@@ -266,6 +281,8 @@ def compile_cmd(
     prune_layer: tuple[str, ...],
     low_rank: str | None,
     distill: str | None,
+    tune_trials: int | None,
+    dla_core: int | None,
     force: bool,
     **kw: Any,
 ) -> None:
@@ -287,7 +304,15 @@ def compile_cmd(
     compress = CompressOptions(
         prune=prune, prune_layers=prune_layer, low_rank=low_rank, distill=distill
     )
-    opts = _options(kw, backend=backend, precision=precision, quant=quant, compress=compress)
+    opts = _options(
+        kw,
+        backend=backend,
+        precision=precision,
+        quant=quant,
+        compress=compress,
+        tune_trials=tune_trials,
+        dla_core=dla_core,
+    )
     result = compile_model(
         kw["source"], out, opts, force=force, progress=_StageLog(not kw["as_json"])
     )
@@ -315,11 +340,13 @@ def compile_cmd(
                 f"({result.report['exporter']})",
             )
         )
+    checked_here = eng.get("engine_checked", True)
     rows.append(
         (
-            "engine fidelity",
+            "engine fidelity" if checked_here else "ONNX fidelity",
             f"cosine {eng['cosine']:.7f}, max abs err {eng['max_abs']:.2e} "
-            f"({'pass' if eng['passed'] else 'FAIL'})",
+            f"({'pass' if eng['passed'] else 'FAIL'})"
+            + ("" if checked_here else "; engine not run here, robopt-bench checks it on device"),
         )
     )
     if s:
@@ -333,7 +360,8 @@ def compile_cmd(
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
-    click.echo(f"\nnext: robopt-bench {out} --runs 500")
+    where = "" if checked_here else " (on the device)"
+    click.echo(f"\nnext{where}: robopt-bench {out} --runs 500")
 
 
 def _quant_line(q: dict[str, Any]) -> str:
@@ -506,6 +534,7 @@ def quant_report_cmd(bundle_dir: Path, as_json: bool, debug: bool) -> None:
 def targets_cmd(as_json: bool, debug: bool) -> None:
     """List board profiles, their backends and whether each runs on this machine."""
     from robopt_compile.hwprofiles import load_profile, profile_names
+    from robopt_compile.pipeline import target_status
     from robopt_compile.targets import TARGETS, get_backend
 
     avail = {}
@@ -520,25 +549,26 @@ def targets_cmd(as_json: bool, debug: bool) -> None:
                 "name": name,
                 "description": p.description,
                 "arch": p.arch,
-                "backends": {
-                    b: avail.get(b, {"available": False, "reason": "not built into this robopt"})
-                    for b in p.backends
-                },
+                "backends": {b: target_status(p, b) for b in p.backends},
                 "precisions": list(p.precisions),
             }
         )
     if as_json:
         click.echo(json.dumps({"targets": rows, "backends": avail}))
         return
+    click.echo(f"{'target':<24} {'arch':<8} {'precisions':<18} backends (build here / run here)")
     for r in rows:
         bs = ", ".join(
-            f"{b}{'' if v['available'] else ' (unavailable)'}" for b, v in r["backends"].items()
+            f"{b} ({v['build']}/{'yes' if v['run'] else 'no'})" for b, v in r["backends"].items()
         )
-        click.echo(f"{r['name']:<16} {r['arch']:<8} {'/'.join(r['precisions']):<16} {bs}")
-        click.echo(f"{'':<16} {r['description']}")
+        click.echo(f"{r['name']:<24} {r['arch']:<8} {'/'.join(r['precisions']):<18} {bs}")
+        click.echo(f"{'':<24} {r['description']}")
+        for b, v in r["backends"].items():
+            if not v["run"]:
+                click.echo(f"{'':<24}   {b}: {v['reason']}")
     missing = {b: v["reason"] for b, v in avail.items() if not v["available"]}
     for b, why in missing.items():
-        click.echo(f"\n{b} unavailable: {why}")
+        click.echo(f"\n{b} unavailable here: {why}")
 
 
 def main(argv: list[str] | None = None) -> None:

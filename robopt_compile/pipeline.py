@@ -43,6 +43,9 @@ class CompileOptions:
     reference_inputs: Path | None = None  # .npz of real samples keyed by input name
     quant: QuantOptions = field(default_factory=QuantOptions)
     compress: CompressOptions = field(default_factory=CompressOptions)
+    tune_trials: int | None = None  # TVM MetaSchedule budget
+    max_batch: int = 16  # upper bound of a dynamic batch (TensorRT optimization profile)
+    dla_core: int | None = None  # TensorRT: run on this DLA core, GPU fallback
 
 
 @dataclass
@@ -74,6 +77,51 @@ def resolve_profile(opts: CompileOptions):
     return load_profile(opts.target)
 
 
+def target_status(profile: Any, backend_name: str) -> dict[str, Any]:
+    """Whether ``backend_name`` can build for ``profile`` here, and run (benchmark) here."""
+    import platform
+
+    from robopt_compile.targets import TARGETS, get_backend
+
+    if backend_name not in TARGETS:
+        return {"build": "no", "run": False, "reason": "not built into this robopt version"}
+    backend = get_backend(backend_name)
+    ok, why = backend.availability()
+    host_arch = platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
+    if not ok:
+        if getattr(backend, "builds_without_runtime", False):
+            return {
+                "build": "deferred",
+                "run": False,
+                "reason": f"{why}; the bundle carries a deferred build for the device",
+            }
+        return {"build": "no", "run": False, "reason": why}
+    if profile.arch != host_arch:
+        return {
+            "build": "yes",
+            "run": False,
+            "reason": f"{profile.arch} engine, this machine is {host_arch}",
+        }
+    if backend_name == "openvino":
+        device = str(profile.backend_options.get("openvino", {}).get("device", "CPU"))
+        try:
+            import openvino as ov
+
+            have = ov.Core().available_devices
+        except Exception:
+            have = []
+        from robopt_compile.targets.openvino import _devices
+
+        missing = [d for d in _devices(device) if d not in have]
+        if missing:
+            return {
+                "build": "yes",
+                "run": False,
+                "reason": f"OpenVINO device {missing} not on this machine ({have})",
+            }
+    return {"build": "yes", "run": True, "reason": why}  # fmt: skip
+
+
 def resolve_backend(profile: Any, requested: str | None):
     """The requested backend (checked against the profile) or the first available one."""
     from robopt_compile.errors import UnknownNameError
@@ -88,7 +136,8 @@ def resolve_backend(profile: Any, requested: str | None):
                 f"it supports {list(profile.backends)}."
             )
         backend = get_backend(requested)
-        backend.require()
+        if not getattr(backend, "builds_without_runtime", False):
+            backend.require()
         return backend
     reasons = []
     for name in profile.backends:
@@ -97,7 +146,7 @@ def resolve_backend(profile: Any, requested: str | None):
             continue
         backend = get_backend(name)
         ok, why = backend.availability()
-        if ok:
+        if ok or getattr(backend, "builds_without_runtime", False):
             return backend
         reasons.append(f"{name}: {why}")
     raise BackendUnavailableError(
@@ -175,6 +224,10 @@ def compile_model(
     with _stage(progress, "resolve", timings):
         profile = resolve_profile(opts)
         backend = resolve_backend(profile, opts.backend)
+        if opts.dla_core is not None:
+            if backend.name != "tensorrt":
+                raise InputError(f"--dla-core needs the tensorrt backend, not {backend.name!r}.")
+            backend.dla_core = opts.dla_core
         check_precision(profile, backend, opts.precision)
         bundle.check_output_dir(out, force)
         check_options(opts)
@@ -261,14 +314,26 @@ def compile_model(
     with bundle.staged_output(out, force) as tmp:
         with _stage(progress, "build", timings):
             model_files = rir.save(model, tmp / "model.onnx")
+            dynamic = any(
+                s.shape and not isinstance(s.shape[0], int) for s in rir.input_specs(model)
+            )
             artifact = backend.build(
                 tmp / "model.onnx",
                 profile,
-                BuildOptions(precision=precision, threads=opts.threads),
+                BuildOptions(
+                    precision=precision,
+                    threads=opts.threads,
+                    tune_trials=opts.tune_trials,
+                    dynamic_batch=(1, 1, opts.max_batch) if dynamic else None,
+                ),
                 tmp / "engine",
             )
         with _stage(progress, "verify", timings):
-            engine_fig = verify_engine(backend, artifact, src, opts.threads, tol)
+            if runs_here(artifact):
+                engine_fig = verify_engine(backend, artifact, src, opts.threads, tol)
+            else:
+                engine_fig = verify_onnx(tmp / "model.onnx", src, opts.threads, tol, artifact)
+                progress(engine_fig["note"], "note", 0.0)
             if not engine_fig["passed"]:
                 bad = engine_fig["outputs"][engine_fig["output"]]
                 raise CheckFailedError(
@@ -350,6 +415,33 @@ def _stores_compressed(compress_report: dict[str, Any] | None) -> bool:
 
 def _opset(model: Any) -> int | None:
     return model.opset_imports.get("")
+
+
+def runs_here(artifact: Any) -> bool:
+    """False for an engine that cannot run on the build machine: a deferred TensorRT build or
+    a library cross-compiled for another CPU."""
+    cfg = artifact.config
+    return not (cfg.get("deferred") or cfg.get("cross_compiled"))
+
+
+def verify_onnx(
+    path: Path, src: Any, threads: int | None, tol: dict[str, float], artifact: Any
+) -> dict[str, Any]:
+    """The bundle's ONNX judged in ONNX Runtime when its engine cannot run here."""
+    from robopt_compile.numerics import judge, run_onnx
+
+    verdict = judge(src.reference_outputs, run_onnx(path, src.reference_inputs, threads), tol)
+    why = artifact.config.get("deferred_reason") or (
+        "deferred build" if artifact.config.get("deferred") else "cross-compiled engine"
+    )
+    verdict["inputs"] = "bundle reference inputs (not used during export)"
+    verdict["checked_in"] = "onnxruntime"
+    verdict["engine_checked"] = False
+    verdict["note"] = (
+        f"the {artifact.backend} engine cannot run here ({why}): the bundle's ONNX was checked "
+        "in ONNX Runtime instead; robopt-bench checks the engine on the device"
+    )
+    return verdict
 
 
 def verify_engine(

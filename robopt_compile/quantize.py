@@ -27,6 +27,10 @@ PLAN: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("openvino", "int8"): ("int8-nncf", {}),
     ("openvino", "int8-weight"): ("weight-only-nncf", {"bits": 8}),
     ("openvino", "int4-weight"): ("weight-only-nncf", {"bits": 4}),
+    # TensorRT 10/11 strongly typed networks take their precision from the ONNX itself:
+    # explicit symmetric Q/DQ for int8 (implicit calibration is gone in TensorRT 11), fp16 types.
+    ("tensorrt", "int8"): ("int8-static-trt", {}),
+    ("tensorrt", "fp16"): ("float16", {"dtype": "fp16"}),
 }
 # Precisions whose quantizer reads calibration data (the others only need held-out data).
 CALIBRATED = {"int8"}
@@ -113,6 +117,21 @@ def _data(model: Any, opts: QuantOptions, precision: str):
     return data, note
 
 
+def evaluation_backend(backend: Any, profile: Any) -> tuple[Any, str]:
+    """The backend that scores candidates: the target's own when it runs here, else ONNX
+    Runtime on the same Q/DQ graph (a TensorRT or cross-compiled target), said in the report."""
+    from robopt_compile.pipeline import target_status
+    from robopt_compile.targets import get_backend
+
+    status = target_status(profile, backend.name)
+    if status["run"]:
+        return backend, ""
+    return get_backend("onnxruntime"), (
+        f"accuracy measured in ONNX Runtime on the same graph: {backend.name} cannot run here "
+        f"({status['reason']}); robopt-bench re-checks the engine on the device"
+    )
+
+
 def engine_tolerance(fig: dict[str, Any]) -> dict[str, float]:
     """What the bundle's engine must reproduce on the robot: the measured quality, 3x margin.
 
@@ -152,8 +171,9 @@ def quantize(
     data, data_note = _data(model, opts, precision)
 
     reference = run_onnx_many(model, data.holdout, threads=threads)
+    eval_backend, proxy_note = evaluation_backend(backend, profile)
     evaluator = Evaluator(
-        backend=backend,
+        backend=eval_backend,
         profile=profile,
         build_options=BuildOptions(precision=precision, threads=threads),
         holdout=data.holdout,
@@ -176,6 +196,8 @@ def quantize(
         "pass_report": getattr(qpass, "report", {}),
         "data": data.to_json(),
         "data_note": data_note,
+        "evaluated_in": eval_backend.name,
+        "evaluation_note": proxy_note,
         "metric": evaluator.metric_name,
         "max_accuracy_drop": bound,
         "full_quantization": _brief(full),

@@ -13,6 +13,7 @@ __all__ = ["TARGETS", "Artifact", "Backend", "BuildOptions", "Runner", "get_back
 TARGETS: dict[str, str] = {
     "onnxruntime": "robopt_compile.targets.onnxruntime:OnnxRuntimeBackend",
     "openvino": "robopt_compile.targets.openvino:OpenVinoBackend",
+    "tensorrt": "robopt_compile.targets.tensorrt:TensorRTBackend",
 }
 
 

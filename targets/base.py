@@ -28,6 +28,8 @@ class BuildOptions:
 
     precision: str = "fp32"
     threads: int | None = None  # None: the runtime's default (all cores)
+    tune_trials: int | None = None  # TVM MetaSchedule trial budget; None: the backend default
+    dynamic_batch: tuple[int, int, int] | None = None  # (min, opt, max) for a symbolic batch
 
 
 @dataclass(frozen=True)

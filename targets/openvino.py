@@ -4,10 +4,21 @@ The engine is OpenVINO IR (``model.xml`` + ``model.bin``) converted from the bun
 weights kept in fp32. The inference precision is a *runtime* hint: OpenVINO on CPUs with
 AVX-512 BF16 or AMX silently runs in bf16 unless told otherwise, so fp32 bundles pin
 ``INFERENCE_PRECISION_HINT=f32`` and the hint travels in the manifest to the robot.
+
+Device and performance hint come from the profile's ``[backend_options.openvino]``: ``device``
+("CPU", "GPU", "NPU", or "AUTO:NPU,GPU,CPU" for OpenVINO's own choice in that order) and
+``performance_hint`` ("LATENCY", the default for a control loop, or "THROUGHPUT"). A device
+this build machine lacks (an NPU profile built on a server) is converted but not compiled
+here; the manifest says so and the robot compiles it on first start.
+
+Compiled-model cache: the runner sets OpenVINO's ``CACHE_DIR`` (``$ROBOPT_CACHE/openvino``,
+default ``~/.cache/robopt/openvino``), so a robot compiles the IR for its device once and
+later starts load the compiled blob (OpenVINO keys the cache by model, device and properties).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,19 +40,44 @@ PRECISION_HINTS = {
 }
 
 
+PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
+
+
+def cache_dir() -> Path:
+    """Where compiled blobs are kept between starts (``$ROBOPT_CACHE/openvino``)."""
+    root = os.environ.get("ROBOPT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "robopt"
+    )
+    return Path(root) / "openvino"
+
+
+def runtime_properties(cfg: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """The compile properties a bundle's engine runs with (build check and runner alike)."""
+    hint = cfg.get("performance_hint", "LATENCY")
+    props: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": cfg.get("inference_precision_hint", "f32"),
+        "PERFORMANCE_HINT": hint,
+    }
+    if hint == "LATENCY":
+        props["NUM_STREAMS"] = 1
+    if threads and str(cfg.get("device", "CPU")).startswith("CPU"):
+        props["INFERENCE_NUM_THREADS"] = threads
+    return props
+
+
 class OpenVinoRunner(Runner):
     def _activate(self) -> None:
         import openvino as ov
 
         cfg = self.artifact.config
         core = ov.Core()
-        props: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": cfg.get("inference_precision_hint", "f32"),
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-        }
-        if self.threads:
-            props["INFERENCE_NUM_THREADS"] = self.threads
+        if cfg.get("cache", True):
+            try:
+                cache_dir().mkdir(parents=True, exist_ok=True)
+                core.set_property({"CACHE_DIR": str(cache_dir())})
+            except OSError:
+                pass  # a read-only home: run without the cache rather than fail
+        props = runtime_properties(cfg, self.threads)
         self.compiled = core.compile_model(
             str(self.artifact.root / cfg["model"]), cfg.get("device", "CPU"), props
         )
@@ -87,6 +123,12 @@ class OpenVinoBackend(Backend):
             )
         opts = dict(getattr(profile, "backend_options", {}).get("openvino", {}))
         device = str(opts.get("device", "CPU"))
+        hint = str(opts.get("performance_hint", "LATENCY")).upper()
+        if hint not in PERFORMANCE_HINTS:
+            raise BuildError(
+                f"profile {getattr(profile, 'name', '?')!r}: OpenVINO performance_hint {hint!r} "
+                f"is not one of {list(PERFORMANCE_HINTS)}."
+            )
         out_dir.mkdir(parents=True, exist_ok=True)
         core = ov.Core()
         try:
@@ -97,28 +139,39 @@ class OpenVinoBackend(Backend):
                 f"OpenVINO could not convert the model: {str(exc).splitlines()[0][:200]}. "
                 "Check `robopt-compile analyze` for unsupported operators."
             ) from exc
-        if device not in core.available_devices:
+        config = {
+            "model": "model.xml",
+            "device": device,
+            "performance_hint": hint,
+            "inference_precision_hint": PRECISION_HINTS[options.precision],
+            "openvino_version": ov.get_version(),
+            "cache": True,
+        }
+        devices = _devices(device)
+        missing = [d for d in devices if d not in core.available_devices]
+        if missing and getattr(profile, "path", "") == "detected":
             raise BuildError(
                 f"OpenVINO device {device!r} is not present on this machine "
                 f"(available: {core.available_devices})."
             )
-        # Compile once now so a model the plugin rejects fails the build, not the robot.
-        try:
-            core.compile_model(
-                str(out_dir / "model.xml"),
-                device,
-                {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[options.precision]},
+        if missing:
+            config["compile_checked"] = False
+            config["compile_note"] = (
+                f"device {missing} is not on the build machine (it has "
+                f"{core.available_devices}); the robot compiles the IR on first start"
             )
-        except Exception as exc:
-            raise BuildError(
-                f"OpenVINO {device} plugin rejected the model: {str(exc).splitlines()[0][:200]}."
-            ) from exc
-        config = {
-            "model": "model.xml",
-            "device": device,
-            "inference_precision_hint": PRECISION_HINTS[options.precision],
-            "openvino_version": ov.get_version(),
-        }
+        else:
+            # Compile once now so a model the plugin rejects fails the build, not the robot.
+            try:
+                core.compile_model(
+                    str(out_dir / "model.xml"), device, runtime_properties(config, options.threads)
+                )
+            except Exception as exc:
+                raise BuildError(
+                    f"OpenVINO {device} plugin rejected the model: "
+                    f"{str(exc).splitlines()[0][:200]}."
+                ) from exc
+            config["compile_checked"] = True
         return Artifact(
             self.name, out_dir, tuple(sorted(p.name for p in out_dir.iterdir())), config
         )
@@ -126,3 +179,11 @@ class OpenVinoBackend(Backend):
     def runner(self, artifact: Artifact, threads: int | None = None) -> Runner:
         self.require()
         return OpenVinoRunner(artifact, threads)
+
+
+def _devices(device: str) -> list[str]:
+    """The physical devices a device string names: "AUTO:NPU,GPU" -> ["NPU", "GPU"]."""
+    kind, _, rest = device.partition(":")
+    if kind in ("AUTO", "MULTI", "HETERO") and rest:
+        return [d.strip() for d in rest.split(",") if d.strip()]
+    return [] if kind in ("AUTO", "MULTI", "HETERO") else [device]

@@ -124,6 +124,47 @@ class TestOpenVino(BackendContract):
         )
         assert art.config["inference_precision_hint"] == "bf16"
 
+    def _profile(self, **ov_opts):
+        import dataclasses
+        from types import MappingProxyType
+
+        return dataclasses.replace(
+            load_profile("x86-64-avx512"), backend_options=MappingProxyType({"openvino": ov_opts})
+        )
+
+    def test_compiled_model_cache_is_used(
+        self, backend, artifact, tiny_model, tmp_path, monkeypatch
+    ):
+        monkeypatch.setenv("ROBOPT_CACHE", str(tmp_path / "cache"))
+        with backend.runner(artifact, threads=1) as r:
+            r.infer(tiny_model[1])
+        blobs = list((tmp_path / "cache" / "openvino").iterdir())
+        assert blobs, "OpenVINO wrote no compiled blob to CACHE_DIR"
+        with backend.runner(artifact, threads=1) as r:  # a second start loads the blob
+            assert np.allclose(r.infer(tiny_model[1])["y"], tiny_model[2]["y"], atol=1e-4)
+        assert sorted(p.name for p in (tmp_path / "cache" / "openvino").iterdir()) == sorted(
+            p.name for p in blobs
+        )
+
+    def test_device_missing_here_is_converted_not_compiled(self, backend, tiny_model, tmp_path):
+        art = backend.build(
+            tiny_model[0], self._profile(device="NPU"), BuildOptions(), tmp_path / "e"
+        )
+        assert art.config["device"] == "NPU" and art.config["compile_checked"] is False
+        assert "first start" in art.config["compile_note"]
+
+    def test_performance_hint_from_profile(self, backend, tiny_model, tmp_path):
+        art = backend.build(
+            tiny_model[0], self._profile(performance_hint="throughput"), BuildOptions(),
+            tmp_path / "e",
+        )  # fmt: skip
+        assert art.config["performance_hint"] == "THROUGHPUT"
+        with pytest.raises(BuildError, match="performance_hint"):
+            backend.build(
+                tiny_model[0], self._profile(performance_hint="fast"), BuildOptions(),
+                tmp_path / "e2",
+            )  # fmt: skip
+
 
 def test_every_registered_backend_has_a_contract_test():
     tested = {c.name for c in BackendContract.__subclasses__()}

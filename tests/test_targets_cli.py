@@ -1,0 +1,86 @@
+"""robopt-compile for boards this machine cannot run: TensorRT deferred builds, OpenVINO
+devices, --list-targets saying what builds and runs here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_cli import assert_one_error_line, run_cli
+
+from robopt_compile.errors import EXIT_BAD_INPUT
+
+
+def manifest(out):
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_jetson_bundle_is_a_checked_deferred_build(policy_dir, tmp_path, capsys, precision):
+    out = tmp_path / f"orin-{precision}"
+    args = ["tiny_policies:make_tiny", "--target", "jetson-orin-nano", "--precision", precision,
+            "-o", str(out), "--threads", "1"]  # fmt: skip
+    if precision == "int8":
+        args += ["--calibration", "random"]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    m = manifest(out)
+    assert m["backend"] == "tensorrt" and m["precision"] == precision
+    assert m["target"]["profile"] == "jetson-orin-nano-8gb"
+    eng = m["engine"]
+    assert eng["config"]["deferred"] is True and eng["config"]["strongly_typed"] is True
+    assert {"model.onnx", "build.json", "trtexec.sh"} <= set(eng["files"])
+    recipe = json.loads((out / "engine" / "build.json").read_text())
+    assert recipe["precision"] == precision
+    parity = m["parity"]["engine"]
+    assert parity["engine_checked"] is False and parity["checked_in"] == "onnxruntime"
+    assert parity["passed"] is True
+    q = json.loads((out / "report.json").read_text())["quantization"]
+    assert q["evaluated_in"] == "onnxruntime" and "tensorrt cannot run here" in q["evaluation_note"]
+    assert "ONNX fidelity" in stdout and "on the device" in stdout
+
+
+def test_deferred_bundle_refuses_to_bench_here_with_one_line(policy_dir, tmp_path, capsys):
+    from robopt_compile.bench.cli import main as bench_main
+
+    out = tmp_path / "orin"
+    code, _, err = run_cli(["tiny_policies:make_tiny", "--target", "jetson-orin-nano",
+                            "--precision", "fp16", "-o", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    try:
+        bench_main([str(out), "--runs", "5"])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == 3
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "deferred TensorRT build" in lines[0] and "trtexec" in lines[0]
+
+
+def test_dla_core_needs_tensorrt_and_a_dla(policy_dir, tmp_path, capsys):
+    code, _, err = run_cli(["tiny_policies:make_tiny", "--dla-core", "0", "-o",
+                            str(tmp_path / "a")], capsys)  # fmt: skip
+    assert code == EXIT_BAD_INPUT and "--dla-core needs the tensorrt backend" in err
+    assert_one_error_line(err)
+    code, _, err = run_cli(["tiny_policies:make_tiny", "--target", "jetson-orin-nano",
+                            "--precision", "fp16", "--dla-core", "0", "-o",
+                            str(tmp_path / "b")], capsys)  # fmt: skip
+    assert code != 0 and "DLA" in err
+    assert_one_error_line(err)
+    assert not (tmp_path / "b").exists()
+
+
+def test_list_targets_says_what_builds_and_runs_here(capsys):
+    code, out, err = run_cli(["--list-targets", "--json"], capsys)
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)["targets"]}
+    orin = rows["jetson-agx-orin-64gb"]["backends"]["tensorrt"]
+    assert orin["build"] == "deferred" and orin["run"] is False
+    assert rows["host"]["backends"]["onnxruntime"] == {
+        "build": "yes",
+        "run": True,
+        "reason": rows["host"]["backends"]["onnxruntime"]["reason"],
+    }
+    code, out, _ = run_cli(["--list-targets"], capsys)
+    assert "jetson-orin-nano-8gb" in out and "build here / run here" in out
