@@ -14,6 +14,7 @@ TARGETS: dict[str, str] = {
     "onnxruntime": "robopt_compile.targets.onnxruntime:OnnxRuntimeBackend",
     "openvino": "robopt_compile.targets.openvino:OpenVinoBackend",
     "tensorrt": "robopt_compile.targets.tensorrt:TensorRTBackend",
+    "tvm": "robopt_compile.targets.tvm:TvmBackend",
 }
 
 
