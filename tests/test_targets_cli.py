@@ -84,3 +84,13 @@ def test_list_targets_says_what_builds_and_runs_here(capsys):
     }
     code, out, _ = run_cli(["--list-targets"], capsys)
     assert "jetson-orin-nano-8gb" in out and "build here / run here" in out
+
+
+def test_two_of_four_bundle_for_orin_enables_sparse_weights(policy_dir, tmp_path, capsys):
+    out = tmp_path / "sparse"
+    code, _, err = run_cli(["tiny_policies:make_mlp", "--target", "jetson-orin-agx", "--prune",
+                            "2:4", "--precision", "fp16", "-o", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    cfg = manifest(out)["engine"]["config"]
+    assert cfg["sparse_weights"] is True and "SPARSE_WEIGHTS" in cfg["builder_flags"]
+    assert "--sparsity=enable" in (out / "engine" / "trtexec.sh").read_text()
