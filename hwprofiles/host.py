@@ -110,7 +110,8 @@ def detect_host() -> HardwareProfile:
     bw_fig = Figure(
         round(bw, 2), "measured here: best-of-5 numpy copy of 64 MiB, 1 thread", estimate=False
     )
-    backends = ("onnxruntime", "openvino")
+    # TVM last: untuned it is ~100x slower than ONNX Runtime here; --backend tvm asks for it.
+    backends = ("onnxruntime", "openvino", "tvm")
     if arch == "x86_64":
         precisions = ("fp32", "int8")
         precisions += ("bf16",) if "avx512_bf16" in flags or "amx_bf16" in flags else ()

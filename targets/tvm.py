@@ -647,6 +647,10 @@ class TvmRunner(Runner):
                 f"this TVM engine is a {arch} library (target {cfg.get('target')}); it runs only "
                 f"on an {arch} machine and this one is {_machine()}: run it on the robot."
             )
+        # TVM binds the thread that starts its pool to core 0, which then confines every other
+        # runtime and numpy in this process (measured: os.sched_getaffinity became {0}); a
+        # control-loop process must keep its own affinity. The user's setting wins.
+        os.environ.setdefault("TVM_BIND_THREADS", "0")
         if self.threads:
             # Read when TVM's thread pool starts (measured: sets its size up or down);
             # config_threadpool below only lowers a pool that already started in this process.
@@ -714,6 +718,7 @@ class TvmBackend(Backend):
         target_dict = resolve_target(profile, options.threads)
         arch = target_arch(target_dict)
         cross = _cross_compiler(target_dict, opts)
+        os.environ.setdefault("TVM_BIND_THREADS", "0")  # see TvmRunner._activate
         import tvm
 
         try:
