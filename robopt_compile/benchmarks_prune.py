@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from robopt_compile.benchmarks_quant import holdout_samples
+
 CNN = "visuomotor-cnn"
 ACT = "act-policy"
 PRUNE = "channels:0.5"
@@ -67,25 +69,11 @@ def _compile(source: str, out: Path, **kw: Any) -> tuple[Path, Any, float]:
 
 
 def _reference(name: str, holdout: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    import torch
-
+    from robopt_compile.benchmarks_quant import torch_outputs
     from robopt_compile.zoo import load_zoo
 
     module, _ = load_zoo(name)
-    names = list(getattr(module, "output_names", ["output"]))
-    refs = []
-    with torch.no_grad():
-        for s in holdout:
-            o = module(**{k: torch.from_numpy(v) for k, v in s.items()})
-            o = o if isinstance(o, tuple | list) else [o]
-            refs.append({n: t.numpy() for n, t in zip(names, o, strict=True)})
-    return refs
-
-
-def _holdout(calib: Path, report: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-    from robopt_compile.benchmarks_quant import _holdout as quant_holdout
-
-    return quant_holdout(calib, report)
+    return torch_outputs(module, holdout, list(getattr(module, "output_names", ["output"])))
 
 
 def _time_bundles(
@@ -162,7 +150,7 @@ def _bench_cnn(workdir, calib, rounds, per_round, log, distill_steps) -> dict[st
                             prune=["unstructured:0.8"])  # fmt: skip
     first = b["ORT fp32 pruned 50%"][1].report["compression"]
     assert first["steps"][0]["report"]["criterion"] == "activation"  # the default with data
-    holdout = _holdout(calib, first)
+    holdout = holdout_samples(calib, first)
     ref = _reference(CNN, holdout)
     log("  timing")
     lat, outs = _time_bundles(b, holdout, rounds, per_round)
@@ -233,7 +221,7 @@ def _bench_act(workdir, calib, rounds, per_round, log) -> dict[str, Any]:
         src, workdir / "lr-ffn", calibration=c, backend="onnxruntime", prune=[PRUNE]
     )
     first = b["channels 50% (backbone + FFN)"][1].report["compression"]
-    holdout = _holdout(calib, first)
+    holdout = holdout_samples(calib, first)
     ref = _reference(ACT, holdout)
     lat, outs = _time_bundles(b, holdout, rounds, per_round)
     rows = []

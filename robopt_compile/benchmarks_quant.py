@@ -38,10 +38,8 @@ SAMPLES = 64
 MAX_DROP = {"int4-weight": 0.2}
 
 
-def synthetic_calibration(name: str, path: Path, n: int = SAMPLES, seed: int = 7) -> Path:
-    from robopt_compile.zoo import load_zoo
-
-    _, examples = load_zoo(name)
+def synthetic_samples(examples: dict[str, Any], n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` samples per input, stacked: images uniform in [0, 1], the rest standard normal."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for k, v in examples.items():
@@ -50,11 +48,31 @@ def synthetic_calibration(name: str, path: Path, n: int = SAMPLES, seed: int = 7
             arrays[k] = rng.random(shape, dtype=np.float32)
         else:
             arrays[k] = rng.standard_normal(shape, dtype=np.float32)
-    np.savez(path, **arrays)
+    return arrays
+
+
+def synthetic_calibration(name: str, path: Path, n: int = SAMPLES, seed: int = 7) -> Path:
+    from robopt_compile.zoo import load_zoo
+
+    _, examples = load_zoo(name)
+    np.savez(path, **synthetic_samples(examples, n, seed))
     return path
 
 
-def _holdout(calib: Path, report: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+def torch_outputs(module: Any, inputs: list[dict[str, np.ndarray]], names: list[str]) -> list:
+    """``module``'s outputs on each sample, by output name (the fp32 reference)."""
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for s in inputs:
+            o = module(**{k: torch.from_numpy(v) for k, v in s.items()})
+            o = o if isinstance(o, tuple | list) else [o]
+            outs.append({n: t.numpy() for n, t in zip(names, o, strict=True)})
+    return outs
+
+
+def holdout_samples(calib: Path, report: dict[str, Any]) -> list[dict[str, np.ndarray]]:
     data = np.load(calib)
     idx = [int(re.search(r"\[(\d+)\]$", i).group(1)) for i in report["data"]["holdout_ids"]]
     return [{k: data[k][i] for k in data.files} for i in idx]
@@ -120,19 +138,8 @@ def bench_quant(workdir: Path, rounds: int, per_round: int, log: Callable[[str],
             )
             built[(backend, precision)] = (out, res, time.perf_counter() - t)
         first_report = next(iter(built.values()))[1].report["quantization"]
-        holdout = _holdout(calib, first_report)
-        with torch.no_grad():
-            ref = [
-                dict(
-                    zip(
-                        out_names,
-                        _as_list(module(**{k: torch.from_numpy(v) for k, v in s.items()})),
-                        strict=True,
-                    )
-                )
-                for s in holdout
-            ]
-        ref = [{k: v.numpy() for k, v in r.items()} for r in ref]
+        holdout = holdout_samples(calib, first_report)
+        ref = torch_outputs(module, holdout, out_names)
         feeds = holdout[0]
 
         so = ort.SessionOptions()
@@ -235,12 +242,6 @@ def bench_quant(workdir: Path, rounds: int, per_round: int, log: Callable[[str],
             row["relative_l2"] = fig["relative_l2"]
             row["eager_ms"] = eager_ms
     return {"rows": rows, "baselines": baselines, "samples": SAMPLES}
-
-
-def _as_list(out: Any) -> list[Any]:
-    import torch
-
-    return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
 def _holdout_free(calib: Path, report: dict[str, Any]):

@@ -100,9 +100,11 @@ def bench_torch_pruning(
     rir.save(tp_model, paths["torch-pruning"])
 
     models = {"unpruned": base, "torch-pruning": tp_model, "robopt": robopt_model}
+    from robopt_compile.benchmarks_quant import torch_outputs
+
     inputs = _inputs(examples)
-    ref = _torch_outputs(module, inputs, names)
-    tp_eager = _torch_outputs(pruned, inputs, names)
+    ref = torch_outputs(module, inputs, names)
+    tp_eager = torch_outputs(pruned, inputs, names)
     log("[bench] timing ORT fp32, 1 thread")
     lat, outs = _time_onnx(paths, inputs, rounds, per_round)
     from robopt_compile.accuracy import accuracy_figures
@@ -136,27 +138,10 @@ def bench_torch_pruning(
 
 def _inputs(examples: dict[str, Any]) -> list[dict[str, np.ndarray]]:
     """16 synthetic samples: images uniform [0, 1], everything else standard normal, seed 7."""
-    rng = np.random.default_rng(SEED)
-    arrays = {}
-    for k, v in examples.items():
-        shape = (SAMPLES, *tuple(v.shape))
-        if k == "image":
-            arrays[k] = rng.random(shape, dtype=np.float32)
-        else:
-            arrays[k] = rng.standard_normal(shape, dtype=np.float32)
+    from robopt_compile.benchmarks_quant import synthetic_samples
+
+    arrays = synthetic_samples(examples, SAMPLES, SEED)
     return [{k: a[i] for k, a in arrays.items()} for i in range(SAMPLES)]
-
-
-def _torch_outputs(module: Any, inputs: list[dict[str, np.ndarray]], names: list[str]) -> list:
-    import torch
-
-    outs = []
-    with torch.no_grad():
-        for s in inputs:
-            o = module(**{k: torch.from_numpy(v) for k, v in s.items()})
-            o = o if isinstance(o, tuple | list) else [o]
-            outs.append({n: t.numpy() for n, t in zip(names, o, strict=True)})
-    return outs
 
 
 def _time_onnx(

@@ -154,7 +154,7 @@ def validate(opts: CompressOptions, has_calibration: bool) -> None:
         raise InputError("--prune-layer sets channel-pruning ratios: add --prune channels:R.")
     steps = build_steps(opts, [{"placeholder": np.zeros(1)}] if has_calibration else [])
     if distill_options(opts.distill) is not None and not any(
-        type(s).__name__ in ("ChannelPrunePass", "LowRankPass") for s in steps
+        getattr(s, "name", "") in ("prune-channels", "low-rank") for s in steps
     ):
         raise InputError("--distill recovers what --prune channels or --low-rank cost; add one.")
 
@@ -226,10 +226,8 @@ def compress(
     from robopt_compile import ir as rir
     from robopt_compile.accuracy import accuracy_figures, load_metric
     from robopt_compile.numerics import run_onnx_many
-    from robopt_compile.passes import PASSES
     from robopt_compile.passes.base import pass_name
 
-    names_by_class = {v.rpartition(":")[2]: k for k, v in PASSES.items()}
     note = progress or (lambda *a: None)
     bound = quant.max_drop
     if bound is not None and bound < 0:
@@ -241,9 +239,7 @@ def compress(
     if data_note:
         note(data_note, "note", 0.0)
     steps = build_steps(opts, [] if data.random else list(data.calibration))
-    if dist is not None and not any(
-        names_by_class.get(type(s).__name__) in ("prune-channels", "low-rank") for s in steps
-    ):
+    if dist is not None and not any(pass_name(s) in ("prune-channels", "low-rank") for s in steps):
         raise InputError("--distill recovers what --prune channels or --low-rank cost; add one.")
     original = rir.clone(model)
     reference = run_onnx_many(original, data.holdout, threads=threads)
@@ -263,7 +259,7 @@ def compress(
     current = model
     last_fig: dict[str, Any] = score(model)  # the uncompressed model against itself: 0 drop
     for step in steps:
-        name = names_by_class.get(type(step).__name__, pass_name(step))
+        name = pass_name(step)
         candidate = runner.run([step], rir.clone(current))
         fig = score(candidate)
         entry: dict[str, Any] = {"pass": name, "report": getattr(step, "report", {})}

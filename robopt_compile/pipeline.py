@@ -102,23 +102,9 @@ def target_status(profile: Any, backend_name: str) -> dict[str, Any]:
             "run": False,
             "reason": f"{profile.arch} engine, this machine is {host_arch}",
         }
-    if backend_name == "openvino":
-        device = str(profile.backend_options.get("openvino", {}).get("device", "CPU"))
-        try:
-            import openvino as ov
-
-            have = ov.Core().available_devices
-        except Exception:
-            have = []
-        from robopt_compile.targets.openvino import _devices
-
-        missing = [d for d in _devices(device) if d not in have]
-        if missing:
-            return {
-                "build": "yes",
-                "run": False,
-                "reason": f"OpenVINO device {missing} not on this machine ({have})",
-            }
+    runs, reason = backend.runs_here(profile)
+    if not runs:
+        return {"build": "yes", "run": False, "reason": reason}
     return {"build": "yes", "run": True, "reason": why}  # fmt: skip
 
 

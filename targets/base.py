@@ -118,6 +118,11 @@ class Backend(abc.ABC):
             )
         return True, f"{self.runtime_module} is installed"
 
+    def runs_here(self, profile: Any) -> tuple[bool, str]:
+        """(runs, reason): whether an engine built for ``profile`` can run on this machine,
+        beyond the runtime being installed and the CPU architecture matching (a device)."""
+        return True, ""
+
     def require(self) -> None:
         ok, why = self.availability()
         if not ok:

@@ -176,6 +176,18 @@ class OpenVinoBackend(Backend):
             self.name, out_dir, tuple(sorted(p.name for p in out_dir.iterdir())), config
         )
 
+    def runs_here(self, profile: Any) -> tuple[bool, str]:
+        import openvino as ov
+
+        device = str(
+            getattr(profile, "backend_options", {}).get("openvino", {}).get("device", "CPU")
+        )
+        have = ov.Core().available_devices
+        missing = [d for d in _devices(device) if d not in have]
+        if missing:
+            return False, f"OpenVINO device {missing} not on this machine ({have})"
+        return True, ""
+
     def runner(self, artifact: Artifact, threads: int | None = None) -> Runner:
         self.require()
         return OpenVinoRunner(artifact, threads)

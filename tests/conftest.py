@@ -121,6 +121,21 @@ def tiny_pt2(policy_dir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def calib_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 samples for the tiny policy: one .npz with a leading sample axis."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    path = tmp_path_factory.mktemp("calib") / "calib.npz"
+    np.savez(
+        path,
+        image=rng.random((24, 1, 3, 16, 16), dtype=np.float32),
+        state=rng.standard_normal((24, 1, 4), dtype=np.float32),
+    )
+    return path
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     """Under ROBOPT_FAIL_ON_SKIP=1 (set by .ci/run) a skip is a failure.

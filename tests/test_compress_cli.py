@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -25,18 +24,6 @@ def report(out):
 def weights(out) -> dict[str, tuple[int, ...]]:
     m = onnx.load(out / "model.onnx")
     return {t.name: tuple(t.dims) for t in m.graph.initializer}
-
-
-@pytest.fixture(scope="module")
-def calib_npz(tmp_path_factory):
-    rng = np.random.default_rng(5)
-    path = tmp_path_factory.mktemp("calib") / "calib.npz"
-    np.savez(
-        path,
-        image=rng.random((24, 1, 3, 16, 16), dtype=np.float32),
-        state=rng.standard_normal((24, 1, 4), dtype=np.float32),
-    )
-    return path
 
 
 def test_channel_pruning_bundle(policy_dir, calib_npz, tmp_path, capsys):

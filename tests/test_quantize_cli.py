@@ -12,19 +12,6 @@ from test_cli import assert_one_error_line, leftovers, run_cli
 from robopt_compile.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED
 
 
-@pytest.fixture(scope="module")
-def calib_npz(tmp_path_factory):
-    """24 real-looking samples for the tiny policy (a single .npz with a sample axis)."""
-    rng = np.random.default_rng(5)
-    path = tmp_path_factory.mktemp("calib") / "calib.npz"
-    np.savez(
-        path,
-        image=rng.random((24, 1, 3, 16, 16), dtype=np.float32),
-        state=rng.standard_normal((24, 1, 4), dtype=np.float32),
-    )
-    return path
-
-
 def manifest(out):
     return json.loads((out / "manifest.json").read_text())
 

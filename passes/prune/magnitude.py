@@ -39,7 +39,7 @@ class MagnitudePrunePass(ir.passes.InPlacePass):
         exclude: Node names (or weight names) left dense.
     """
 
-    name = "magnitude-prune"
+    name = "prune-magnitude"  # its PASSES name
 
     def __init__(
         self,

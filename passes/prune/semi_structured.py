@@ -152,7 +152,7 @@ class SemiStructuredSparsityPass(ir.passes.InPlacePass):
         exclude: Node names (or weight names) left dense.
     """
 
-    name = "semi-structured-sparsity"
+    name = "prune-2of4"  # its PASSES name
 
     def __init__(
         self, n: int = 2, m: int = 4, min_channels: int = 64, exclude: Sequence[str] = ()
