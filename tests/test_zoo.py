@@ -97,11 +97,20 @@ def test_forward_shapes_and_finite(zoo_model: tuple) -> None:
     assert not model.training
     assert list(inputs) == list(inspect.signature(model.forward).parameters)
     out = _run(model, inputs)
-    expected = {"state-mlp": (1, 7), "visuomotor-cnn": (1, 7), "act-policy": (1, 50, 14)}
+    expected = {
+        "state-mlp": (1, 7),
+        "visuomotor-cnn": (1, 7),
+        "act-policy": (1, 50, 14),
+        "hopper-mlp": (1, 3),
+        "double-pendulum-mlp": (1, 1),
+        "pendulum-swingup-mlp": (1, 1),
+        "reacher-cnn": (1, 2),
+    }
     assert tuple(out.shape) == expected[name]
     assert len(model.output_names) == 1
     assert torch.isfinite(out).all()
-    assert out.std() > 1e-3, "output is (nearly) constant"
+    if out.numel() > 1:  # a one-action policy has no spread within one output
+        assert out.std() > 1e-3, "output is (nearly) constant"
 
 
 def test_output_depends_on_every_input(zoo_model: tuple) -> None:
@@ -124,11 +133,14 @@ def test_deterministic_for_a_seed(zoo_model: tuple) -> None:
         assert torch.equal(a, b), k
     for k in inputs:
         assert torch.equal(inputs[k], again_inputs[k]), k
-    other, _ = load_zoo(name, seed=1)
-    assert not all(
+    other, other_inputs = load_zoo(name, seed=1)
+    same = all(
         torch.equal(a, b)
         for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True)
     )
+    # Trained models keep their weights; the seed then changes only the example inputs.
+    assert same == ZOO[name].trained
+    assert not all(torch.equal(inputs[k], other_inputs[k]) for k in inputs)
 
 
 def test_batch_argument(zoo_model: tuple) -> None:

@@ -1,4 +1,4 @@
-"""Model zoo: real robot-policy architectures with random weights and a fixed seed.
+"""Model zoo: robot-policy architectures, some with real trained weights.
 
 The zoo gives every pass, target and benchmark the same realistic models to work on without
 downloading checkpoints. Importing this package must stay free of torch (the CLI lists zoo
@@ -9,6 +9,11 @@ Every factory has the signature ``make_xxx(seed: int = 0, batch: int = 1)`` and 
 module in eval mode and a dict of example inputs. The dict's keys are the ONNX input names and
 equal the names of ``forward``'s parameters, in order, so ``model(**inputs)`` works. Every zoo
 module has a class attribute ``output_names`` naming its outputs.
+
+Trained models (``trained=True``) carry real weights: the pybullet policies read theirs from the
+pybullet wheel (``zoo/pybullet.py``), the Reacher CNN from ``zoo/weights/`` (trained here by
+``python -m robopt_compile.zoo.train_reacher``). Their ``task`` names the simulated task that
+``robopt-compile evaluate`` runs them on. The other models have random weights from a fixed seed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class ZooEntry:
     name: str
     factory: str  # "module:function", imported only by load_zoo
     description: str
+    task: str | None = None  # the simulated task it was trained for (robopt_compile.tasks)
+    trained: bool = False  # real trained weights (else random weights with a fixed seed)
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -53,6 +60,38 @@ ZOO: dict[str, ZooEntry] = {
             "robopt_compile.zoo.act:make_act_policy",
             "ACT (Zhao et al. 2023) inference path: ResNet-18 + 4-layer encoder / 1-layer "
             "decoder transformer; image (B,3,224,224) + qpos (B,14) -> actions (B,50,14).",
+        ),
+        ZooEntry(
+            "hopper-mlp",
+            "robopt_compile.zoo.pybullet:make_hopper_mlp",
+            "Pretrained pybullet Hopper policy (weights from the pybullet wheel): "
+            "obs (B,15) -> 128 -> 64 ReLU -> action (B,3).",
+            task="HopperBulletEnv-v0",
+            trained=True,
+        ),
+        ZooEntry(
+            "double-pendulum-mlp",
+            "robopt_compile.zoo.pybullet:make_double_pendulum_mlp",
+            "Pretrained pybullet InvertedDoublePendulum policy: obs (B,9) -> 64 -> 32 ReLU -> "
+            "action (B,1).",
+            task="InvertedDoublePendulumBulletEnv-v0",
+            trained=True,
+        ),
+        ZooEntry(
+            "pendulum-swingup-mlp",
+            "robopt_compile.zoo.pybullet:make_pendulum_swingup_mlp",
+            "Pretrained pybullet InvertedPendulumSwingup policy: obs (B,5) -> 64 -> 32 ReLU -> "
+            "action (B,1).",
+            task="InvertedPendulumSwingupBulletEnv-v0",
+            trained=True,
+        ),
+        ZooEntry(
+            "reacher-cnn",
+            "robopt_compile.zoo.reacher:make_reacher_cnn",
+            "Visuomotor CNN trained here by behaviour cloning on MuJoCo Reacher-v5: 64x64 "
+            "top-down image + joint state -> action (B,2); spatial-softmax keypoints.",
+            task="Reacher-v5-pixels",
+            trained=True,
         ),
     )
 }
