@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from robopt_compile.errors import EXIT_INTERNAL, CheckFailedError, RoboptError
+from robopt_compile.errors import EXIT_INTERNAL, CheckFailedError, InputError, RoboptError
 
 PROG = "robopt-bench"
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -123,8 +123,22 @@ def format_result(r: dict[str, Any]) -> str:
         lines.append(
             f"control     {c['rate_hz']:g} Hz, deadline {c['deadline_ms']:.3f} ms: "
             f"{c['misses']}/{c['runs']} missed ({c['miss_fraction']:.2%}), "
-            f"p99 headroom {c['p99_headroom_ms']:.3f} ms"
+            f"p99 headroom {c['p99_headroom_ms']:.3f} ms (back-to-back runs)"
         )
+        pc = c.get("paced")
+        if pc:
+            lat, jit, mem = pc["latency_ms"], pc["jitter_ms"], pc["rss_mib"]
+            lines += [
+                f"paced loop  {pc['ticks']} ticks at {pc['rate_hz']:g} Hz: {pc['misses']} missed "
+                f"({pc['miss_fraction']:.2%}, longest streak {pc['longest_miss_streak']}), "
+                f"utilisation {pc['utilisation']:.1%}",
+                f"            latency p50 {lat['p50']:.3f} / p99 {lat['p99']:.3f} / p99.9 "
+                f"{lat['p99.9']:.3f} / max {lat['max']:.3f} ms; release jitter p99 "
+                f"{jit['p99']:.3f} ms, max {jit['max']:.3f} ms",
+                f"            cold start {pc['cold_start_ms']:.1f} ms (load + first inference), "
+                f"warm first run {pc['warm_first_ms']:.3f} ms, RSS growth "
+                f"{_f(mem['growth'], '+.2f')} MiB over the loop",
+            ]
     mem = r["memory"]
     lines.append(
         f"memory      peak RSS {_f(mem['peak_rss_mib'], '.1f')} MiB, "
@@ -199,6 +213,25 @@ def format_overhead(o: dict[str, Any]) -> str:
     is_flag=True,
     help="Measure the harness's own overhead against a bare runtime loop instead.",
 )
+@click.option(
+    "--save",
+    is_flag=True,
+    help="Also save the result, with every latency sample, in BUNDLE/results/ (the latency "
+    "histogram of the bundle's report.html).",
+)
+@click.option(
+    "--device",
+    metavar="URL",
+    default=None,
+    help="Run on the robot serving `robopt-bench serve` at URL (http://ROBOT:8470) instead of "
+    "here; the result is also saved in BUNDLE/results/.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=str),
+    default=None,
+    help="File whose first line is the --device server's token.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run(
     bundle: str,
@@ -209,14 +242,29 @@ def run(
     as_json: bool,
     verify: bool,
     overhead: bool,
+    save: bool,
+    device: str | None,
+    token_file: str | None,
     debug: bool,
 ) -> None:
     """Benchmark the bundle in BUNDLE: engine fidelity, latency, jitter, memory.
 
-    Exit codes: 0 ok, 2 bad bundle or option, 3 runtime missing or engine will not load,
-    4 engine outputs do not match the reference (results are printed first), 1 internal error.
+    Exit codes: 0 ok, 2 bad bundle or option, 3 runtime missing or engine will not load
+    (or --device unreachable), 4 engine outputs do not match the reference (results are
+    printed first), 1 internal error.
     """
     try:
+        if (device is None) != (token_file is None):
+            raise InputError("--device and --token-file go together: give both or neither.")
+        if device is not None:
+            if overhead:
+                raise InputError("--overhead runs here only: drop --device or --overhead.")
+            result = _remote_run(
+                bundle, device, token_file or "", runs, warmup, threads, control_rate, verify,
+                as_json,
+            )  # fmt: skip
+            _check_fidelity(result)
+            return
         from .harness import measure_overhead, run_benchmark
 
         if overhead:
@@ -240,17 +288,166 @@ def run(
                 control_rate=control_rate,
                 progress=progress,
                 verify=verify,
+                keep_samples=save,
             )
+        if save:
+            _save_local(bundle, result, control_rate)
+            result = {**result, "latency": {
+                k: v for k, v in result["latency"].items() if k != "samples_ms"}}  # fmt: skip
         click.echo(
             json.dumps(result, indent=2, allow_nan=False) if as_json else format_result(result)
         )
-        if not result["fidelity"]["passed"]:
-            failed = {
-                n: o["reason"] for n, o in result["fidelity"]["outputs"].items() if not o["passed"]
-            }
-            raise CheckFailedError(
-                f"engine fidelity check failed: {failed}; the engine does not reproduce the "
-                "source model within the manifest's tolerance."
-            )
+        _check_fidelity(result)
+    except Exception as exc:
+        _fail(exc, debug)
+
+
+def _save_local(bundle: str, result: dict[str, Any], control_rate: float | None) -> None:
+    """``--save``: the result (samples included) and the paced loop into BUNDLE/results/."""
+    import platform
+    import time
+
+    from robopt_compile.results import save_result
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in platform.node()) or "host"
+    path = save_result(bundle, f"bench-{host}-{stamp}", result)
+    click.echo(f"saved {path}", err=True)
+    paced = (result.get("control") or {}).get("paced")
+    if control_rate is not None and paced:
+        save_result(bundle, f"control-{host}-{control_rate:g}hz", paced)
+
+
+def _check_fidelity(result: dict[str, Any]) -> None:
+    """Raise ``CheckFailedError`` (exit 4) when the engine missed the reference."""
+    if not result["fidelity"]["passed"]:
+        failed = {
+            n: o["reason"] for n, o in result["fidelity"]["outputs"].items() if not o["passed"]
+        }
+        raise CheckFailedError(
+            f"engine fidelity check failed: {failed}; the engine does not reproduce the "
+            "source model within the manifest's tolerance."
+        )
+
+
+def format_remote(r: dict[str, Any], saved: str) -> str:
+    """The ``remote`` block of a result as two table lines."""
+    rem = r["remote"]
+    return "\n".join(
+        [
+            f"remote      {rem['host']} ({rem['url']}, robopt {rem['server_version']}): upload "
+            f"{rem['upload_bytes'] / 2**20:.1f} MiB in {rem['upload_ms']:.0f} ms, check "
+            f"{rem['validate_ms']:.0f} ms, queue {rem['queue_wait_ms']:.0f} ms",
+            f"saved       {saved}",
+        ]
+    )
+
+
+def _remote_run(
+    bundle: str,
+    device: str,
+    token_file: str,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    control_rate: float | None,
+    verify: bool,
+    as_json: bool,
+) -> dict[str, Any]:
+    """Benchmark on ``device``, print as a local run does, save into BUNDLE/results/."""
+    from .remote import read_token_file, remote_benchmark, save_remote_result
+
+    token = read_token_file(
+        token_file, warn=lambda m: click.echo(f"{PROG}: warning: {m}", err=True)
+    )
+    with _progress(runs, "timing") as progress:
+        result = remote_benchmark(
+            bundle,
+            device,
+            token,
+            runs=runs,
+            warmup=warmup,
+            threads=threads,
+            control_rate=control_rate,
+            verify=verify,
+            progress=progress,
+        )
+    saved = save_remote_result(bundle, result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, allow_nan=False))
+        click.echo(f"{PROG}: saved {saved}", err=True)
+    else:
+        click.echo(format_result(result) + "\n" + format_remote(result, str(saved)))
+    if result["remote"].get("overlapping_uploads"):
+        click.echo(
+            f"{PROG}: warning: other uploads reached {result['remote']['host']} during this "
+            "run and may have disturbed its timings; rerun when the robot is idle",
+            err=True,
+        )
+    return result
+
+
+@main.command("serve", context_settings=_CONTEXT)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 for every interface (plain HTTP: see docs/REMOTE.md).",
+)
+@click.option(
+    "--port", default=8470, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
+)
+@click.option(
+    "--token-file",
+    required=True,
+    type=click.Path(path_type=str),
+    help="File whose first line is the token clients must send (chmod 600).",
+)
+@click.option(
+    "--max-upload-mb",
+    default=2048,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest bundle upload accepted.",
+)
+@click.option(
+    "--max-queue",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Jobs that may wait behind the running one.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Where uploads are unpacked [default: the system temp folder].",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def serve(
+    host: str,
+    port: int,
+    token_file: str,
+    max_upload_mb: int,
+    max_queue: int,
+    work_dir: str | None,
+    debug: bool,
+) -> None:
+    """Serve benchmarks to build machines: `robopt-bench BUNDLE --device URL` uploads a
+    bundle, this machine runs it (one at a time) and sends back the result. See
+    docs/REMOTE.md: plain HTTP with a token, for trusted networks or an SSH tunnel.
+    """
+    try:
+        from .serve import serve as serve_forever
+
+        serve_forever(
+            token_file,
+            host=host,
+            port=port,
+            max_upload_mb=max_upload_mb,
+            max_queue=max_queue,
+            work_dir=work_dir,
+            debug=debug,
+        )
     except Exception as exc:
         _fail(exc, debug)

@@ -27,6 +27,7 @@ from robopt_compile.errors import BackendUnavailableError, InputError, RoboptErr
 from robopt_compile.targets import Artifact, Backend, Runner, get_backend
 
 from .compress import materialize_engine
+from .control import paced_loop
 from .deferred import complete_deferred, is_deferred, require_device_build
 from .manifest import load_manifest
 from .stats import control_loop_stats, latency_stats
@@ -279,10 +280,15 @@ def run_benchmark(
     threads: int | None = None,
     batch_inputs: dict[str, np.ndarray] | None = None,
     control_rate: float | None = None,
+    control_ticks: int | None = None,
     progress: Progress | None = None,
     verify: bool = True,
+    keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Benchmark a bundle: fidelity on the reference inputs, then ``runs`` timed runs.
+
+    ``keep_samples`` adds every timed run's latency as ``latency["samples_ms"]`` (for the
+    report's latency histogram).
 
     Args:
         bundle_dir: the folder ``robopt-compile -o`` wrote.
@@ -291,7 +297,9 @@ def run_benchmark(
         threads: intra-op threads; None keeps the runtime's default (all cores).
         batch_inputs: feeds to time instead of the reference inputs (e.g. a larger batch);
             fidelity is always judged on the reference inputs.
-        control_rate: control-loop rate in Hz; adds deadline-miss figures.
+        control_rate: control-loop rate in Hz; adds deadline-miss figures of the timed runs and
+            of a real paced loop at that rate (``control.paced``, see bench/control.py).
+        control_ticks: periods of the paced loop (default: ``runs``).
         progress: called with the number of timed runs just finished.
         verify: check every bundle file's sha256 first.
 
@@ -330,6 +338,13 @@ def run_benchmark(
                 fn()
         samples = _timed_loop(fn, runs, progress)
         rss_runs = _rss_bytes()
+        paced = None
+        if control_rate is not None:
+            # A real loop at the rate (bench/control.py): jitter, misses, steady-state memory.
+            with _gc_paused():
+                paced = paced_loop(fn, control_rate, control_ticks or runs, _rss_bytes)
+            paced["cold_start_ms"] = load_ms + first_ms
+            paced["warm_first_ms"] = samples[0] / 1e6
 
     batch = _batch(timed)
     peak = _peak_rss_bytes()
@@ -358,8 +373,11 @@ def run_benchmark(
             "engine_load_ms": load_ms,
             "first_infer_ms": first_ms,
         },
-        "latency": latency_stats(samples, "ns", batch),
-        "control": None if control_rate is None else control_loop_stats(samples, control_rate),
+        "latency": latency_stats(samples, "ns", batch)
+        | ({"samples_ms": [s / 1e6 for s in samples]} if keep_samples else {}),
+        "control": None
+        if control_rate is None
+        else {**control_loop_stats(samples, control_rate), "paced": paced},
         "fidelity": fidelity,
         "memory": {
             "peak_rss_mib": _mib(peak),

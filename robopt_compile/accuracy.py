@@ -122,8 +122,11 @@ class Evaluator:
     metric_name: str = "relative_l2"
     runs: int = 0  # how many candidates were evaluated (for the report)
 
-    def outputs(self, model: Any) -> list[Sample]:
-        """The candidate's outputs on every held-out sample, from an engine built for it."""
+    # Closed-loop task guard (robopt_compile.evaluate.ClosedLoopGuard): when set, the drop
+    # is the task's return or success drop on seeded episodes, not the output error.
+    closed_loop: Any = None
+
+    def _run(self, model: Any, closed_loop: bool) -> tuple[list[Sample], dict[str, Any] | None]:
         from robopt_compile import ir as rir
 
         self.runs += 1
@@ -132,10 +135,27 @@ class Evaluator:
             rir.save(model, path)
             art = self.backend.build(path, self.profile, self.build_options, Path(tmp) / "engine")
             with self.backend.runner(art, threads=self.build_options.threads) as r:
-                return [r.infer(s) for s in self.holdout]
+                got = [r.infer(s) for s in self.holdout]
+                task = None
+                if closed_loop and self.closed_loop is not None:
+                    names = list(self.reference[0]) if self.reference else []
+                    task = self.closed_loop.score(r.infer, names)
+                return got, task
+
+    def outputs(self, model: Any) -> list[Sample]:
+        """The candidate's outputs on every held-out sample, from an engine built for it."""
+        return self._run(model, closed_loop=False)[0]
 
     def score(self, model: Any) -> dict[str, Any]:
-        got = self.outputs(model)
+        if self.closed_loop is None:
+            got, task = self.outputs(model), None
+        else:
+            got, task = self._run(model, closed_loop=True)
         fig = accuracy_figures(self.reference, got, self.holdout, self.metric, self.metric_name)
         fig["holdout_ids"] = list(self.holdout_ids)
+        if task is not None:
+            fig["output_drop"] = fig["drop"]
+            fig["drop"] = task["drop"] if np.isfinite(task["drop"]) else float("inf")
+            fig["metric"] = task["metric"]
+            fig["closed_loop"] = task
         return fig

@@ -202,6 +202,8 @@ def write_report(
     prune: dict[str, Any] | None = None,
     reused: dict[str, str] | None = None,
     targets: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    remote: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -319,6 +321,14 @@ def write_report(
         from robopt_compile.benchmarks_targets import report_lines as target_lines
 
         lines += target_lines(targets)
+    if evaluation:
+        from robopt_compile.benchmarks_eval import report_lines as eval_lines
+
+        lines += eval_lines(evaluation)
+    if remote:
+        from robopt_compile.benchmarks_remote import markdown as remote_markdown
+
+        lines += ["", remote_markdown(remote), ""]
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -343,7 +353,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-SECTIONS = ("base", "quant", "prune", "targets")
+SECTIONS = ("base", "quant", "prune", "targets", "eval", "remote")
 
 
 def main() -> None:
@@ -362,6 +372,7 @@ def main() -> None:
     )
     ap.add_argument("--distill-steps", type=int, default=300)
     ap.add_argument("--tvm-trials", type=int, default=512, help="MetaSchedule trials per model.")
+    ap.add_argument("--episodes", type=int, default=50, help="Closed-loop episodes per engine.")
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     results_path = args.out.parent / "bench_results.json"
@@ -369,14 +380,17 @@ def main() -> None:
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     stamps = dict(previous.get("measured", {}))
     for key, field in (("base", "rows"), ("quant", "quant"), ("prune", "prune"),
-                       ("targets", "targets")):  # fmt: skip
+                       ("targets", "targets"), ("eval", "eval"), ("remote", "remote")):  # fmt: skip
         if previous.get(field) is not None and key not in stamps:
             stamps[key] = "in an earlier run"
     missing = [s for s in SECTIONS if s not in args.sections and s not in stamps]
     if missing and previous:
         log(f"[bench] no earlier measurement of {missing}: they are left out")
     work = Path(tempfile.mkdtemp(prefix="robopt-bench-"))
-    res = {k: previous.get(k) for k in ("rows", "overhead", "startup", "quant", "prune", "targets")}
+    res = {
+        k: previous.get(k)
+        for k in ("rows", "overhead", "startup", "quant", "prune", "targets", "eval", "remote")
+    }
     try:
         if "base" in args.sections:
             rows = []
@@ -412,6 +426,16 @@ def main() -> None:
                 "roofline": bt.roofline_estimates(log),
             }
             stamps["targets"] = now
+        if "eval" in args.sections:
+            from robopt_compile.benchmarks_eval import bench_eval
+
+            res["eval"] = bench_eval(work, log, args.episodes)
+            stamps["eval"] = now
+        if "remote" in args.sections:
+            from robopt_compile.benchmarks_remote import run_remote_section
+
+            res["remote"] = run_remote_section(work, log)
+            stamps["remote"] = now
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if res["rows"] is None:
@@ -420,7 +444,7 @@ def main() -> None:
     reused = {k: v for k, v in stamps.items() if k not in args.sections}
     write_report(
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
-        res["quant"], res["prune"], reused, res["targets"],
+        res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

@@ -20,7 +20,13 @@ from typing import Any
 import click
 
 from robopt_compile import __version__
-from robopt_compile.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, RoboptError
+from robopt_compile.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    CheckFailedError,
+    InputError,
+    RoboptError,
+)
 
 PROG = "robopt-compile"
 GROUP_FLAGS = {"--help", "-h", "--version"}
@@ -28,7 +34,8 @@ GROUP_FLAGS = {"--help", "-h", "--version"}
 EXIT_CODES_HELP = """\b
 Exit codes: 0 ok; 1 internal error (a bug: re-run with --debug and report it);
 2 bad input (missing/corrupt model, unknown target, bad option, output exists);
-3 backend missing or engine build failed; 4 a numerical check failed."""
+3 backend or simulator missing, or engine build failed; 4 a numerical check failed, or a
+bound did not hold with --fail-on-criteria."""
 
 
 class _DefaultToCompile(click.Group):
@@ -44,6 +51,8 @@ class _DefaultToCompile(click.Group):
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage(PROG, "SOURCE --target TARGET [-o OUT] [OPTIONS]")
         formatter.write_usage(PROG, "analyze SOURCE --target TARGET [--json]", prefix="       ")
+        formatter.write_usage(PROG, "evaluate BUNDLE [--episodes N|--dataset F]", prefix="       ")
+        formatter.write_usage(PROG, "report BUNDLE", prefix="       ")
         formatter.write_usage(PROG, "--list-targets [--json]", prefix="       ")
 
 
@@ -265,6 +274,43 @@ class _StageLog:
     help="TensorRT on Jetson: run on this DLA core (fp16/int8), falling back to the GPU for "
     "layers the DLA lacks.",
 )
+@click.option(
+    "--eval",
+    "eval_spec",
+    metavar="task[:episodes=N,seed=N,name=TASK,metric=return|success]",
+    help="After the build, run the original and the optimized engine in closed loop on the "
+    "model's simulated task (same seeds) and report return/success with intervals. With "
+    "--max-accuracy-drop, the quantizer is judged by the task too.",
+)
+@click.option(
+    "--max-return-drop",
+    type=click.FloatRange(min=0),
+    help="Closed-loop bound: largest mean-return drop as a fraction of the original's (0.05).",
+)
+@click.option(
+    "--max-success-drop",
+    type=click.FloatRange(min=0, max=1),
+    help="Closed-loop bound: largest success-rate drop, 0..1 (0.02 = 2 points).",
+)
+@click.option(
+    "--fail-on-criteria",
+    is_flag=True,
+    help="Exit 4 when a bound did not hold (accuracy guard rolled back, closed-loop bound "
+    "broken); the bundle is still written. For CI.",
+)
+@click.option(
+    "--device",
+    metavar="URL",
+    default=None,
+    help="After the build, benchmark the bundle on the robot serving `robopt-bench serve` at "
+    "URL (http://ROBOT:8470); the result is saved in OUT/results/.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File whose first line is the --device server's token.",
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def compile_cmd(
     out: Path,
@@ -283,11 +329,19 @@ def compile_cmd(
     distill: str | None,
     tune_trials: int | None,
     dla_core: int | None,
+    eval_spec: str | None,
+    max_return_drop: float | None,
+    max_success_drop: float | None,
+    fail_on_criteria: bool,
+    device: str | None,
+    token_file: Path | None,
     force: bool,
     **kw: Any,
 ) -> None:
     """Compile SOURCE into a deployable bundle at OUT."""
+    token = _device_token(device, token_file)  # before the build: fail fast on a bad file
     from robopt_compile.compress import CompressOptions
+    from robopt_compile.evaluate import Criteria, parse_eval_spec
     from robopt_compile.pipeline import compile_model
     from robopt_compile.quantize import QuantOptions
 
@@ -312,15 +366,31 @@ def compile_cmd(
         compress=compress,
         tune_trials=tune_trials,
         dla_core=dla_core,
+        eval=parse_eval_spec(eval_spec) if eval_spec else None,
+        eval_criteria=Criteria(max_return_drop, max_success_drop),
     )
+    if (max_return_drop is not None or max_success_drop is not None) and not eval_spec:
+        raise InputError("--max-return-drop/--max-success-drop need --eval task[:...].")
     result = compile_model(
         kw["source"], out, opts, force=force, progress=_StageLog(not kw["as_json"])
     )
     m = result.manifest
+    failures = criteria_failures(result.report, result.evaluation)
     if kw["as_json"]:
         click.echo(
-            json.dumps({"bundle": str(out), "manifest": m, "report": result.report}, default=str)
+            json.dumps(
+                {
+                    "bundle": str(out),
+                    "manifest": m,
+                    "report": result.report,
+                    "evaluation": result.evaluation,
+                    "criteria_failures": failures,
+                    **_remote_after_build(out, device, token, kw["threads"], as_json=True),
+                },
+                default=str,
+            )
         )
+        _criteria_exit(failures, fail_on_criteria)
         return
     s = result.facts.get("summary", {})
     exp = m["parity"].get("export")
@@ -360,17 +430,150 @@ def compile_cmd(
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
+    if result.evaluation:
+        rows_e = evaluation_lines(result.evaluation)
+        w = max(len(k) for k, _ in rows_e)
+        click.echo("")
+        for k, v in rows_e:
+            click.echo(f"{k:<{w}}  {v}")
+    _remote_after_build(out, device, token, kw["threads"], as_json=False)
     where = "" if checked_here else " (on the device)"
     click.echo(f"\nnext{where}: robopt-bench {out} --runs 500")
+    _criteria_exit(failures, fail_on_criteria)
+
+
+def _device_token(device: str | None, token_file: Path | None) -> str | None:
+    """The --device server's token (read before the build), or None without --device."""
+    if (device is None) != (token_file is None):
+        raise InputError("--device and --token-file go together: give both or neither.")
+    if token_file is None:
+        return None
+    from robopt_compile.bench.remote import read_token_file
+
+    return read_token_file(token_file, warn=lambda m: click.echo(f"{PROG}: warning: {m}", err=True))
+
+
+def _remote_after_build(
+    out: Path, device: str | None, token: str | None, threads: int | None, as_json: bool
+) -> dict[str, Any]:
+    """With --device: benchmark the new bundle on the robot, save the result in
+    OUT/results/, print one summary line (tables only); the JSON keys to add.
+
+    Raises:
+        RoboptError: the remote run failed (same exit code as robopt-bench would give); the
+            message says the bundle was written and kept.
+    """
+    if device is None or token is None:
+        return {}
+    from robopt_compile.bench.remote import remote_benchmark, save_remote_result
+
+    kept = (
+        f"The bundle {out} was written and kept; benchmark it later with "
+        f"`robopt-bench {out} --device {device} --token-file FILE`."
+    )
+    try:
+        r = remote_benchmark(out, device, token, threads=threads)
+        saved = save_remote_result(out, r)
+    except RoboptError as exc:
+        err = RoboptError(f"remote benchmark failed: {exc} {kept}")
+        err.exit_code = exc.exit_code
+        raise err from exc
+    _regenerate_report(out)  # the remote figures join report.html
+    host, lat, fid = r["remote"]["host"], r["latency"], r["fidelity"]
+    if not as_json:
+        click.echo(
+            f"\nremote bench  {host}: p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms "
+            f"({r['settings']['runs']} runs), fidelity {'PASS' if fid['passed'] else 'FAIL'}; "
+            f"saved {saved}"
+        )
+    if not fid["passed"]:
+        raise CheckFailedError(
+            f"the engine failed its fidelity check on {host} (result in {saved}). {kept}"
+        )
+    return {"remote_benchmark": r, "remote_result_file": str(saved)}
+
+
+def criteria_failures(report: dict[str, Any], evaluation: dict[str, Any] | None) -> list[str]:
+    """Every bound the user set that did not hold (for --fail-on-criteria)."""
+    out = []
+    q = report.get("quantization") or {}
+    if q.get("rolled_back"):
+        out.append(f"accuracy guard rolled back to fp32: {q.get('rollback_reason')}")
+    for step in (report.get("compression") or {}).get("steps", []):
+        if step.get("rolled_back"):
+            out.append(f"compression: {step.get('rollback_reason', 'a step was rolled back')}")
+    crit = (evaluation or {}).get("criteria")
+    if crit and not crit["passed"]:
+        out.extend(f"closed loop: {f}" for f in crit["failures"])
+    return out
+
+
+def _criteria_exit(
+    failures: list[str], fail_on_criteria: bool, kept: str = "the bundle was written"
+) -> None:
+    if not failures:
+        return
+    for f in failures:
+        click.echo(f"{PROG}: criteria: {f}", err=True)
+    if fail_on_criteria:
+        raise CheckFailedError(f"{len(failures)} bound(s) did not hold (above); {kept}.")
+
+
+def evaluation_lines(ev: dict[str, Any]) -> list[tuple[str, str]]:
+    """Closed-loop figures as table rows: one per engine, then the paired verdicts."""
+    rows = [
+        (
+            "task",
+            f"{ev['task']['name']}: {ev['episodes']} episodes, seeds "
+            f"{ev['seeds'][0]}..{ev['seeds'][-1]}; success = {ev['task']['success_rule']}",
+        )
+    ]
+    for e in ev["engines"]:
+        r, s = e["return"], e["success"]
+        lat = e.get("latency_ms") or {}
+        rows.append(
+            (
+                e["label"],
+                f"return {r['mean']:.1f} [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}], success "
+                f"{s['rate']:.0%} [{s['ci95'][0]:.0%}, {s['ci95'][1]:.0%}]"
+                + (f", {lat['p50']:.3f} ms/step" if lat.get("p50") is not None else ""),
+            )
+        )
+    for p in ev["paired"]:
+        d = p["return_diff"] if p["metric"] == "return" else p["success_diff"]
+        unit = "" if p["metric"] == "return" else " (success fraction)"
+        rows.append(
+            (
+                "paired difference",
+                f"{p['metric']} {d['mean']:+.3f}{unit} [{d['ci95'][0]:+.3f}, "
+                f"{d['ci95'][1]:+.3f}], p={p['p_value']:.3g}: {p['verdict']}",
+            )
+        )
+    crit = ev.get("criteria")
+    if crit:
+        rows.append(
+            ("criteria", "PASS" if crit["passed"] else "FAIL: " + "; ".join(crit["failures"]))
+        )
+    return rows
 
 
 def _quant_line(q: dict[str, Any]) -> str:
     f = q["final"]
     data = q["data"]
-    line = (
-        f"{q['pass']}: held-out {q['metric']} {f['drop']:.4g} (bound {q['max_accuracy_drop']}), "
-        f"cosine {f['cosine']:.5f} on {f['samples']} held-out samples"
-    )
+    cl = f.get("closed_loop")
+    if cl:  # the guard ran the task itself
+        line = (
+            f"{q['pass']}: closed-loop {cl['metric'].removeprefix('task:')} drop "
+            f"{f['drop']:.4g} (bound {q['max_accuracy_drop']}) on {cl['episodes']} guard "
+            f"episodes of {cl['task']}; output cosine {f['cosine']:.5f} on {f['samples']} "
+            "held-out samples"
+        )
+    else:
+        line = (
+            f"{q['pass']}: held-out {q['metric']} {f['drop']:.4g} (bound "
+            f"{q['max_accuracy_drop']}), cosine {f['cosine']:.5f} on {f['samples']} held-out "
+            "samples"
+        )
     mp = q.get("mixed_precision")
     if mp:
         line += f"; mixed precision kept {len(mp['fp32_nodes'])} layers fp32"
@@ -528,6 +731,36 @@ def quant_report_cmd(bundle_dir: Path, as_json: bool, debug: bool) -> None:
                    "recompile with --measure-sensitivity to measure it.")  # fmt: skip
 
 
+@cli.command("report")
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--profile-layers/--no-profile-layers",
+    default=True,
+    show_default=True,
+    help="Measure per-layer times first (results/layers.json) when they are missing and the "
+    "engine runs here.",
+)
+@click.option(
+    "--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Profiled runs."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def report_cmd(
+    bundle_dir: Path, profile_layers: bool, runs: int, as_json: bool, debug: bool
+) -> None:
+    """Write BUNDLE_DIR/report.html (self-contained, offline) and report.md (for CI)."""
+    from robopt_compile.report_html import refresh_reports
+
+    paths = refresh_reports(
+        bundle_dir, profile_layers, runs, lambda m: click.echo(f"{PROG}: warning: {m}", err=True)
+    )
+    if as_json:
+        click.echo(json.dumps({k: str(v) for k, v in paths.items()}))
+        return
+    for k, v in paths.items():
+        click.echo(f"{k:<6} {v}")
+
+
 @cli.command("targets")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -569,6 +802,204 @@ def targets_cmd(as_json: bool, debug: bool) -> None:
     missing = {b: v["reason"] for b, v in avail.items() if not v["available"]}
     for b, why in missing.items():
         click.echo(f"\n{b} unavailable here: {why}")
+
+
+@cli.command("evaluate")
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option("--task", help="Simulated task (default: the zoo model's own task).")
+@click.option(
+    "--episodes",
+    type=click.IntRange(min=2),
+    default=50,
+    show_default=True,
+    help="Seeded episodes per engine (closed loop).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="First episode seed.")
+@click.option(
+    "--reference",
+    help="The original to compare against: another bundle folder or a model source "
+    "(zoo:NAME, .onnx, .pt2, module:factory). Default: the bundle's recorded source, in fp32.",
+)
+@click.option(
+    "--compare",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="More bundles to evaluate on the same seeds (repeatable).",
+)
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="Open loop instead: an .npz of recorded observations (one array per input, steps on "
+    "axis 0); reports the action error against the original.",
+)
+@click.option(
+    "--gripper-dim", type=int, help="Open loop: the action dimension whose sign is the gripper."
+)
+@click.option(
+    "--record",
+    type=click.Path(path_type=Path),
+    help="Record the original's closed-loop observations and actions to this .npz (an "
+    "open-loop dataset), then stop.",
+)
+@click.option("--metric", type=click.Choice(["return", "success"]), help="Paired-test metric.")
+@click.option("--max-return-drop", type=click.FloatRange(min=0), help="Bound: return drop.")
+@click.option(
+    "--max-success-drop", type=click.FloatRange(min=0, max=1), help="Bound: success drop."
+)
+@click.option("--fail-on-criteria", is_flag=True, help="Exit 4 when a bound does not hold.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def evaluate_cmd(
+    bundle_dir: Path,
+    task: str | None,
+    episodes: int,
+    seed: int,
+    reference: str | None,
+    compare: tuple[Path, ...],
+    dataset: Path | None,
+    gripper_dim: int | None,
+    record: Path | None,
+    metric: str | None,
+    max_return_drop: float | None,
+    max_success_drop: float | None,
+    fail_on_criteria: bool,
+    threads: int,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    """Does the optimized engine in BUNDLE_DIR still do the task? Original vs optimized.
+
+    Closed loop (default): both drive the model's simulated task on the same seeds; returns and
+    success rates with 95% intervals and a paired test. Open loop (--dataset): recorded
+    observations through both; action error per dimension. Results are saved in
+    BUNDLE_DIR/results/ and the bundle's report is regenerated.
+    Exit codes: 0 ok, 2 bad input, 3 simulator or runtime missing, 4 a bound did not hold
+    (with --fail-on-criteria).
+    """
+    import contextlib
+
+    from robopt_compile import evaluate as ev
+    from robopt_compile.bench.manifest import load_manifest
+    from robopt_compile.results import save_result
+    from robopt_compile.tasks import get_task
+
+    manifest = load_manifest(bundle_dir, verify=False)
+    ref_spec = reference or manifest.get("model", {}).get("source")
+    if not ref_spec or (
+        not ev.looks_like_bundle(ref_spec)
+        and ref_spec.endswith(".onnx")
+        and not Path(ref_spec).exists()
+    ):
+        raise InputError(
+            f"{bundle_dir}: its source {ref_spec!r} is not available here; pass --reference "
+            "(the original bundle or model)."
+        )
+    task_name = None
+    if dataset is None:
+        task_name = task or ev.task_for_manifest(manifest) or ev.task_for_source(ref_spec)
+        if task_name is None:
+            raise InputError(
+                f"{bundle_dir}: no task is known for this model; pass --task (see "
+                "`robopt-compile evaluate --help`) or --dataset for open loop."
+            )
+    log = _StageLog(not as_json)
+    label = f"optimized {manifest['precision']} ({manifest['backend']})"
+    with contextlib.ExitStack() as stack:
+        log("load reference", "start", 0.0)
+        t0 = time.perf_counter()
+        ref = stack.enter_context(ev.any_policy(ref_spec, threads))
+        log("load reference", "done", time.perf_counter() - t0)
+        cands = [
+            (
+                label,
+                stack.enter_context(ev.bundle_policy(bundle_dir, threads)),
+                ev.bundle_meta(bundle_dir),
+            )
+        ]
+        for other in compare:
+            m = load_manifest(other, verify=False)
+            cands.append(
+                (
+                    f"{other.name}: {m['precision']} ({m['backend']})",
+                    stack.enter_context(ev.bundle_policy(other, threads)),
+                    ev.bundle_meta(other),
+                )
+            )
+        if dataset is not None:
+            names = [i["name"] for i in manifest["inputs"]]
+            dtypes = {i["name"]: i["dtype"] for i in manifest["inputs"]}
+            result = ev.open_loop(dataset, ref, cands, names, dtypes, gripper_dim)
+            path = save_result(bundle_dir, f"openloop-{dataset.stem}", result)
+        else:
+            assert task_name is not None
+            t = stack.enter_context(get_task(task_name))
+            ev.check_policy_fits(t, manifest["inputs"], str(bundle_dir))
+            if record is not None:
+                info = ev.record_episodes(t, ref, ev.seeds_for(episodes, seed), record)
+                click.echo(
+                    json.dumps(info)
+                    if as_json
+                    else f"recorded {info['episodes']} episodes, {info['steps']} steps -> {record}"
+                )
+                return
+            total = episodes * (1 + len(cands))
+            done = [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                log(f"episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
+
+            result = ev.closed_loop(
+                t, ref, cands, episodes=episodes, seed=seed, metric=metric,
+                reference_label=f"original fp32 ({ref_spec})",
+                criteria=ev.Criteria(max_return_drop, max_success_drop), progress=tick,
+            )  # fmt: skip
+            path = save_result(bundle_dir, f"eval-{task_name}", result)
+    _regenerate_report(bundle_dir)
+    failures = []
+    crit = result.get("criteria")
+    if crit and not crit["passed"]:
+        failures = [f"closed loop: {f}" for f in crit["failures"]]
+    if as_json:
+        click.echo(json.dumps({**result, "path": str(path)}, default=str))
+    elif result["kind"] == "closed_loop":
+        rows = evaluation_lines(result)
+        w = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            click.echo(f"{k:<{w}}  {v}")
+        click.echo(f"saved {path}")
+    else:
+        click.echo(format_open_loop(result))
+        click.echo(f"saved {path}")
+    _criteria_exit(failures, fail_on_criteria, "the results were saved")
+
+
+def format_open_loop(r: dict[str, Any]) -> str:
+    lines = [f"open loop on {r['dataset']}: {r['samples']} steps"]
+    for e in r["engines"]:
+        mae = ", ".join(f"{v:.3g}" for v in e["per_dim"]["mae"])
+        lines.append(
+            f"  {e['label']}: L2 mean {e['l2']['mean']:.4g} "
+            f"(relative {e['l2']['relative_mean']:.3%}), "
+            f"p95 {e['l2']['p95']:.4g}, max deviation {e['max_deviation']:.4g}; MAE per dim [{mae}]"
+            + (
+                f"; gripper flips {e['gripper_flips']}"
+                if e.get("gripper_flips") is not None
+                else ""
+            )
+        )
+    return "\n".join(lines)
+
+
+def _regenerate_report(bundle_dir: Path) -> None:
+    """Rewrite report.html/report.md with the new results (never fails the command)."""
+    from robopt_compile.report_html import refresh_reports
+
+    try:
+        refresh_reports(bundle_dir, warn=lambda m: click.echo(f"{PROG}: warning: {m}", err=True))
+    except Exception as exc:  # the measurement is saved; a report glitch must not lose it
+        click.echo(f"{PROG}: warning: report not regenerated: {exc}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,15 +6,23 @@ CLI can draw progress on a terminal and stay silent under ``--json``.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from robopt_compile.compress import CompressOptions
-from robopt_compile.errors import BackendUnavailableError, CheckFailedError, InputError
+from robopt_compile.errors import (
+    BackendUnavailableError,
+    CheckFailedError,
+    InputError,
+    UnknownNameError,
+)
 from robopt_compile.quantize import QuantOptions, needs_quantization
 
 Progress = Callable[[str, str, float], None]  # (stage, "start" | "done", seconds)
@@ -46,6 +54,8 @@ class CompileOptions:
     tune_trials: int | None = None  # TVM MetaSchedule budget
     max_batch: int = 16  # upper bound of a dynamic batch (TensorRT optimization profile)
     dla_core: int | None = None  # TensorRT: run on this DLA core, GPU fallback
+    eval: Any = None  # robopt_compile.evaluate.EvalSpec: closed-loop task evaluation
+    eval_criteria: Any = None  # robopt_compile.evaluate.Criteria for that evaluation
 
 
 @dataclass
@@ -54,6 +64,7 @@ class CompileResult:
     manifest: dict[str, Any]
     report: dict[str, Any]
     facts: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None  # closed-loop figures (``--eval``)
 
 
 def _noop(stage: str, event: str, seconds: float) -> None:
@@ -217,12 +228,10 @@ def compile_model(
         check_precision(profile, backend, opts.precision)
         bundle.check_output_dir(out, force)
         check_options(opts)
+        eval_task = resolve_eval_task(opts.eval, source) if opts.eval is not None else None
 
-    from robopt_compile import analysis
     from robopt_compile import ir as rir
     from robopt_compile.frontend import load_source
-    from robopt_compile.passes.base import DumpIRInstrument, PassRunner, TimingInstrument
-    from robopt_compile.targets import BuildOptions
 
     with _stage(progress, "export", timings):
         src = load_source(
@@ -234,6 +243,176 @@ def compile_model(
             reference_inputs=opts.reference_inputs,
         )
 
+    calib_tmp: Path | None = None
+    if (opts.quant.calibration or "").split(":")[0] == "task":
+        # Calibration data recorded from the fp32 policy driving its own task, on seeds far
+        # from the evaluation seeds, so accuracy is never judged on what it calibrated on.
+        with _stage(progress, "record", timings):
+            calib_tmp = Path(tempfile.mkdtemp(prefix="robopt-calib-")) / "task.npz"
+            record_calibration(opts.quant.calibration, source, src.model, calib_tmp, opts)
+        opts = replace(opts, quant=replace(opts.quant, calibration=str(calib_tmp)))
+    eval_ref: Path | None = None
+    if eval_task is not None:
+        # The fp32 model as exported, before any pass: the closed-loop reference.
+        eval_ref = Path(tempfile.mkdtemp(prefix="robopt-evalref-")) / "reference.onnx"
+        rir.save(src.model, eval_ref)
+        if opts.quant.max_drop is not None and needs_quantization(backend.name, opts.precision):
+            from robopt_compile.evaluate import ClosedLoopGuard
+
+            # An explicit bound with --eval: the quantizer is judged by the task itself.
+            opts = replace(
+                opts, quant=replace(opts.quant, closed_loop=ClosedLoopGuard(eval_task, opts.eval))
+            )
+    try:
+        result = _compile_rest(source, out, opts, force, progress, timings, profile, backend, src)
+        if eval_task is not None:
+            with _stage(progress, "evaluate", timings):
+                result.evaluation = evaluate_bundle(
+                    out, eval_task, opts, eval_ref, progress=progress
+                )
+        with _stage(progress, "report", timings):
+            write_report(out, progress)
+        return result
+    finally:
+        if opts.quant.closed_loop is not None:
+            opts.quant.closed_loop.close()
+        for tmp in (eval_ref, calib_tmp):
+            if tmp is not None:
+                shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+CALIBRATION_SEED_OFFSET = 1_000_000  # task calibration episodes start at this seed
+CALIBRATION_SAMPLES = 512
+
+
+def record_calibration(
+    spec: str, source: str, model: Any, out: Path, opts: CompileOptions
+) -> dict[str, Any]:
+    """``--calibration task[:episodes=N,name=TASK]``: record observations for calibration.
+
+    The fp32 model (ONNX Runtime) drives its task for N episodes (default 4) from seed
+    1,000,000 + ``--seed``; up to 512 steps, spread evenly, are kept.
+    """
+    import numpy as np
+
+    from robopt_compile import evaluate as ev
+    from robopt_compile.tasks import get_task
+
+    espec = ev.parse_eval_spec(spec, option="--calibration")
+    if "episodes=" not in spec:
+        espec.episodes = 4
+    name = resolve_eval_task(espec, source)
+    seeds = ev.seeds_for(espec.episodes, CALIBRATION_SEED_OFFSET + opts.seed)
+    with get_task(name) as task, ev.onnx_policy(model, opts.threads or 1) as pol:
+        from robopt_compile import ir as rir
+
+        ev.check_policy_fits(task, [s.to_json() for s in rir.input_specs(model)], source)
+        eps = ev.run_episodes(task, pol, seeds, record=True)
+    arrays = {n: np.concatenate([e.feeds[n] for e in eps]) for n in task.input_names}
+    steps = next(iter(arrays.values())).shape[0]
+    keep = np.unique(np.linspace(0, steps - 1, min(steps, CALIBRATION_SAMPLES)).astype(int))
+    # One sample per step, with the batch axis of 1 the model expects.
+    np.savez(out, **{n: a[keep][:, None] for n, a in arrays.items()})
+    return {"task": name, "episodes": len(eps), "seeds": seeds, "samples": int(keep.size)}
+
+
+def write_report(out: Path, progress: Progress = _noop) -> None:
+    """report.html + report.md in the fresh bundle, with per-layer times where the engine
+    runs here. A report problem is a warning: the bundle itself is complete."""
+    try:
+        from robopt_compile.report_html import refresh_reports
+
+        refresh_reports(out, warn=lambda m: progress(m, "note", 0.0))
+    except Exception as exc:
+        progress(f"report.html not written: {type(exc).__name__}: {exc}", "note", 0.0)
+
+
+def resolve_eval_task(spec: Any, source: str) -> str:
+    """The task ``--eval`` runs: named in the spec, or the trained zoo model's own task."""
+    from robopt_compile.tasks import TASKS
+    from robopt_compile.zoo import ZOO
+
+    name = spec.task
+    if name is None:
+        entry = ZOO.get(source.removeprefix("zoo:")) if source.startswith("zoo:") else None
+        name = entry.task if entry else None
+    if name is None:
+        raise InputError(
+            f"--eval: {source} has no known task; name one, e.g. --eval "
+            f"task:name={next(iter(TASKS))},episodes=50 (tasks: {', '.join(TASKS)})."
+        )
+    if name not in TASKS:
+        raise UnknownNameError("task", name, list(TASKS))
+    return name
+
+
+def evaluate_bundle(
+    out: Path, task_name: str, opts: CompileOptions, reference: Path, progress: Progress = _noop
+) -> dict[str, Any]:
+    """Closed-loop evaluation of a fresh bundle against the exported fp32 model.
+
+    An engine that cannot run here (a deferred TensorRT build) is stood in for by its
+    optimized ONNX in ONNX Runtime, labelled as such.
+    """
+    import json as _json
+
+    from robopt_compile import evaluate as ev
+    from robopt_compile.results import save_result
+    from robopt_compile.tasks import get_task
+
+    manifest = _json.loads((out / "manifest.json").read_text())
+    spec = opts.eval
+    done, total = [0], 2 * spec.episodes
+
+    def tick(n: int) -> None:
+        done[0] += n
+        progress(f"evaluate: episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
+
+    with get_task(task_name) as task:
+        ev.check_policy_fits(task, manifest["inputs"], str(out))
+        meta = ev.bundle_meta(out)
+        label = f"optimized {manifest['precision']} ({manifest['backend']})"
+        with contextlib.ExitStack() as stack:
+            ref = stack.enter_context(ev.onnx_policy(reference, opts.threads or 1))
+            cfg = manifest["engine"].get("config", {})
+            if not (cfg.get("deferred") or cfg.get("cross_compiled")):
+                cand = stack.enter_context(ev.bundle_policy(out, opts.threads or 1))
+            else:
+                cand = stack.enter_context(ev.onnx_policy(out / "model.onnx", opts.threads or 1))
+                label += " via its ONNX in onnxruntime (engine does not run here)"
+                meta["proxy"] = True
+            result = ev.closed_loop(
+                task,
+                ref,
+                [(label, cand, meta)],
+                episodes=spec.episodes,
+                seed=spec.seed,
+                metric=spec.metric,
+                criteria=opts.eval_criteria,
+                progress=tick,
+            )
+    result["path"] = str(save_result(out, f"eval-{task_name}", result))
+    return result
+
+
+def _compile_rest(
+    source: str,
+    out: Path,
+    opts: CompileOptions,
+    force: bool,
+    progress: Progress,
+    timings: dict[str, float],
+    profile: Any,
+    backend: Any,
+    src: Any,
+) -> CompileResult:
+    from robopt_compile import analysis, bundle
+    from robopt_compile import ir as rir
+    from robopt_compile.passes.base import DumpIRInstrument, PassRunner, TimingInstrument
+    from robopt_compile.targets import BuildOptions
+
+    # Graph outputs keep the source's type and shape: some quantizers drop them.
+    out_types = {v.name: (v.type, v.shape) for v in src.model.graph.outputs}
     timing = TimingInstrument()
     instruments: list[Any] = [timing]
     if opts.dump_ir is not None:
@@ -297,6 +476,12 @@ def compile_model(
             threads=opts.threads or profile.cpu_cores,
         )
 
+    for v in model.graph.outputs:
+        typ, shape = out_types.get(v.name, (None, None))
+        if v.type is None and typ is not None:
+            v.type = typ
+        if v.shape is None and shape is not None:
+            v.shape = shape
     with bundle.staged_output(out, force) as tmp:
         with _stage(progress, "build", timings):
             model_files = rir.save(model, tmp / "model.onnx")

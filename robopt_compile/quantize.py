@@ -54,6 +54,8 @@ class QuantOptions:
     max_drop: float | None = None  # None: DEFAULT_MAX_DROP
     strict: bool = False
     metric: str | None = None  # module:function
+    # robopt_compile.evaluate.ClosedLoopGuard: judge candidates by closed-loop task figures.
+    closed_loop: Any = None
     measure_sensitivity: bool = False
     block_size: int | None = None  # weight-only block/group size
     holdout_fraction: float = 0.25
@@ -182,6 +184,11 @@ def quantize(
         metric=metric,
         metric_name=opts.metric or "relative_l2",
     )
+    if opts.closed_loop is not None:
+        # The fp32 model's own episodes, before any pass touches the model.
+        opts.closed_loop.set_reference(model, threads)
+        evaluator.closed_loop = opts.closed_loop
+        evaluator.metric_name = f"task:{opts.closed_loop.metric}"
     cls = get_pass_class(pass_name)
     kwargs = _pass_kwargs(pass_name, base_kwargs, opts)
     if getattr(cls, "needs_calibration", False):
@@ -289,6 +296,8 @@ def _brief(fig: dict[str, Any]) -> dict[str, Any]:
             "relative_l2",
             "samples",
             "holdout_ids",
+            "output_drop",
+            "closed_loop",
         )
         if k in fig
     } | {"per_output": fig.get("per_output")}

@@ -323,3 +323,23 @@ def test_errors(cnn: ir.Model) -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(PassError, match="nothing to quantize"):
         OrtStaticInt8Pass(feeds(cnn, 1, 1), op_types=["LSTM"])(cnn)
+
+
+def test_spatial_softmax_expectation_stays_float() -> None:
+    """softmax(features) @ coordinates (keypoints): the probability map keeps its peak."""
+    from robopt_compile.passes.quantize.int8_static_ort import transformer_unsafe
+
+    proto = onnx.parser.parse_model("""
+    <ir_version: 9, opset_import: ["" : 17]>
+    kp (float[1,4,16] feat, float[16,2] coords) => (float[1,4,2] keypoints)
+    {
+      prob = Softmax<axis = -1>(feat)
+      keypoints = MatMul(prob, coords)
+    }
+    """)
+    coords = np.linspace(-1, 1, 32, dtype=np.float32).reshape(16, 2)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(coords, "coords"))
+    model = ir.from_proto(proto)
+    unsafe = transformer_unsafe(model)
+    matmul = next(n.name for n in model.graph if n.op_type == "MatMul")
+    assert "expectation over the probabilities" in unsafe[matmul]
