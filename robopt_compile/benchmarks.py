@@ -204,6 +204,7 @@ def write_report(
     targets: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     remote: dict[str, Any] | None = None,
+    planner: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -329,6 +330,10 @@ def write_report(
         from robopt_compile.benchmarks_remote import markdown as remote_markdown
 
         lines += ["", remote_markdown(remote), ""]
+    if planner:
+        from robopt_compile.benchmarks_planner import report_lines as planner_lines
+
+        lines += planner_lines(planner)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -353,7 +358,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-SECTIONS = ("base", "quant", "prune", "targets", "eval", "remote")
+SECTIONS = ("base", "quant", "prune", "targets", "eval", "remote", "planner")
 
 
 def main() -> None:
@@ -380,7 +385,8 @@ def main() -> None:
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     stamps = dict(previous.get("measured", {}))
     for key, field in (("base", "rows"), ("quant", "quant"), ("prune", "prune"),
-                       ("targets", "targets"), ("eval", "eval"), ("remote", "remote")):  # fmt: skip
+                       ("targets", "targets"), ("eval", "eval"), ("remote", "remote"),
+                       ("planner", "planner")):  # fmt: skip
         if previous.get(field) is not None and key not in stamps:
             stamps[key] = "in an earlier run"
     missing = [s for s in SECTIONS if s not in args.sections and s not in stamps]
@@ -389,7 +395,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="robopt-bench-"))
     res = {
         k: previous.get(k)
-        for k in ("rows", "overhead", "startup", "quant", "prune", "targets", "eval", "remote")
+        for k in (
+            "rows",
+            "overhead",
+            "startup",
+            "quant",
+            "prune",
+            "targets",
+            "eval",
+            "remote",
+            "planner",
+        )
     }
     try:
         if "base" in args.sections:
@@ -436,6 +452,11 @@ def main() -> None:
 
             res["remote"] = run_remote_section(work, log)
             stamps["remote"] = now
+        if "planner" in args.sections:
+            from robopt_compile.benchmarks_planner import bench_planner
+
+            res["planner"] = bench_planner(work, log)
+            stamps["planner"] = now
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if res["rows"] is None:
@@ -445,6 +466,7 @@ def main() -> None:
     write_report(
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
+        res["planner"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

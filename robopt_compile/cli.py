@@ -54,6 +54,8 @@ class _DefaultToCompile(click.Group):
         formatter.write_usage(PROG, "evaluate BUNDLE [--episodes N|--dataset F]", prefix="       ")
         formatter.write_usage(PROG, "report BUNDLE", prefix="       ")
         formatter.write_usage(PROG, "--list-targets [--json]", prefix="       ")
+        formatter.write_usage(PROG, "sessions | session ID [--store S] [--json]", prefix="       ")
+        formatter.write_usage(PROG, "store ls|show ID|lineage ID|gc|verify", prefix="       ")
 
 
 @click.group(
@@ -186,8 +188,9 @@ class _StageLog:
     "--output",
     "out",
     type=click.Path(path_type=Path),
-    required=True,
-    help="Bundle folder to write (refused if it exists, unless --force).",
+    default=None,
+    help="Bundle folder to write (refused if it exists, unless --force). Required unless "
+    "--plan-only.",
 )
 @click.option(
     "--backend",
@@ -293,6 +296,50 @@ class _StageLog:
     help="Closed-loop bound: largest success-rate drop, 0..1 (0.02 = 2 points).",
 )
 @click.option(
+    "--max-latency-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Planner: latency bound on this machine (p50, or --latency-percentile p99). Any "
+    "planner option makes robopt choose the backend and precision itself.",
+)
+@click.option(
+    "--latency-percentile", type=click.Choice(["p50", "p99"]), default=None, help="Planner."
+)
+@click.option("--max-size-mb", type=click.FloatRange(min=0), help="Planner: engine size bound.")
+@click.option(
+    "--max-memory-mb", type=click.FloatRange(min=0), help="Planner: memory bound (RSS increase)."
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["latency", "size", "memory"]),
+    default=None,
+    help="Planner: what to minimise among the plans that meet every bound (default latency).",
+)
+@click.option(
+    "--techniques", metavar="quantize,prune", help="Planner: techniques it may use (quantize)."
+)
+@click.option("--search-budget", metavar="10m", help="Planner: time for building and measuring.")
+@click.option(
+    "--plan-only", is_flag=True, help="Planner: print the plans and predictions, build nothing."
+)
+@click.option(
+    "--recipe",
+    type=click.Path(path_type=Path),
+    help="Planner: criteria from a TOML (or YAML) file; flags override it.",
+)
+@click.option(
+    "--resume",
+    "resume_id",
+    metavar="ID",
+    help="Planner: continue an interrupted session (robopt-compile sessions) from its last "
+    "finished step, with the settings it was started with.",
+)
+@click.option(
+    "--store",
+    "store_spec",
+    help="Planner: the store that keeps sessions and their measurements (folder, .db or "
+    "sqlite:///path; default $ROBOPT_STORE, else ~/.cache/robopt/store).",
+)
+@click.option(
     "--fail-on-criteria",
     is_flag=True,
     help="Exit 4 when a bound did not hold (accuracy guard rolled back, closed-loop bound "
@@ -332,6 +379,17 @@ def compile_cmd(
     eval_spec: str | None,
     max_return_drop: float | None,
     max_success_drop: float | None,
+    max_latency_ms: float | None,
+    latency_percentile: str | None,
+    max_size_mb: float | None,
+    max_memory_mb: float | None,
+    objective: str | None,
+    techniques: str | None,
+    search_budget: str | None,
+    plan_only: bool,
+    recipe: Path | None,
+    resume_id: str | None,
+    store_spec: str | None,
     fail_on_criteria: bool,
     device: str | None,
     token_file: Path | None,
@@ -339,6 +397,12 @@ def compile_cmd(
     **kw: Any,
 ) -> None:
     """Compile SOURCE into a deployable bundle at OUT."""
+    if resume_id is not None:
+        _resume_planner(kw, resume_id, store_spec)
+        return
+    if out is None and not plan_only:
+        raise click.UsageError("Missing option '-o' / '--output'.")
+    out = out if out is not None else Path("plan-only")
     token = _device_token(device, token_file)  # before the build: fail fast on a bad file
     from robopt_compile.compress import CompressOptions
     from robopt_compile.evaluate import Criteria, parse_eval_spec
@@ -371,6 +435,26 @@ def compile_cmd(
     )
     if (max_return_drop is not None or max_success_drop is not None) and not eval_spec:
         raise InputError("--max-return-drop/--max-success-drop need --eval task[:...].")
+    planner_args = {
+        "max_latency_ms": max_latency_ms,
+        "latency_percentile": latency_percentile,
+        "max_size_mb": max_size_mb,
+        "max_memory_mb": max_memory_mb,
+        "objective": objective,
+        "techniques": None
+        if techniques is None
+        else tuple(t.strip() for t in techniques.split(",") if t.strip()),
+        "search_budget_s": None,
+    }
+    if search_budget is not None:
+        from robopt_compile.planner import parse_budget
+
+        planner_args["search_budget_s"] = parse_budget(search_budget)
+    if recipe is not None or plan_only or any(v is not None for v in planner_args.values()):
+        _run_planner(
+            kw, out, opts, planner_args, recipe, plan_only, max_accuracy_drop, force, store_spec
+        )
+        return
     result = compile_model(
         kw["source"], out, opts, force=force, progress=_StageLog(not kw["as_json"])
     )
@@ -440,6 +524,139 @@ def compile_cmd(
     where = "" if checked_here else " (on the device)"
     click.echo(f"\nnext{where}: robopt-bench {out} --runs 500")
     _criteria_exit(failures, fail_on_criteria)
+
+
+def _run_planner(
+    kw: dict[str, Any],
+    out: Path,
+    opts: Any,
+    args: dict[str, Any],
+    recipe: Path | None,
+    plan_only: bool,
+    max_accuracy_drop: float | None,
+    force: bool,
+    store_spec: str | None = None,
+) -> None:
+    """Planner mode: propose plans, build and measure the promising ones, keep the best."""
+    from dataclasses import replace
+
+    from robopt_compile.planner import OptimizationCriteria, load_recipe
+    from robopt_compile.search import plan_and_search
+
+    given = {k: v for k, v in args.items() if v is not None}
+    crit_kw = {**(load_recipe(recipe) if recipe else {}), **given}
+    if max_accuracy_drop is not None:
+        crit_kw["max_accuracy_drop"] = max_accuracy_drop
+    criteria = OptimizationCriteria(**crit_kw)
+    source = kw["source"]
+    if opts.quant.calibration is None and _zoo_task(source):
+        # A trained policy with a task: calibrate on what it sees doing the task.
+        opts = replace(opts, quant=replace(opts.quant, calibration="task"))
+    if criteria.max_accuracy_drop is not None and opts.quant.max_drop is None:
+        opts = replace(opts, quant=replace(opts.quant, max_drop=criteria.max_accuracy_drop))
+    backends = (opts.backend,) if opts.backend is not None else None
+    as_json = kw["as_json"]
+    log = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+    from robopt_compile.store import open_store
+
+    store = open_store(store_spec)  # sessions, measurements and the planner's memory
+    try:
+        r = plan_and_search(
+            source, out, opts, criteria, plan_only=plan_only, backends=backends, force=force,
+            log=log, store=store,
+        )  # fmt: skip
+    finally:
+        store.close()
+    if as_json:
+        best = r.best.bundle if r.best else None
+        doc = {"bundle": best, "criteria": criteria.to_json(), **r.to_json()}
+        click.echo(json.dumps(doc, default=str))
+    else:
+        click.echo(format_plan(r, criteria))
+    if not plan_only and r.best is None:
+        raise CheckFailedError(
+            f"no plan met every bound ({len(r.measured)} measured, {len(r.failed)} failed); "
+            "nothing was written. Loosen a bound, allow more --techniques or --search-budget."
+        )
+
+
+def _resume_planner(kw: dict[str, Any], resume_id: str, store_spec: str | None) -> None:
+    """``--resume ID``: the planner session goes on where it stopped."""
+    from robopt_compile.planner import OptimizationCriteria
+    from robopt_compile.search import RUN_KEY, resume_search
+    from robopt_compile.store import open_store
+
+    store = open_store(store_spec, create=False)
+    try:
+        rec = store.get_session(resume_id)
+        if rec.source != kw["source"]:
+            raise InputError(
+                f"session {rec.id[:12]} optimized {rec.source}, not {kw['source']}: give the "
+                "same SOURCE (its other settings come from the session)."
+            )
+        as_json = kw["as_json"]
+        log = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+        r = resume_search(store, rec.id, log=log)
+    finally:
+        store.close()
+    crit = {k: v for k, v in rec.criteria.items() if k != RUN_KEY}
+    for k in ("techniques", "precisions"):
+        if crit.get(k) is not None:
+            crit[k] = tuple(crit[k])
+    criteria = OptimizationCriteria(**crit)
+    if as_json:
+        best = r.best.bundle if r.best else None
+        click.echo(json.dumps({"bundle": best, "criteria": criteria.to_json(), **r.to_json()},
+                              default=str))  # fmt: skip
+    else:
+        click.echo(format_plan(r, criteria))
+    if r.best is None:
+        raise CheckFailedError(
+            f"no plan met every bound ({len(r.measured)} measured, {len(r.failed)} failed); "
+            "nothing was written."
+        )
+
+
+def _zoo_task(source: str) -> str | None:
+    from robopt_compile.zoo import ZOO
+
+    entry = ZOO.get(source.removeprefix("zoo:")) if source.startswith("zoo:") else None
+    return entry.task if entry else None
+
+
+def format_plan(r: Any, criteria: Any) -> str:
+    """The plans, what was measured, the choice and the Pareto front, for people."""
+    lines = ["plans (best predicted first):"]
+    for d in r.decisions:
+        lines.append(
+            f"  {'+' if d.verdict == 'propose' else '-'} {d.candidate.label:<32} {d.reason}"
+        )
+    if r.estimate_only:
+        lines.append(f"  (estimates only, cannot run here: {', '.join(r.estimate_only)})")
+    if r.measured or r.failed:
+        pct = criteria.latency_percentile
+        lines += ["", f"measured here ({pct} latency, accuracy drop against fp32):"]
+        notes = {n["plan"]: n for n in r.choice_notes}
+        for m in r.measured:
+            n = notes.get(m.candidate.label, {})
+            drop = "-" if m.accuracy_drop is None else f"{m.accuracy_drop:.4g}"
+            verdict = "meets the bounds" if n.get("meets_bounds") else "; ".join(
+                n.get("violations", []))  # fmt: skip
+            lines.append(
+                f"  {m.candidate.label:<32} {m.latency_ms[pct]:9.4f} ms  drop {drop:<8} "
+                f"{m.size_mb:8.3f} MB  {verdict}"
+            )
+        for f in r.failed:
+            lines.append(f"  {f['plan']:<32} failed: {f['error']}")
+        lines.append(f"  search stopped: {r.stopped} ({r.seconds:.0f} s)")
+        if r.front:
+            lines.append("  Pareto front (latency vs accuracy drop): "
+                         + ", ".join(m.candidate.label for m in r.front))  # fmt: skip
+    if r.best is not None:
+        lines += ["", f"chosen: {r.best.candidate.label} -> {r.best.bundle}"]
+    if getattr(r, "session_id", None):
+        lines.append(f"session {r.session_id[:12]} (robopt-compile session {r.session_id[:12]})")
+    return "\n".join(lines)
 
 
 def _device_token(device: str | None, token_file: Path | None) -> str | None:
@@ -1000,6 +1217,264 @@ def _regenerate_report(bundle_dir: Path) -> None:
         refresh_reports(bundle_dir, warn=lambda m: click.echo(f"{PROG}: warning: {m}", err=True))
     except Exception as exc:  # the measurement is saved; a report glitch must not lose it
         click.echo(f"{PROG}: warning: report not regenerated: {exc}", err=True)
+
+
+def _store_options(f: Any) -> Any:
+    """``--store``, ``--json`` and ``--debug`` for the store and session commands."""
+    opts = [
+        click.option(
+            "--store",
+            "store_spec",
+            metavar="PATH|URL",
+            help="Store folder, .db file or sqlite:///abs/path/store.db (default: $ROBOPT_STORE, "
+            "else ~/.cache/robopt/store).",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _open_existing_store(spec: str | None):
+    from robopt_compile.store import open_store
+
+    return open_store(spec, create=False)
+
+
+def _short_time(iso: str | None) -> str:
+    return (iso or "")[:19].replace("T", " ")
+
+
+def _compact(data: Any, width: int = 48) -> str:
+    """A JSON object as ``k=v k=v`` on one line, cut to ``width`` characters."""
+    if isinstance(data, dict):
+        text = " ".join(
+            f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, dict | list) else v}"
+            for k, v in data.items()
+        )
+    else:
+        text = json.dumps(data, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+@cli.command("sessions")
+@_store_options
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+def sessions_cmd(store_spec: str | None, as_json: bool, debug: bool, limit: int) -> None:
+    """List optimization sessions, newest first."""
+    with _open_existing_store(store_spec) as store:
+        rows = store.sessions(limit=limit)
+    if as_json:
+        click.echo(json.dumps({"sessions": [r.to_dict() for r in rows]}))
+        return
+    if not rows:
+        click.echo("no sessions yet")
+        return
+    click.echo(
+        f"{'id':<12} {'state':<11} {'created':<19} {'source':<24} {'target':<16} steps  summary"
+    )
+    for r in rows:
+        click.echo(
+            f"{r.id[:12]:<12} {r.state:<11} {_short_time(r.created):<19} "
+            f"{(r.source or '-')[:24]:<24} {(r.target or '-')[:16]:<16} "
+            f"{f'{r.steps_done}/{r.steps_total}':<6} {_compact(r.error or r.summary)}"
+        )
+
+
+@cli.command("session")
+@click.argument("session_id")
+@_store_options
+def session_cmd(session_id: str, store_spec: str | None, as_json: bool, debug: bool) -> None:
+    """Show one session (an id or an unambiguous prefix): steps, results and events."""
+    with _open_existing_store(store_spec) as store:
+        rec = store.get_session(session_id)
+        steps = store.steps(rec.id)
+        results = store.results(rec.id)
+        events = store.events(rec.id)
+        log = store.event_log_path(rec.id)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "session": rec.to_dict(),
+                    "steps": [s.to_dict() for s in steps],
+                    "results": [r.to_dict() for r in results],
+                    "events": [e.to_dict() for e in events],
+                    "event_log": str(log),
+                }
+            )
+        )
+        return
+    click.echo(f"session  {rec.id}  {rec.state}")
+    click.echo(f"source   {rec.source or '-'}  ->  target {rec.target or '-'}")
+    click.echo(f"created  {_short_time(rec.created)}  updated {_short_time(rec.updated)}")
+    click.echo(f"process  pid {rec.pid or '-'} on {rec.host or '-'}")
+    if rec.criteria:
+        click.echo(f"criteria {_compact(rec.criteria, 200)}")
+    if rec.summary:
+        click.echo(f"summary  {_compact(rec.summary, 200)}")
+    if rec.error:
+        click.echo(f"error    {rec.error}")
+    click.echo(f"\nsteps ({rec.steps_done} done of {rec.steps_total})")
+    for s in steps:
+        out = (s.output_hash or "-")[:12]
+        click.echo(f"  {s.index:>3} {s.name:<20} {s.state:<12} out {out:<12} {s.error or ''}")
+    if results:
+        click.echo("\nresults")
+        for r in results:
+            where = "-" if r.step_index is None else str(r.step_index)
+            click.echo(f"  step {where:>3} {r.kind:<20} {_compact(r.data, 80)}")
+    click.echo(f"\nevents ({len(events)}; log {log})")
+    for e in events:
+        click.echo(f"  {e.seq:>4} {_short_time(e.time)} {e.type:<14} {_compact(e.payload, 80)}")
+
+
+@cli.group("store")
+def store_group() -> None:
+    """The model store: models, lineage, artifacts (ls, show, lineage, gc, verify)."""
+
+
+@store_group.command("ls")
+@_store_options
+@click.option("--artifacts", is_flag=True, help="List stored objects instead of models.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def store_ls_cmd(
+    store_spec: str | None, as_json: bool, debug: bool, artifacts: bool, limit: int
+) -> None:
+    """List models (or, with --artifacts, objects), newest first."""
+    with _open_existing_store(store_spec) as store:
+        if artifacts:
+            arts = store.artifacts(limit=limit)
+            if as_json:
+                click.echo(json.dumps({"artifacts": [a.to_dict() for a in arts]}))
+                return
+            click.echo(f"{'sha256':<16} {'kind':<6} {'size':>12} created")
+            for a in arts:
+                click.echo(f"{a.sha256[:16]} {a.kind:<6} {a.size:>12} {_short_time(a.created)}")
+            return
+        models = store.models(limit=limit)
+    if as_json:
+        click.echo(json.dumps({"models": [m.to_dict() for m in models]}))
+        return
+    if not models:
+        click.echo("no models yet")
+        return
+    click.echo(f"{'id':<12} {'name':<24} {'kind':<8} {'parent':<12} {'artifact':<12} created")
+    for m in models:
+        click.echo(
+            f"{m.id[:12]} {m.name[:24]:<24} {(m.source_kind or '-')[:8]:<8} "
+            f"{(m.parent_id or '-')[:12]:<12} {(m.artifact or '-')[:12]:<12} "
+            f"{_short_time(m.created)}"
+        )
+
+
+@store_group.command("show")
+@click.argument("item_id")
+@_store_options
+def store_show_cmd(item_id: str, store_spec: str | None, as_json: bool, debug: bool) -> None:
+    """Show a model (id or prefix) or, failing that, an artifact (sha256 or prefix)."""
+    from robopt_compile.store import UnknownIdError
+
+    with _open_existing_store(store_spec) as store:
+        try:
+            data: dict[str, Any] = {"model": store.get_model(item_id).to_dict()}
+        except UnknownIdError as model_exc:
+            try:
+                art = store.resolve_artifact(item_id)
+            except UnknownIdError:
+                raise model_exc from None
+            data = {"artifact": art.to_dict(), "path": str(store.object_path(art.sha256))}
+            if art.kind == "tree":
+                data["files"] = store.tree_manifest(art.sha256)["files"]
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    for key, value in (data.get("model") or data["artifact"]).items():
+        shown = json.dumps(value) if isinstance(value, dict | list) else value
+        click.echo(f"{key:<12} {shown if shown is not None else '-'}")
+    if "path" in data:
+        click.echo(f"{'path':<12} {data['path']}")
+    for f in data.get("files", []):
+        click.echo(f"  {f['sha256'][:12]} {f['size']:>12} {f['path']}")
+
+
+@store_group.command("lineage")
+@click.argument("model_id")
+@_store_options
+def store_lineage_cmd(model_id: str, store_spec: str | None, as_json: bool, debug: bool) -> None:
+    """The chain of models from the original source to MODEL_ID, with the step of each edge."""
+    with _open_existing_store(store_spec) as store:
+        chain = store.lineage(model_id)
+    if as_json:
+        click.echo(json.dumps({"lineage": chain}))
+        return
+    for i, link in enumerate(chain):
+        m, how = link["model"], link["derived_by"]
+        if how:
+            step = how.get("pass") or how.get("step") or "?"
+            sess = (how.get("session_id") or "-")[:12]
+            click.echo(f"  | {step} (session {sess}, step {how.get('step_index')})")
+        arrow = "" if i == 0 else "  v\n"
+        click.echo(f"{arrow}{m['id'][:12]} {m['name']} [{m['source_kind'] or '-'}] "
+                   f"{m['source'] or ''}".rstrip())  # fmt: skip
+
+
+@store_group.command("gc")
+@_store_options
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Keep objects younger than this many seconds (a running compile may be about to "
+    "reference them).",
+)
+def store_gc_cmd(
+    store_spec: str | None, as_json: bool, debug: bool, dry_run: bool, grace: float
+) -> None:
+    """Remove objects nothing references (never those of a running session)."""
+    with _open_existing_store(store_spec) as store:
+        out = store.gc(dry_run=dry_run, grace_s=grace)
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {len(out['removed'])} objects ({out['bytes']} bytes) and "
+        f"{len(out['tmp_removed'])} temporary files; {out['kept']} referenced objects kept"
+    )
+    for sha in out["removed"]:
+        click.echo(f"  {sha}")
+
+
+@store_group.command("verify")
+@_store_options
+def store_verify_cmd(store_spec: str | None, as_json: bool, debug: bool) -> None:
+    """Re-hash every object and check every reference; exit 4 on any problem."""
+    with _open_existing_store(store_spec) as store:
+        rep = store.verify()
+    if as_json:
+        click.echo(json.dumps(rep))
+    else:
+        click.echo(
+            f"{rep['checked']} objects ({rep['bytes']} bytes) re-hashed; database "
+            f"{rep['integrity']}; {len(rep['orphans'])} unreferenced files, {len(rep['tmp'])} "
+            "temporary files (store gc removes them)"
+        )
+        for m in rep["mismatched"]:
+            click.echo(f"MISMATCH {m['sha256']} hashes to {m['actual']} ({m['path']})")
+        for sha in rep["missing"]:
+            click.echo(f"MISSING  {sha} (catalogued, no file)")
+        for d in rep["dangling"]:
+            click.echo(f"DANGLING {d['sha256'] or '-'} referenced by {d['where']}")
+    if not rep["ok"]:
+        parts = [f"{len(rep[k])} {k}" for k in ("mismatched", "missing", "dangling") if rep[k]] + (
+            [f"database {rep['integrity']}"] if rep["integrity"] != "ok" else []
+        )
+        raise CheckFailedError(f"store {rep['store']} failed verification: {', '.join(parts)}.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -154,3 +154,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     ):
         report.outcome = "failed"
         report.longrepr = f"skipped where everything should be installed: {report.longrepr}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Planner sessions go to a store of the test run, never to ~/.cache/robopt/store."""
+    if "ROBOPT_STORE" not in os.environ:
+        os.environ["ROBOPT_STORE"] = str(tmp_path_factory.mktemp("store"))
