@@ -205,6 +205,8 @@ def write_report(
     evaluation: dict[str, Any] | None = None,
     remote: dict[str, Any] | None = None,
     planner: dict[str, Any] | None = None,
+    crash: dict[str, Any] | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -334,6 +336,14 @@ def write_report(
         from robopt_compile.benchmarks_planner import report_lines as planner_lines
 
         lines += planner_lines(planner)
+    if crash:
+        from robopt_compile.benchmarks_crash import report_lines as crash_lines
+
+        lines += crash_lines(crash)
+    if cache:
+        from robopt_compile.benchmarks_cache import report_lines as cache_lines
+
+        lines += cache_lines(cache)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -358,7 +368,9 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-SECTIONS = ("base", "quant", "prune", "targets", "eval", "remote", "planner")
+SECTIONS = (
+    "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache",
+)  # fmt: skip
 
 
 def main() -> None:
@@ -386,27 +398,14 @@ def main() -> None:
     stamps = dict(previous.get("measured", {}))
     for key, field in (("base", "rows"), ("quant", "quant"), ("prune", "prune"),
                        ("targets", "targets"), ("eval", "eval"), ("remote", "remote"),
-                       ("planner", "planner")):  # fmt: skip
+                       ("planner", "planner"), ("crash", "crash"), ("cache", "cache")):  # fmt: skip
         if previous.get(field) is not None and key not in stamps:
             stamps[key] = "in an earlier run"
     missing = [s for s in SECTIONS if s not in args.sections and s not in stamps]
     if missing and previous:
         log(f"[bench] no earlier measurement of {missing}: they are left out")
     work = Path(tempfile.mkdtemp(prefix="robopt-bench-"))
-    res = {
-        k: previous.get(k)
-        for k in (
-            "rows",
-            "overhead",
-            "startup",
-            "quant",
-            "prune",
-            "targets",
-            "eval",
-            "remote",
-            "planner",
-        )
-    }
+    res = {k: previous.get(k) for k in ("rows", "overhead", "startup", *SECTIONS[1:])}
     try:
         if "base" in args.sections:
             rows = []
@@ -457,7 +456,20 @@ def main() -> None:
 
             res["planner"] = bench_planner(work, log)
             stamps["planner"] = now
+        if "crash" in args.sections:
+            from robopt_compile.benchmarks_crash import bench_crash
+
+            res["crash"] = bench_crash(work, log)
+            stamps["crash"] = now
+        if "cache" in args.sections:
+            from robopt_compile.benchmarks_cache import bench_rebuild
+
+            res["cache"] = bench_rebuild(work, log)
+            stamps["cache"] = now
     finally:
+        # Sections measured before a failure are kept (a rerun with --sections reuses them).
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
         shutil.rmtree(work, ignore_errors=True)
     if res["rows"] is None:
         raise SystemExit("bench: the base section was never measured; run with --sections base")
@@ -466,7 +478,7 @@ def main() -> None:
     write_report(
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
-        res["planner"],
+        res["planner"], res["crash"], res["cache"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

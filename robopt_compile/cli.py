@@ -358,6 +358,12 @@ class _StageLog:
     default=None,
     help="File whose first line is the --device server's token.",
 )
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Do not use the build cache in the store (export, passes and engine are reused when "
+    "their inputs, options and tool versions are unchanged; docs/STORE.md).",
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 def compile_cmd(
     out: Path,
@@ -393,6 +399,7 @@ def compile_cmd(
     fail_on_criteria: bool,
     device: str | None,
     token_file: Path | None,
+    no_cache: bool,
     force: bool,
     **kw: Any,
 ) -> None:
@@ -432,6 +439,7 @@ def compile_cmd(
         dla_core=dla_core,
         eval=parse_eval_spec(eval_spec) if eval_spec else None,
         eval_criteria=Criteria(max_return_drop, max_success_drop),
+        cache=not no_cache,
     )
     if (max_return_drop is not None or max_success_drop is not None) and not eval_spec:
         raise InputError("--max-return-drop/--max-success-drop need --eval task[:...].")

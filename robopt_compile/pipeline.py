@@ -7,6 +7,7 @@ CLI can draw progress on a terminal and stay silent under ``--json``.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 import time
@@ -56,6 +57,7 @@ class CompileOptions:
     dla_core: int | None = None  # TensorRT: run on this DLA core, GPU fallback
     eval: Any = None  # robopt_compile.evaluate.EvalSpec: closed-loop task evaluation
     eval_criteria: Any = None  # robopt_compile.evaluate.Criteria for that evaluation
+    cache: bool = True  # the build cache in the store (robopt_compile/cache.py)
 
 
 @dataclass
@@ -233,8 +235,15 @@ def compile_model(
     from robopt_compile import ir as rir
     from robopt_compile.frontend import load_source
 
-    with _stage(progress, "export", timings):
-        src = load_source(
+    cache = None
+    if opts.cache:
+        from robopt_compile.cache import BuildCache
+
+        cache = BuildCache.open(lambda m: progress(m, "note", 0.0))
+    cache_info: dict[str, dict[str, Any]] = {}
+
+    def export() -> Any:
+        return load_source(
             source,
             dynamic_batch=opts.dynamic_batch,
             opset=opts.opset,
@@ -242,6 +251,12 @@ def compile_model(
             check_parity=opts.check_parity,
             reference_inputs=opts.reference_inputs,
         )
+
+    with _stage(progress, "export", timings):
+        if cache is None:
+            src = export()
+        else:
+            src = _cached_export(cache, source, opts, export, cache_info, progress)
 
     calib_tmp: Path | None = None
     if (opts.quant.calibration or "").split(":")[0] == "task":
@@ -264,7 +279,9 @@ def compile_model(
                 opts, quant=replace(opts.quant, closed_loop=ClosedLoopGuard(eval_task, opts.eval))
             )
     try:
-        result = _compile_rest(source, out, opts, force, progress, timings, profile, backend, src)
+        result = _compile_rest(
+            source, out, opts, force, progress, timings, profile, backend, src, cache, cache_info
+        )
         if eval_task is not None:
             with _stage(progress, "evaluate", timings):
                 result.evaluation = evaluate_bundle(
@@ -274,6 +291,8 @@ def compile_model(
             write_report(out, progress)
         return result
     finally:
+        if cache is not None:
+            cache.close()
         if opts.quant.closed_loop is not None:
             opts.quant.closed_loop.close()
         for tmp in (eval_ref, calib_tmp):
@@ -405,12 +424,15 @@ def _compile_rest(
     profile: Any,
     backend: Any,
     src: Any,
+    cache: Any = None,
+    cache_info: dict[str, dict[str, Any]] | None = None,
 ) -> CompileResult:
     from robopt_compile import analysis, bundle
     from robopt_compile import ir as rir
     from robopt_compile.passes.base import DumpIRInstrument, PassRunner, TimingInstrument
     from robopt_compile.targets import BuildOptions
 
+    cache_info = cache_info if cache_info is not None else {}
     # Graph outputs keep the source's type and shape: some quantizers drop them.
     out_types = {v.name: (v.type, v.shape) for v in src.model.graph.outputs}
     timing = TimingInstrument()
@@ -418,55 +440,80 @@ def _compile_rest(
     if opts.dump_ir is not None:
         instruments.append(DumpIRInstrument(Path(opts.dump_ir)))
     runner = PassRunner(instruments)
-    with _stage(progress, "optimize", timings):
-        passes = build_passes(opts)
-        model = runner.run(passes, src.model)
-    simplify_report = next(
-        (getattr(p, "report", None) for p in passes if hasattr(p, "report")), None
-    )
 
-    compress_report = None
-    if opts.compress.active:
-        from robopt_compile.compress import compress
+    def transform(progress: Progress) -> dict[str, Any]:
+        """optimize -> compress -> quantize; updates ``src``'s reference data."""
+        with _stage(progress, "optimize", timings):
+            passes = build_passes(opts)
+            model = runner.run(passes, src.model)
+        simplify_report = next(
+            (getattr(p, "report", None) for p in passes if hasattr(p, "report")), None
+        )
 
-        with _stage(progress, "compress", timings):
-            cres = compress(model, opts.compress, opts.quant, opts.threads, runner, progress)
-        compress_report = cres.report
-        if cres.compressed:
-            model = cres.model
-            # The engine must reproduce the compressed model; its cost against the source is
-            # in the report (held-out figures), not in the engine check.
-            src.reference_inputs = cres.reference_inputs
-            src.reference_outputs = cres.reference_outputs
+        compress_report = None
+        if opts.compress.active:
+            from robopt_compile.compress import compress
 
-    precision = opts.precision
-    tol = ENGINE_TOLERANCE.get(precision, ENGINE_TOLERANCE["fp32"])
-    quant_report = None
-    quant_data_used = opts.compress.active
-    if (
-        not needs_quantization(backend.name, precision)
-        and opts.quant.calibration
-        and not quant_data_used
-    ):
-        progress(f"--calibration is not used at --precision {precision}", "note", 0.0)
-    if needs_quantization(backend.name, precision):
-        from robopt_compile.quantize import quantize
+            with _stage(progress, "compress", timings):
+                cres = compress(model, opts.compress, opts.quant, opts.threads, runner, progress)
+            compress_report = cres.report
+            if cres.compressed:
+                model = cres.model
+                # The engine must reproduce the compressed model; its cost against the source is
+                # in the report (held-out figures), not in the engine check.
+                src.reference_inputs = cres.reference_inputs
+                src.reference_outputs = cres.reference_outputs
 
-        with _stage(progress, "quantize", timings):
-            qres = quantize(model, backend, profile, precision, opts.threads, opts.quant, runner)
-        quant_report = qres.report
-        precision = qres.precision
-        if quant_report.get("data_note"):
-            progress(quant_report["data_note"], "note", 0.0)
-        if not quant_report.get("rolled_back"):
-            model = qres.model
-            # The engine is judged on a held-out sample against the fp32 model, with the
-            # tolerance its measured quality earned (see quantize.engine_tolerance).
-            src.reference_inputs = qres.reference_inputs
-            src.reference_outputs = qres.reference_outputs
-            tol = qres.tolerance
-        if quant_report.get("rolled_back"):
-            progress(f"rolled back to fp32: {quant_report['rollback_reason']}", "note", 0.0)
+        precision = opts.precision
+        tol = ENGINE_TOLERANCE.get(precision, ENGINE_TOLERANCE["fp32"])
+        quant_report = None
+        quant_data_used = opts.compress.active
+        if (
+            not needs_quantization(backend.name, precision)
+            and opts.quant.calibration
+            and not quant_data_used
+        ):
+            progress(f"--calibration is not used at --precision {precision}", "note", 0.0)
+        if needs_quantization(backend.name, precision):
+            from robopt_compile.quantize import quantize
+
+            with _stage(progress, "quantize", timings):
+                qres = quantize(
+                    model, backend, profile, precision, opts.threads, opts.quant, runner
+                )
+            quant_report = qres.report
+            precision = qres.precision
+            if quant_report.get("data_note"):
+                progress(quant_report["data_note"], "note", 0.0)
+            if not quant_report.get("rolled_back"):
+                model = qres.model
+                # The engine is judged on a held-out sample against the fp32 model, with the
+                # tolerance its measured quality earned (see quantize.engine_tolerance).
+                src.reference_inputs = qres.reference_inputs
+                src.reference_outputs = qres.reference_outputs
+                tol = qres.tolerance
+            if quant_report.get("rolled_back"):
+                progress(f"rolled back to fp32: {quant_report['rollback_reason']}", "note", 0.0)
+        return {
+            "model": model,
+            "precision": precision,
+            "tol": tol,
+            "simplify": simplify_report,
+            "compression": compress_report,
+            "quantization": quant_report,
+            "passes": [r.to_json() for r in timing.records],
+        }
+
+    if cache is None:
+        done = transform(progress)
+    else:
+        done = _cached_transform(
+            cache, opts, backend, profile, src, transform, cache_info, progress, timings
+        )
+    model, precision, tol = done["model"], done["precision"], done["tol"]
+    simplify_report = done["simplify"]
+    compress_report = done["compression"]
+    quant_report = done["quantization"]
 
     with _stage(progress, "analyze", timings):
         facts = analysis.analyze(
@@ -488,17 +535,19 @@ def _compile_rest(
             dynamic = any(
                 s.shape and not isinstance(s.shape[0], int) for s in rir.input_specs(model)
             )
-            artifact = backend.build(
-                tmp / "model.onnx",
-                profile,
-                BuildOptions(
-                    precision=precision,
-                    threads=opts.threads,
-                    tune_trials=opts.tune_trials,
-                    dynamic_batch=(1, 1, opts.max_batch) if dynamic else None,
-                ),
-                tmp / "engine",
+            build_opts = BuildOptions(
+                precision=precision,
+                threads=opts.threads,
+                tune_trials=opts.tune_trials,
+                dynamic_batch=(1, 1, opts.max_batch) if dynamic else None,
             )
+            put_build = None
+            if cache is None:
+                artifact = backend.build(tmp / "model.onnx", profile, build_opts, tmp / "engine")
+            else:
+                artifact, put_build = _cached_build(
+                    cache, model_files, backend, profile, build_opts, tmp, cache_info, progress
+                )
         with _stage(progress, "verify", timings):
             if runs_here(artifact):
                 engine_fig = verify_engine(backend, artifact, src, opts.threads, tol)
@@ -511,6 +560,8 @@ def _compile_rest(
                     f"the {backend.name} engine does not reproduce the source model on output "
                     f"{engine_fig['output']!r}: {bad['reason']} (tolerance {tol})."
                 )
+            if put_build is not None:  # cached only once it passed the engine check
+                put_build()
         engine_json = {"dir": "engine", **artifact.to_json()}
         if _stores_compressed(compress_report):
             from robopt_compile.bench.compress import compress_engine
@@ -527,11 +578,12 @@ def _compile_rest(
             "source": src.source,
             "exporter": src.exporter,
             "notes": src.notes,
-            "passes": [r.to_json() for r in timing.records],
+            "passes": done["passes"],
             "simplify": simplify_report,
             "compression": compress_report,
             "quantization": quant_report,
             "stage_seconds": {k: round(v, 4) for k, v in timings.items()},
+            "cache": cache_info or {k: {"cache": "off"} for k in CACHED_STAGES},
             "summary": facts.get("summary", {}),
         }
         bundle.write_json(tmp / "report.json", report)
@@ -629,3 +681,296 @@ def verify_engine(
     verdict = judge(src.reference_outputs, got, tol)
     verdict["inputs"] = "bundle reference inputs (not used during export)"
     return verdict
+
+
+# ---------------------------------------------------------------- build cache (cache.py)
+
+CACHED_STAGES = ("export", "transform", "build")
+
+
+def _cache_note(progress: Progress, what: str, exc: BaseException) -> None:
+    progress(f"build cache: {what} ({type(exc).__name__}: {exc})", "note", 0.0)
+
+
+def _save_model_dir(model: Any, dest: Path, inputs: Any, outputs: Any) -> Path:
+    """A model with its reference data as a folder: model.onnx[.data], inputs/outputs.npz."""
+    from robopt_compile import bundle
+    from robopt_compile import ir as rir
+
+    rir.save(model, dest / "model.onnx")
+    bundle.save_npz(dest / "inputs.npz", inputs)
+    bundle.save_npz(dest / "outputs.npz", outputs)
+    return dest
+
+
+def _load_model_dir(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    import numpy as np
+
+    from robopt_compile import ir as rir
+
+    model = rir.load(folder / "model.onnx")
+    with np.load(folder / "inputs.npz") as i, np.load(folder / "outputs.npz") as o:
+        return model, {k: i[k] for k in i.files}, {k: o[k] for k in o.files}
+
+
+def _cached_export(
+    cache: Any,
+    source: str,
+    opts: CompileOptions,
+    export: Callable[[], Any],
+    info: dict[str, dict[str, Any]],
+    progress: Progress,
+) -> Any:
+    """``export()`` through the cache; records ``info["export"]`` and the export's tree hash."""
+    from robopt_compile.cache import Uncacheable, sha256_tree, source_identity
+    from robopt_compile.frontend import SourceModel
+
+    try:
+        ident = source_identity(source)
+        from robopt_compile import frontend
+        from robopt_compile.cache import implementation
+
+        config = {
+            "implementation": implementation(frontend.load_source, frontend._from_torch),
+            "dynamic_batch": opts.dynamic_batch,
+            "opset": opts.opset,
+            "seed": opts.seed,
+            "check_parity": opts.check_parity,
+            "reference_inputs": (
+                sha256_tree(Path(opts.reference_inputs)) if opts.reference_inputs else None
+            ),
+        }
+        key = cache.key("export", json_sha(ident), config)
+    except Exception as exc:  # Uncacheable, or a broken file: the export says what is wrong
+        reason = str(exc) if isinstance(exc, Uncacheable) else f"{type(exc).__name__}: {exc}"
+        info["export"] = {"cache": "off", "reason": reason}
+        return export()
+    entry = cache.get(key)
+    if entry is not None:
+        try:
+            with tempfile.TemporaryDirectory(prefix="robopt-cache-") as d:
+                folder = cache.materialize(entry, "export", Path(d))
+                model, ins, outs = _load_model_dir(folder)
+            m = entry.meta
+            info["export"] = {"cache": "hit", "key": key, "output": entry.objects["export"]}
+            return SourceModel(
+                model=model,
+                name=m["name"],
+                source=m["source"],
+                kind=m["kind"],
+                exporter=m["exporter"],
+                reference_inputs=ins,
+                reference_outputs=outs,
+                parity=m["parity"],
+                notes=m["notes"],
+            )
+        except Exception as exc:  # a damaged entry is a miss
+            _cache_note(progress, "export entry unusable, exporting again", exc)
+    src = export()
+    info["export"] = {"cache": "miss", "key": key}
+    try:
+        meta = {
+            "name": src.name,
+            "source": src.source,
+            "kind": src.kind,
+            "exporter": src.exporter,
+            "parity": src.parity,
+            "notes": src.notes,
+        }
+        meta = json.loads(json.dumps(meta, default=_json_default))
+        with tempfile.TemporaryDirectory(prefix="robopt-cache-") as d:
+            folder = _save_model_dir(
+                src.model, Path(d), src.reference_inputs, src.reference_outputs
+            )
+            entry = cache.put(key, "export", meta, trees={"export": folder})
+            # Go on with the model as stored, so a later hit continues from the same bytes.
+            src.model = _load_model_dir(folder)[0]
+        info["export"]["output"] = entry.objects["export"]
+    except Exception as exc:
+        _cache_note(progress, "export not stored", exc)
+    return src
+
+
+def json_sha(data: Any) -> str:
+    """sha256 of a canonical JSON document."""
+    import hashlib
+
+    from robopt_compile.cache import canonical_json
+
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+def _json_default(obj: Any) -> Any:
+    from robopt_compile.bundle import _json_default as default
+
+    return default(obj)
+
+
+def transform_config(
+    opts: CompileOptions, backend: Any, profile: Any, needs_data: bool
+) -> dict[str, Any]:
+    """The transform stage's key configuration; raises ``cache.Uncacheable``."""
+    from dataclasses import asdict
+
+    from robopt_compile import accuracy, compress, quantize
+    from robopt_compile.cache import Uncacheable, data_identity, implementation, profile_fingerprint
+    from robopt_compile.passes.base import PassRunner
+    from robopt_compile.passes.quantize.base import QuantizePass
+
+    q = opts.quant
+    if opts.dump_ir is not None:
+        raise Uncacheable("--dump-ir writes every pass's IR, so the passes must run")
+    if q.metric:
+        raise Uncacheable(f"the accuracy metric {q.metric} is user code that cannot be hashed")
+    if q.closed_loop is not None:
+        raise Uncacheable("a closed-loop accuracy guard (--eval with --max-drop) runs the task")
+    return {
+        "implementation": implementation(
+            build_passes,
+            PassRunner.run,
+            compress.compress,
+            quantize.quantize,
+            QuantizePass.__init__,
+            accuracy.Evaluator.outputs,
+        ),
+        "simplify": opts.simplify,
+        "seed": opts.seed,
+        "compress": asdict(opts.compress),
+        "precision": opts.precision,
+        "backend": backend.name,
+        "profile": profile_fingerprint(profile),
+        "quant": {
+            "calibration": data_identity(q.calibration) if needs_data else None,
+            "method": q.method,
+            "max_drop": q.max_drop,
+            "strict": q.strict,
+            "measure_sensitivity": q.measure_sensitivity,
+            "block_size": q.block_size,
+            "holdout_fraction": q.holdout_fraction,
+            "seed": q.seed,
+        },
+    }
+
+
+def _cached_transform(
+    cache: Any,
+    opts: CompileOptions,
+    backend: Any,
+    profile: Any,
+    src: Any,
+    transform: Callable[[Progress], dict[str, Any]],
+    info: dict[str, dict[str, Any]],
+    progress: Progress,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """optimize + compress + quantize through the cache (key: export hash + pass config)."""
+    from robopt_compile.cache import Uncacheable, sha256_tree
+
+    needs_data = opts.compress.active or needs_quantization(backend.name, opts.precision)
+    try:
+        config = transform_config(opts, backend, profile, needs_data)
+        exported = info.get("export", {}).get("output")
+        if exported is None:  # the export was not cached: hash it as saved
+            with tempfile.TemporaryDirectory(prefix="robopt-cache-") as d:
+                folder = _save_model_dir(
+                    src.model, Path(d), src.reference_inputs, src.reference_outputs
+                )
+                exported = sha256_tree(folder)
+        key = cache.key("transform", exported, config)
+    except Uncacheable as exc:
+        info["transform"] = {"cache": "off", "reason": str(exc)}
+        return transform(progress)
+    entry = cache.get(key)
+    if entry is not None:
+        try:
+            with (
+                _stage(progress, "transform", timings),
+                tempfile.TemporaryDirectory(prefix="robopt-cache-") as d,
+            ):
+                model, ins, outs = _load_model_dir(cache.materialize(entry, "transform", Path(d)))
+            m = entry.meta
+            src.reference_inputs, src.reference_outputs = ins, outs
+            for note in m["notes"]:
+                progress(note, "note", 0.0)
+            info["transform"] = {"cache": "hit", "key": key}
+            return {**{k: m[k] for k in m if k not in ("notes", "_trees")}, "model": model}
+        except Exception as exc:
+            _cache_note(progress, "transform entry unusable, running the passes", exc)
+    notes: list[str] = []
+
+    def recording(stage: str, event: str, seconds: float) -> None:
+        if event == "note":
+            notes.append(stage)
+        progress(stage, event, seconds)
+
+    done = transform(recording)
+    info["transform"] = {"cache": "miss", "key": key}
+    try:
+        meta = {k: v for k, v in done.items() if k != "model"}
+        meta["notes"] = notes
+        meta = json.loads(json.dumps(meta, default=_json_default))
+        with tempfile.TemporaryDirectory(prefix="robopt-cache-") as d:
+            folder = _save_model_dir(
+                done["model"], Path(d), src.reference_inputs, src.reference_outputs
+            )
+            cache.put(key, "transform", meta, trees={"transform": folder})
+            # As stored, so the engine built now is the one a later hit builds (a save after a
+            # load can list a few more shapes than the first save of a pass's output).
+            done["model"] = _load_model_dir(folder)[0]
+    except Exception as exc:
+        _cache_note(progress, "transform not stored", exc)
+    return done
+
+
+def _cached_build(
+    cache: Any,
+    model_files: list[Path],
+    backend: Any,
+    profile: Any,
+    build_opts: Any,
+    tmp: Path,
+    info: dict[str, dict[str, Any]],
+    progress: Progress,
+) -> tuple[Any, Callable[[], None] | None]:
+    """``backend.build`` through the cache (key: the model files + backend, profile, options).
+
+    Returns the artifact and, on a miss, a function that stores it (called after the engine
+    passed its check).
+    """
+    from dataclasses import asdict
+
+    from robopt_compile.cache import implementation, profile_fingerprint
+    from robopt_compile.store import sha256_path
+    from robopt_compile.targets import Artifact
+
+    engine = tmp / "engine"
+    config = {
+        "implementation": implementation(type(backend), type(backend).build),
+        "backend": backend.name,
+        "dla_core": getattr(backend, "dla_core", None),
+        "profile": profile_fingerprint(profile),
+        "options": asdict(build_opts),
+    }
+    key = cache.key("build", json_sha([[p.name, sha256_path(p)] for p in model_files]), config)
+    entry = cache.get(key)
+    if entry is not None:
+        try:
+            if engine.exists():
+                shutil.rmtree(engine)
+            cache.materialize(entry, "engine", engine)
+            info["build"] = {"cache": "hit", "key": key}
+            return Artifact.from_json(entry.meta["artifact"], engine), None
+        except Exception as exc:
+            shutil.rmtree(engine, ignore_errors=True)
+            _cache_note(progress, "build entry unusable, building again", exc)
+    artifact = backend.build(tmp / "model.onnx", profile, build_opts, engine)
+    info["build"] = {"cache": "miss", "key": key}
+
+    def put() -> None:
+        try:
+            meta = json.loads(json.dumps({"artifact": artifact.to_json()}, default=_json_default))
+            cache.put(key, "build", meta, trees={"engine": Path(artifact.root)})
+        except Exception as exc:
+            _cache_note(progress, "engine not stored", exc)
+
+    return artifact, put

@@ -224,6 +224,10 @@ def plan_and_search(
     for c in cands:
         if c.precision in needs_data and not calib:
             pre_rejected.append(Decision(c, "reject", "static int8 needs --calibration"))
+        elif c.backend == "tvm" and not base.tune_trials:
+            pre_rejected.append(Decision(c, "reject", (
+                "untuned TVM runs 100-1000x slower than ONNX Runtime here (docs/TVM.md); "
+                "give --tune-trials N to let the planner try it")))  # fmt: skip
         else:
             kept.append(c)
     precisions = {COMPUTE_PRECISION[c.precision] for c in kept} | {"fp32"}

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "store.db"
 TREE_FORMAT = "robopt-tree/1"
 SESSION_STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
@@ -132,6 +132,19 @@ MIGRATIONS: tuple[str, ...] = (
         payload    TEXT NOT NULL,
         PRIMARY KEY (session_id, seq)
     );
+    """,
+    # 2: the build cache (robopt_compile/cache.py): a stage's output objects by key.
+    """
+    CREATE TABLE cache (
+        key     TEXT PRIMARY KEY,          -- sha256 of stage, input hash, config, tool versions
+        stage   TEXT NOT NULL,             -- export | transform | build
+        objects TEXT NOT NULL DEFAULT '{}',  -- JSON {name: sha256} (files and trees)
+        meta    TEXT NOT NULL DEFAULT '{}',  -- JSON: what the stage returns besides files
+        created TEXT NOT NULL,
+        used    TEXT NOT NULL,
+        hits    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX cache_stage ON cache(stage);
     """,
 )
 
@@ -1038,7 +1051,19 @@ class Store:
                     refs.append(
                         (r[col], "steps", f"session {r['session_id']} step {r['idx']} {col}")
                     )
+        for r in self.query("SELECT key, stage, objects FROM cache"):
+            for name, sha in sorted((_loads(r["objects"], {}) or {}).items()):
+                refs.append((sha, "cache", f"cache {r['stage']} {r['key'][:12]} {name}"))
         return refs
+
+    def cache_clear(self, stage: str | None = None) -> int:
+        """Forget build-cache rows (all, or one stage's); their objects go at the next ``gc``.
+
+        Returns the number of rows removed.
+        """
+        if stage is None:
+            return self.write(lambda c: c.execute("DELETE FROM cache").rowcount)
+        return self.write(lambda c: c.execute("DELETE FROM cache WHERE stage=?", (stage,)).rowcount)
 
     def _tree_children(self, sha: str) -> list[str]:
         try:
@@ -1129,10 +1154,10 @@ class Store:
     def gc(self, dry_run: bool = False, grace_s: float = DEFAULT_GC_GRACE_S) -> dict[str, Any]:
         """Remove objects no row references, and stale temporary files.
 
-        Kept: objects referenced by models or steps, members of a kept tree, objects stored by
-        a queued or running session, and anything younger than ``grace_s`` seconds (an object a
-        running compile has just stored and is about to reference). Returns ``{"removed":
-        [sha...], "bytes", "tmp_removed": [...], "kept", "dry_run"}``.
+        Kept: objects referenced by models, steps or build-cache rows, members of a kept tree,
+        objects stored by a queued or running session, and anything younger than ``grace_s``
+        seconds (an object a running compile has just stored and is about to reference).
+        Returns ``{"removed": [sha...], "bytes", "tmp_removed": [...], "kept", "dry_run"}``.
         """
         self.mark_interrupted()
         cutoff = time.time() - grace_s

@@ -202,8 +202,10 @@ def test_plan_only_builds_nothing(tmp_path: Path, capsys) -> None:
     assert code == 0, err
     r = json.loads(out)
     assert r["measured"] == [] and r["stopped"].startswith("--plan-only")
-    fp32 = [d for d in r["decisions"] if d["precision"] == "fp32"]
+    fp32 = [d for d in r["decisions"] if d["precision"] == "fp32" and d["backend"] != "tvm"]
     assert fp32 and all(d["verdict"] == "reject" and "--max-size-mb" in d["reason"] for d in fp32)
+    tvm = [d for d in r["decisions"] if d["backend"] == "tvm"]
+    assert all(d["verdict"] == "reject" and "--tune-trials" in d["reason"] for d in tvm)
     assert not list(tmp_path.iterdir())
 
 
