@@ -311,7 +311,7 @@ def _save_local(bundle: str, result: dict[str, Any], control_rate: float | None)
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in platform.node()) or "host"
-    path = save_result(bundle, f"bench-{host}-{stamp}", result)
+    path = save_result(bundle, f"bench-{host}-{stamp}", result, unique=True)
     click.echo(f"saved {path}", err=True)
     paced = (result.get("control") or {}).get("paced")
     if control_rate is not None and paced:

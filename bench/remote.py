@@ -15,7 +15,6 @@ Standard library only (http.client, tarfile, urllib): the robot side imports thi
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -403,44 +402,14 @@ def _safe_name(text: str) -> str:
 def save_remote_result(bundle_dir: str | Path, result: dict[str, Any]) -> Path:
     """Write ``result`` to ``<bundle>/results/remote-<host>-<UTC time>.json`` atomically.
 
-    The file appears complete or not at all (temporary file, fsync, rename); an existing
-    result is never overwritten. ``results/`` is outside the manifest's hashed ``files``.
+    The file appears complete or not at all; an existing result is never overwritten.
+    ``results/`` is outside the manifest's hashed ``files``.
 
     Raises:
         InputError: the folder cannot be written.
     """
+    from robopt_compile.results import save_result
+
     host = _safe_name(str((result.get("remote") or {}).get("host") or "robot"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = Path(bundle_dir) / RESULTS_DIR
-    tmp: str | None = None
-    try:
-        folder.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".remote-", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        for n in range(1000):
-            final = folder / f"remote-{host}-{stamp}{'' if n == 0 else f'-{n}'}.json"
-            try:
-                os.link(tmp, final)  # fails if the name is taken: never overwrite a result
-            except FileExistsError:
-                continue
-            except OSError:  # no hard links here (some USB file systems): rename instead
-                if final.exists():
-                    continue
-                os.replace(tmp, final)
-                tmp = None
-            return final
-        raise InputError(f"too many results named remote-{host}-{stamp}* in {folder}.")
-    except OSError as exc:
-        raise InputError(
-            f"cannot write the result into {folder} ({exc.strerror or exc}); the bundle "
-            "folder must be writable."
-        ) from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    return save_result(bundle_dir, f"remote-{host}-{stamp}", result, unique=True)

@@ -396,9 +396,8 @@ def main() -> None:
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     stamps = dict(previous.get("measured", {}))
-    for key, field in (("base", "rows"), ("quant", "quant"), ("prune", "prune"),
-                       ("targets", "targets"), ("eval", "eval"), ("remote", "remote"),
-                       ("planner", "planner"), ("crash", "crash"), ("cache", "cache")):  # fmt: skip
+    # Each section keeps its results under its own name, but for base ("rows").
+    for key, field in (("base", "rows"), *((s, s) for s in SECTIONS[1:])):
         if previous.get(field) is not None and key not in stamps:
             stamps[key] = "in an earlier run"
     missing = [s for s in SECTIONS if s not in args.sections and s not in stamps]

@@ -557,7 +557,9 @@ def _run_planner(
         crit_kw["max_accuracy_drop"] = max_accuracy_drop
     criteria = OptimizationCriteria(**crit_kw)
     source = kw["source"]
-    if opts.quant.calibration is None and _zoo_task(source):
+    from robopt_compile.evaluate import task_for_source
+
+    if opts.quant.calibration is None and task_for_source(source):
         # A trained policy with a task: calibrate on what it sees doing the task.
         opts = replace(opts, quant=replace(opts.quant, calibration="task"))
     if criteria.max_accuracy_drop is not None and opts.quant.max_drop is None:
@@ -575,12 +577,16 @@ def _run_planner(
         )  # fmt: skip
     finally:
         store.close()
+    _report_plan(r, as_json, plan_only)
+
+
+def _report_plan(r: Any, as_json: bool, plan_only: bool = False) -> None:
+    """The search's result on stdout; exit 4 when a search kept no plan."""
     if as_json:
         best = r.best.bundle if r.best else None
-        doc = {"bundle": best, "criteria": criteria.to_json(), **r.to_json()}
-        click.echo(json.dumps(doc, default=str))
+        click.echo(json.dumps({"bundle": best, **r.to_json()}, default=str))
     else:
-        click.echo(format_plan(r, criteria))
+        click.echo(format_plan(r, r.criteria))
     if not plan_only and r.best is None:
         raise CheckFailedError(
             f"no plan met every bound ({len(r.measured)} measured, {len(r.failed)} failed); "
@@ -590,10 +596,10 @@ def _run_planner(
 
 def _resume_planner(kw: dict[str, Any], resume_id: str, store_spec: str | None) -> None:
     """``--resume ID``: the planner session goes on where it stopped."""
-    from robopt_compile.planner import OptimizationCriteria
-    from robopt_compile.search import RUN_KEY, resume_search
+    from robopt_compile.search import resume_search
     from robopt_compile.store import open_store
 
+    as_json = kw["as_json"]
     store = open_store(store_spec, create=False)
     try:
         rec = store.get_session(resume_id)
@@ -602,34 +608,11 @@ def _resume_planner(kw: dict[str, Any], resume_id: str, store_spec: str | None) 
                 f"session {rec.id[:12]} optimized {rec.source}, not {kw['source']}: give the "
                 "same SOURCE (its other settings come from the session)."
             )
-        as_json = kw["as_json"]
         log = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
         r = resume_search(store, rec.id, log=log)
     finally:
         store.close()
-    crit = {k: v for k, v in rec.criteria.items() if k != RUN_KEY}
-    for k in ("techniques", "precisions"):
-        if crit.get(k) is not None:
-            crit[k] = tuple(crit[k])
-    criteria = OptimizationCriteria(**crit)
-    if as_json:
-        best = r.best.bundle if r.best else None
-        click.echo(json.dumps({"bundle": best, "criteria": criteria.to_json(), **r.to_json()},
-                              default=str))  # fmt: skip
-    else:
-        click.echo(format_plan(r, criteria))
-    if r.best is None:
-        raise CheckFailedError(
-            f"no plan met every bound ({len(r.measured)} measured, {len(r.failed)} failed); "
-            "nothing was written."
-        )
-
-
-def _zoo_task(source: str) -> str | None:
-    from robopt_compile.zoo import ZOO
-
-    entry = ZOO.get(source.removeprefix("zoo:")) if source.startswith("zoo:") else None
-    return entry.task if entry else None
+    _report_plan(r, as_json)
 
 
 def format_plan(r: Any, criteria: Any) -> str:

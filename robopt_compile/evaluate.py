@@ -458,14 +458,12 @@ def load_dataset(path: str | Path, input_names: Sequence[str]) -> dict[str, np.n
     Optional keys: ``actions`` (the recorded actions, for reporting the reference's own error
     against them) and ``episode`` (the episode index of every step).
     """
+    from robopt_compile.frontend import load_npz_inputs
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such dataset file; give an .npz of recorded observations.")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise InputError(f"{p}: not a readable .npz ({type(exc).__name__}: {exc}).") from exc
+    data = load_npz_inputs(p, "dataset file")
     missing = [n for n in input_names if n not in data]
     if missing:
         raise InputError(

@@ -362,6 +362,10 @@ def resolve_eval_task(spec: Any, source: str) -> str:
         )
     if name not in TASKS:
         raise UnknownNameError("task", name, list(TASKS))
+    from robopt_compile.tasks import get_task
+
+    # Start the simulator once now: a missing one fails before the build, not after it.
+    get_task(name).close()
     return name
 
 
@@ -393,8 +397,7 @@ def evaluate_bundle(
         label = f"optimized {manifest['precision']} ({manifest['backend']})"
         with contextlib.ExitStack() as stack:
             ref = stack.enter_context(ev.onnx_policy(reference, opts.threads or 1))
-            cfg = manifest["engine"].get("config", {})
-            if not (cfg.get("deferred") or cfg.get("cross_compiled")):
+            if engine_runs_here(manifest["engine"].get("config", {})):
                 cand = stack.enter_context(ev.bundle_policy(out, opts.threads or 1))
             else:
                 cand = stack.enter_context(ev.onnx_policy(out / "model.onnx", opts.threads or 1))
@@ -643,8 +646,12 @@ def _opset(model: Any) -> int | None:
 def runs_here(artifact: Any) -> bool:
     """False for an engine that cannot run on the build machine: a deferred TensorRT build or
     a library cross-compiled for another CPU."""
-    cfg = artifact.config
-    return not (cfg.get("deferred") or cfg.get("cross_compiled"))
+    return engine_runs_here(artifact.config)
+
+
+def engine_runs_here(config: dict[str, Any]) -> bool:
+    """``runs_here`` from an engine's config as stored in a manifest."""
+    return not (config.get("deferred") or config.get("cross_compiled"))
 
 
 def verify_onnx(

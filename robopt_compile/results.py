@@ -59,11 +59,14 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
+def atomic_write_text(path: Path, text: str, overwrite: bool = True) -> Path:
     """Write ``text`` to ``path`` through a temporary sibling and a rename.
 
     The file gets the permissions of an ordinary new file (0666 minus the umask), not the
-    0600 of a temporary file, since results and reports are meant to be published.
+    0600 of a temporary file, since results and reports are meant to be published. With
+    ``overwrite=False`` an existing ``path`` is left alone and ``FileExistsError`` raised (the
+    temporary file is hard-linked into place; where links are unsupported, renamed after a
+    check).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,18 @@ def atomic_write_text(path: Path, text: str) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if the name is taken
+                os.unlink(tmp)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links (some USB file systems)
+                if path.exists():
+                    raise FileExistsError(path) from None
+                os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -82,8 +96,13 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
-def save_result(bundle_dir: Path | str, name: str, data: dict[str, Any]) -> Path:
+def save_result(
+    bundle_dir: Path | str, name: str, data: dict[str, Any], unique: bool = False
+) -> Path:
     """Write ``data`` as ``<bundle>/results/<name>.json`` atomically; return the path.
+
+    With ``unique`` an existing result is never replaced: the file becomes ``<name>-1.json``,
+    ``<name>-2.json``, ... (for time-stamped measurements such as benchmark runs).
 
     Args:
         bundle_dir: the bundle folder (it must exist).
@@ -109,7 +128,20 @@ def save_result(bundle_dir: Path | str, name: str, data: dict[str, Any]) -> Path
         text = json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InputError(f"result {stem!r} cannot be written as JSON: {exc}.") from exc
-    return atomic_write_text(results_dir(root) / f"{stem}.json", text + "\n")
+    folder = results_dir(root)
+    try:
+        if not unique:
+            return atomic_write_text(folder / f"{stem}.json", text + "\n")
+        for n in range(1000):
+            path = folder / f"{stem}{'' if n == 0 else f'-{n}'}.json"
+            with contextlib.suppress(FileExistsError):
+                return atomic_write_text(path, text + "\n", overwrite=False)
+    except OSError as exc:
+        raise InputError(
+            f"cannot write the result into {folder} ({exc.strerror or exc}); the bundle folder "
+            "must be writable."
+        ) from exc
+    raise InputError(f"too many results named {stem}* in {folder}.")
 
 
 def load_results(

@@ -53,10 +53,12 @@ class SearchResult:
     seconds: float = 0.0
     stopped: str = ""  # why the search stopped
     session_id: str | None = None  # the store's session, when one was kept
+    criteria: OptimizationCriteria | None = None  # what the search was held to
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": "plan",
+            "criteria": None if self.criteria is None else self.criteria.to_json(),
             "decisions": [d.to_json() for d in self.decisions],
             "measured": [m.to_json() for m in self.measured],
             "failed": self.failed,
@@ -240,7 +242,9 @@ def plan_and_search(
                 + (f"; broke accuracy before: {sorted(history.broke_accuracy)}"
                    if history.broke_accuracy else ""))  # fmt: skip
     decisions = plan(kept, facts, criteria, history) + pre_rejected
-    result = SearchResult(decisions, estimate_only=[b for b in buildable if b not in runs_here])
+    result = SearchResult(
+        decisions, estimate_only=[b for b in buildable if b not in runs_here], criteria=criteria
+    )
     if plan_only:
         result.seconds = time.perf_counter() - t0
         result.stopped = "--plan-only: nothing built"

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from test_cli import run_cli
 
 from robopt_compile import evaluate as ev
 from robopt_compile.cli import main
@@ -21,16 +22,6 @@ from robopt_compile.errors import InputError, UnknownNameError
 from robopt_compile.tasks import TASKS, Episode, get_task
 
 SWINGUP = "InvertedPendulumSwingupBulletEnv-v0"
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -339,3 +330,16 @@ def test_compile_fail_on_criteria(tmp_path, capsys) -> None:
         ["zoo:pendulum-swingup-mlp", "--max-return-drop", "0.1", "-o", str(tmp_path / "c")], capsys
     )
     assert code == 2 and "need --eval" in err
+
+
+def test_missing_simulator_fails_before_the_build(tmp_path, capsys, monkeypatch) -> None:
+    """--eval with the simulator missing: one line, exit 3, nothing built or written."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pybullet_envs_gymnasium", None)  # import fails
+    code, _, err = run_cli(
+        ["zoo:pendulum-swingup-mlp", "--eval", "task", "-o", str(tmp_path / "o")], capsys
+    )
+    assert code == 3 and "pip install 'robopt-compile[sim]'" in err
+    assert len(err.strip().splitlines()) == 1 and "export" not in err
+    assert not (tmp_path / "o").exists()

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from test_cli import run_cli
 
-from robopt_compile.cli import main
 from robopt_compile.errors import InputError
 from robopt_compile.planner import (
     Candidate,
@@ -39,16 +39,6 @@ FACTS = Facts(
 )
 BACKENDS = {"onnxruntime": ("fp32", "int8", "int8-dynamic", "int4-weight"),
             "openvino": ("fp32", "bf16", "int8")}  # fmt: skip
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # --- criteria ---------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cli import run_cli
 
-from robopt_compile.cli import main
 from robopt_compile.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED
 from robopt_compile.events import EVENT_TYPES, read_event_log
 from robopt_compile.store import (
@@ -33,16 +33,6 @@ from robopt_compile.store import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -133,14 +133,13 @@ def get_task(name: str) -> Task:
     if entry is None:
         raise UnknownNameError("task", name, task_names())
     module_name, _, cls_name = entry.cls.partition(":")
-    try:
-        module = importlib.import_module(module_name)
+    try:  # the simulator is imported by the module or when the task starts
+        return getattr(importlib.import_module(module_name), cls_name)()
     except ImportError as exc:
         raise BackendUnavailableError(
             f"task {name!r} needs a simulator that is not installed ({exc.name or exc}): "
             "pip install 'robopt-compile[sim]'."
         ) from exc
-    return getattr(module, cls_name)()
 
 
 @contextlib.contextmanager

@@ -126,6 +126,7 @@ def make(
             pass
 
         def log(self, severity: Any, msg: str) -> None:
+            # Abstract in TensorRT's API: a logger subclass must implement it.
             raise NotImplementedError
 
     class Logger(ILogger):
@@ -209,6 +210,7 @@ def make(
             return True
 
         def parse(self, model: bytes, path: str | None = None) -> bool:
+            # Deliberately loud: the backend must use parse_from_file (external weights).
             raise NotImplementedError("the fake parses files only (parse_from_file)")
 
         @property
