@@ -371,6 +371,7 @@ def _remote_run(
             control_rate=control_rate,
             verify=verify,
             progress=progress,
+            on_retry=lambda m: click.echo(f"\n{PROG}: warning: {m}", err=True),
         )
     saved = save_remote_result(bundle, result)
     if as_json:

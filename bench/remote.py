@@ -39,6 +39,7 @@ from robopt_compile.errors import (
 )
 
 from .manifest import load_manifest
+from .retry import DEFAULT_ATTEMPTS, TransientError, with_retries
 
 API = "/v1"
 RESULTS_DIR = "results"
@@ -124,6 +125,14 @@ def pack_bundle(bundle_dir: str | Path, dest: Path) -> int:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
+class RobotBusyError(BackendUnavailableError, TransientError):
+    """The server's queue is full (503): worth asking again a little later."""
+
+
+class RobotUnreachableError(BackendUnavailableError, TransientError):
+    """No connection, or it broke, or no answer in time: the server may be restarting."""
+
+
 class _Server:
     """One robopt-bench server: base URL, token, and the one-line error mapping."""
 
@@ -146,15 +155,16 @@ class _Server:
         return {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
 
     def unreachable(self, exc: BaseException) -> NoReturn:
+        cls: type[BackendUnavailableError] = RobotUnreachableError
         if isinstance(exc, ConnectionRefusedError):
             why = "connection refused"
         elif isinstance(exc, TimeoutError | socket.timeout):
             why = f"no answer within {self.timeout:g} s"
         elif isinstance(exc, socket.gaierror):
-            why = f"unknown host {self.host!r}"
+            why, cls = f"unknown host {self.host!r}", BackendUnavailableError  # not transient
         else:
             why = str(exc) or type(exc).__name__
-        raise BackendUnavailableError(
+        raise cls(
             f"cannot reach {self.url} ({why}): is `robopt-bench serve` running there?"
         ) from exc
 
@@ -179,7 +189,7 @@ class _Server:
         if status in (400, 411, 422):
             raise InputError(f"{self.url} rejected the bundle: {msg}")
         if status == 503:
-            raise BackendUnavailableError(f"{self.url} is busy: {msg}")
+            raise RobotBusyError(f"{self.url} is busy: {msg}")
         if status >= 500:
             raise RoboptError(f"{self.url} failed ({status}) on {what}: {msg}")
         raise InputError(f"{self.url} answered {status} to {what}: {msg}")
@@ -296,6 +306,9 @@ def remote_benchmark(
     progress: Progress | None = None,
     timeout: float = 30.0,
     job_timeout: float | None = None,
+    retries: int = DEFAULT_ATTEMPTS - 1,
+    on_retry: Callable[[str], None] | None = None,
+    retry_base_s: float = 1.0,
 ) -> dict[str, Any]:
     """Benchmark ``bundle_dir`` on the robot serving at ``url``; the harness result.
 
@@ -309,6 +322,10 @@ def remote_benchmark(
         timeout: seconds any one network operation may take.
         job_timeout: seconds to wait for the job to end (None: as long as it takes; a
             deferred TensorRT build on the robot can take minutes).
+        retries: how often a transient failure (server busy with a full queue, connection
+            refused, reset or timed out) of one request is retried, with exponential backoff
+            from ``retry_base_s`` (doubling, capped at 15 s, jittered); 0: never.
+        on_retry: called with a one-line message before each wait.
 
     Returns:
         ``run_benchmark``'s dict, with ``bundle`` set to the local folder and a ``remote``
@@ -324,10 +341,20 @@ def remote_benchmark(
         raise InputError(
             f"runs must be >= 1, warmup >= 0 and threads >= 1 (got {runs}, {warmup}, {threads})."
         )
+    if retries < 0:
+        raise InputError(f"retries must be >= 0 (got {retries}).")
     root = Path(bundle_dir)
     manifest = load_manifest(root, verify=verify)
     server = _Server(url, token, timeout)
-    health = server.request("GET", f"{API}/health", "health")
+
+    def retried(fn: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+        def note(n: int, wait: float, exc: BaseException) -> None:
+            if on_retry is not None:
+                on_retry(f"{what}: {exc} Retrying in {wait:.1f} s (retry {n} of {retries}).")
+
+        return with_retries(fn, attempts=retries + 1, base_s=retry_base_s, on_retry=note)
+
+    health = retried(lambda: server.request("GET", f"{API}/health", "health"), "health check")
     host = str(health.get("host", server.host))
     runtime = (health.get("runtimes") or {}).get(manifest["backend"])
     if isinstance(runtime, dict) and runtime.get("available") is False:
@@ -354,7 +381,7 @@ def remote_benchmark(
             control_rate=control_rate,
             verify=int(verify),
         )
-        job = server.upload(f"{API}/jobs?{query}", archive, size)
+        job = retried(lambda: server.upload(f"{API}/jobs?{query}", archive, size), "upload")
 
     job_id = job.get("id")
     if not isinstance(job_id, str):
@@ -369,7 +396,8 @@ def remote_benchmark(
                 f"(state {job.get('state')}); it keeps running there."
             )
         server.timeout = max(timeout, wait + timeout)
-        job = server.request("GET", f"{API}/jobs/{job_id}?wait={wait:g}", "the job status")
+        path = f"{API}/jobs/{job_id}?wait={wait:g}"
+        job = retried(lambda p=path: server.request("GET", p, "the job status"), "job status")
         done = int((job.get("progress") or {}).get("done") or 0)
         if progress is not None and done > reported:
             progress(done - reported)

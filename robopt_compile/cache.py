@@ -231,6 +231,15 @@ class BuildCache:
         except (StoreError, OSError, sqlite3.Error, ValueError, TypeError, KeyError):
             return None
 
+    def peek(self, key: str) -> dict[str, str] | None:
+        """The object names -> sha256 recorded under ``key``, without checking the objects
+        (enough to chain a later stage's key on this stage's output); None if absent."""
+        try:
+            rows = self.store.query("SELECT objects FROM cache WHERE key=?", (key,))
+            return dict(json.loads(rows[0]["objects"])) if rows else None
+        except (StoreError, OSError, sqlite3.Error, ValueError, TypeError, KeyError):
+            return None
+
     def put(
         self,
         key: str,
@@ -354,3 +363,23 @@ def implementation(*fns: Any) -> list[str]:
         f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
         for f in fns
     ]
+
+
+def implementation_of(*refs: str) -> list[str]:
+    """:func:`implementation` of ``"module:attr.path"`` references, without importing a module
+    that is not loaded yet: an unloaded module cannot have been patched, so its functions are
+    named as written (an unchanged rebuild then never pays for importing the pass machinery).
+    """
+    import sys
+
+    names = []
+    for ref in refs:
+        module, _, path = ref.partition(":")
+        obj: Any = sys.modules.get(module)
+        if obj is None:
+            names.append(f"{module}.{path}")
+            continue
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        names.extend(implementation(obj))
+    return names

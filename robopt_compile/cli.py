@@ -11,7 +11,9 @@ the code documented in ``robopt_compile.errors``; ``--debug`` shows the tracebac
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -330,14 +332,14 @@ class _StageLog:
     "--resume",
     "resume_id",
     metavar="ID",
-    help="Planner: continue an interrupted session (robopt-compile sessions) from its last "
-    "finished step, with the settings it was started with.",
+    help="Continue an interrupted session (robopt-compile sessions) from its last finished "
+    "step, with the settings it was started with (a compile or a planner search).",
 )
 @click.option(
     "--store",
     "store_spec",
-    help="Planner: the store that keeps sessions and their measurements (folder, .db or "
-    "sqlite:///path; default $ROBOPT_STORE, else ~/.cache/robopt/store).",
+    help="The store that records this run's session (and a planner's measurements): a "
+    "folder, .db or sqlite:///path; default $ROBOPT_STORE, else ~/.cache/robopt/store.",
 )
 @click.option(
     "--fail-on-criteria",
@@ -405,7 +407,7 @@ def compile_cmd(
 ) -> None:
     """Compile SOURCE into a deployable bundle at OUT."""
     if resume_id is not None:
-        _resume_planner(kw, resume_id, store_spec)
+        _resume(kw, resume_id, store_spec)
         return
     if out is None and not plan_only:
         raise click.UsageError("Missing option '-o' / '--output'.")
@@ -463,9 +465,14 @@ def compile_cmd(
             kw, out, opts, planner_args, recipe, plan_only, max_accuracy_drop, force, store_spec
         )
         return
-    result = compile_model(
-        kw["source"], out, opts, force=force, progress=_StageLog(not kw["as_json"])
-    )
+    from robopt_compile.compile_session import compile_session
+
+    target = str(kw["hwprofile"]) if kw.get("hwprofile") else kw["target"]
+    with compile_session(
+        kw["source"], target, _ARGV, _StageLog(not kw["as_json"]), store_spec, _RESUMING
+    ) as recorder:
+        result = compile_model(kw["source"], out, opts, force=force, progress=recorder)
+        recorder.finished(result)
     m = result.manifest
     failures = criteria_failures(result.report, result.evaluation)
     if kw["as_json"]:
@@ -594,10 +601,22 @@ def _report_plan(r: Any, as_json: bool, plan_only: bool = False) -> None:
         )
 
 
-def _resume_planner(kw: dict[str, Any], resume_id: str, store_spec: str | None) -> None:
-    """``--resume ID``: the planner session goes on where it stopped."""
-    from robopt_compile.search import resume_search
-    from robopt_compile.store import open_store
+# The command line of this process (main), recorded with a compile's session for --resume;
+# and the session a --resume continues in (set while the recorded command re-runs).
+_ARGV: list[str] | None = None
+_RESUMING: Any = None
+
+
+def _resume(kw: dict[str, Any], resume_id: str, store_spec: str | None) -> None:
+    """``--resume ID``: a planner search or a plain compile goes on where it stopped.
+
+    A compile re-runs its recorded command in the same session; the stages it finished
+    before come back from the build cache.
+    """
+    global _RESUMING
+    from robopt_compile.compile_session import compile_command
+    from robopt_compile.search import RUN_KEY, resume_search
+    from robopt_compile.store import StoreError, open_store
 
     as_json = kw["as_json"]
     store = open_store(store_spec, create=False)
@@ -608,11 +627,38 @@ def _resume_planner(kw: dict[str, Any], resume_id: str, store_spec: str | None) 
                 f"session {rec.id[:12]} optimized {rec.source}, not {kw['source']}: give the "
                 "same SOURCE (its other settings come from the session)."
             )
-        log = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
-        r = resume_search(store, rec.id, log=log)
-    finally:
+        if RUN_KEY in (rec.criteria or {}):
+            log = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+            r = resume_search(store, rec.id, log=log)
+            store.close()
+            _report_plan(r, as_json)
+            return
+        cmd = compile_command(rec)
+        if cmd is None:
+            raise InputError(
+                f"session {rec.id[:12]} did not record its command (it was not started by "
+                f"robopt-compile); run the compile again without --resume."
+            )
+        session = store.resume_session(rec.id)  # refuses a running or finished session
+    except BaseException:
         store.close()
-    _report_plan(r, as_json)
+        raise
+    argv, cwd = cmd
+    here = os.getcwd()
+    if not as_json:
+        click.echo(f"{PROG}: resuming session {rec.id[:12]}: {PROG} {' '.join(argv)}", err=True)
+    _RESUMING = session
+    try:
+        if cwd != here:
+            os.chdir(cwd)  # the recorded paths are relative to where it was started
+        cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    finally:
+        _RESUMING = None
+        os.chdir(here)
+        with contextlib.suppress(StoreError, OSError):
+            if session.record().state == "running":  # the re-run never reached its compile
+                session.fail("the resumed command stopped before compiling")
+        store.close()
 
 
 def format_plan(r: Any, criteria: Any) -> str:
@@ -639,6 +685,9 @@ def format_plan(r: Any, criteria: Any) -> str:
             )
         for f in r.failed:
             lines.append(f"  {f['plan']:<32} failed: {f['error']}")
+        judged = sorted({m.accuracy_metric for m in r.measured if m.accuracy_metric})
+        if judged:
+            lines.append(f"  accuracy drop measured as: {', '.join(judged)}")
         lines.append(f"  search stopped: {r.stopped} ({r.seconds:.0f} s)")
         if r.front:
             lines.append("  Pareto front (latency vs accuracy drop): "
@@ -680,7 +729,13 @@ def _remote_after_build(
         f"`robopt-bench {out} --device {device} --token-file FILE`."
     )
     try:
-        r = remote_benchmark(out, device, token, threads=threads)
+        r = remote_benchmark(
+            out,
+            device,
+            token,
+            threads=threads,
+            on_retry=lambda m: click.echo(f"{PROG}: warning: {m}", err=True),
+        )
         saved = save_remote_result(out, r)
     except RoboptError as exc:
         err = RoboptError(f"remote benchmark failed: {exc} {kept}")
@@ -1423,16 +1478,40 @@ def store_lineage_cmd(model_id: str, store_spec: str | None, as_json: bool, debu
     help="Keep objects younger than this many seconds (a running compile may be about to "
     "reference them).",
 )
+@click.option(
+    "--cache-max-mb",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="First forget the least recently used build-cache entries until the cache fits in "
+    "this many MB (0: forget them all); then remove what nothing references.",
+)
 def store_gc_cmd(
-    store_spec: str | None, as_json: bool, debug: bool, dry_run: bool, grace: float
+    store_spec: str | None,
+    as_json: bool,
+    debug: bool,
+    dry_run: bool,
+    grace: float,
+    cache_max_mb: float | None,
 ) -> None:
     """Remove objects nothing references (never those of a running session)."""
+    trim = None
     with _open_existing_store(store_spec) as store:
+        if cache_max_mb is not None:
+            trim = store.cache_trim(int(cache_max_mb * 1e6), dry_run=dry_run)
         out = store.gc(dry_run=dry_run, grace_s=grace)
+    if trim is not None:
+        out["cache"] = trim
     if as_json:
         click.echo(json.dumps(out))
         return
     verb = "would remove" if dry_run else "removed"
+    if trim is not None:
+        click.echo(
+            f"build cache: {'would forget' if dry_run else 'forgot'} {len(trim['removed'])} "
+            f"least recently used entries; {trim['kept']} kept "
+            f"({trim['kept_bytes'] / 1e6:.1f} MB)"
+            + (" (a dry run counts their objects as still referenced)" if dry_run else "")
+        )
     click.echo(
         f"{verb} {len(out['removed'])} objects ({out['bytes']} bytes) and "
         f"{len(out['tmp_removed'])} temporary files; {out['kept']} referenced objects kept"
@@ -1469,7 +1548,9 @@ def store_verify_cmd(store_spec: str | None, as_json: bool, debug: bool) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _ARGV
     args = list(sys.argv[1:] if argv is None else argv)
+    _ARGV = args
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name=PROG, standalone_mode=False)

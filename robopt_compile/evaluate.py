@@ -227,6 +227,16 @@ def task_drop(ref: dict[str, Any], cand: dict[str, Any], metric: str) -> float:
     return float((ref["return"]["mean"] - cand["return"]["mean"]) / scale)
 
 
+def evaluation_drop(result: dict[str, Any] | None) -> tuple[float, str] | None:
+    """(task drop of the first candidate against the reference, "task:METRIC") from a
+    ``closed_loop`` result, or None without one: how the planner judges a plan by its task."""
+    engines = (result or {}).get("engines") or []
+    if len(engines) < 2:
+        return None
+    metric = str(result.get("metric") or "return")  # type: ignore[union-attr]
+    return task_drop(engines[0], engines[1], metric), f"task:{metric}"
+
+
 # --- policies ---------------------------------------------------------------------------------
 
 

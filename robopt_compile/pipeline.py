@@ -184,14 +184,13 @@ def check_precision(profile: Any, backend: Any, precision: str) -> None:
 
 def check_options(opts: CompileOptions) -> None:
     """Options that would otherwise fail only after the (slow) export."""
-    from robopt_compile.passes.simplify.simplify import TOOLS
-
     if opts.threads is not None and opts.threads < 1:
         raise InputError("--threads must be >= 1.")
-    if opts.simplify not in ("default", *TOOLS):
-        from robopt_compile.errors import UnknownNameError
+    if opts.simplify not in ("default", "none"):  # the tool table imports onnx-ir: only then
+        from robopt_compile.passes.simplify.simplify import TOOLS
 
-        raise UnknownNameError("simplify tool", opts.simplify, ["default", *TOOLS])
+        if opts.simplify not in TOOLS:
+            raise UnknownNameError("simplify tool", opts.simplify, ["default", *TOOLS])
     if opts.compress.active or opts.compress.distill or opts.compress.prune_layers:
         from robopt_compile.compress import validate
 
@@ -232,15 +231,40 @@ def compile_model(
         check_options(opts)
         eval_task = resolve_eval_task(opts.eval, source) if opts.eval is not None else None
 
-    from robopt_compile import ir as rir
-    from robopt_compile.frontend import load_source
-
     cache = None
     if opts.cache:
         from robopt_compile.cache import BuildCache
 
         cache = BuildCache.open(lambda m: progress(m, "note", 0.0))
+    if cache is not None and eval_task is None:
+        # An unchanged rebuild: the whole bundle of the identical earlier build, checked.
+        try:
+            found = _bundle_key_for(cache, source, opts, profile, backend)
+            if found is not None:
+                with _stage(progress, "reuse", timings):
+                    reused = reuse_bundle(cache, found, out, force, timings)
+                if reused is not None:
+                    cache.close()
+                    built = reused.report["cache"]["bundle"].get("built_utc") or "earlier"
+                    progress(f"unchanged rebuild: the bundle built {built} was restored from "
+                             "the build cache and checked (--no-cache builds afresh)",
+                             "note", 0.0)  # fmt: skip
+                    return reused
+                progress("build cache: the stored bundle is damaged; building again", "note", 0.0)
+        except BaseException:
+            cache.close()
+            raise
+
+    from robopt_compile import ir as rir
+    from robopt_compile.frontend import load_source
+
     cache_info: dict[str, dict[str, Any]] = {}
+    if cache is not None:
+        cache_info["bundle"] = (
+            {"cache": "miss"}
+            if eval_task is None
+            else {"cache": "off", "reason": "--eval adds closed-loop results to the bundle"}
+        )
 
     def export() -> Any:
         return load_source(
@@ -264,8 +288,19 @@ def compile_model(
         # from the evaluation seeds, so accuracy is never judged on what it calibrated on.
         with _stage(progress, "record", timings):
             calib_tmp = Path(tempfile.mkdtemp(prefix="robopt-calib-")) / "task.npz"
-            record_calibration(opts.quant.calibration, source, src.model, calib_tmp, opts)
+            spec = opts.quant.calibration
+
+            def record() -> None:
+                record_calibration(spec, source, src.model, calib_tmp, opts)
+
+            if cache is None:
+                record()
+            else:
+                _cached_record(cache, spec, opts, cache_info, calib_tmp, record, progress)
+        requested = opts  # the bundle's cache key names the spec, not the temporary file
         opts = replace(opts, quant=replace(opts.quant, calibration=str(calib_tmp)))
+    else:
+        requested = opts
     eval_ref: Path | None = None
     if eval_task is not None:
         # The fp32 model as exported, before any pass: the closed-loop reference.
@@ -289,6 +324,8 @@ def compile_model(
                 )
         with _stage(progress, "report", timings):
             write_report(out, progress)
+        if cache is not None and cache_info["bundle"]["cache"] == "miss":
+            store_bundle(cache, out, requested, profile, backend, cache_info, progress)
         return result
     finally:
         if cache is not None:
@@ -586,7 +623,7 @@ def _compile_rest(
             "compression": compress_report,
             "quantization": quant_report,
             "stage_seconds": {k: round(v, 4) for k, v in timings.items()},
-            "cache": cache_info or {k: {"cache": "off"} for k in CACHED_STAGES},
+            "cache": _cache_states(cache_info),
             "summary": facts.get("summary", {}),
         }
         bundle.write_json(tmp / "report.json", report)
@@ -632,6 +669,18 @@ def _compile_rest(
         }
         bundle.write_json(tmp / bundle.MANIFEST, manifest)
     return CompileResult(out=out, manifest=manifest, report=report, facts=facts)
+
+
+def _cache_states(info: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The report's cache states: the three stages, and whether the whole bundle is kept
+    for an unchanged rebuild (``bundle``: "miss" when it will be stored)."""
+    if not info:
+        return {k: {"cache": "off"} for k in (*CACHED_STAGES, "bundle")}
+    states = {k: info[k] for k in (*REPORTED_STAGES, "bundle") if k in info}
+    off = [s for s in CACHED_STAGES if states.get(s, {}).get("cache") not in ("hit", "miss")]
+    if off and states.get("bundle", {}).get("cache") == "miss":
+        states["bundle"] = {"cache": "off", "reason": f"the {off[0]} stage is not cached"}
+    return states
 
 
 def _stores_compressed(compress_report: dict[str, Any] | None) -> bool:
@@ -693,6 +742,8 @@ def verify_engine(
 # ---------------------------------------------------------------- build cache (cache.py)
 
 CACHED_STAGES = ("export", "transform", "build")
+# In report.json's "cache", in pipeline order; "record" only with --calibration task.
+REPORTED_STAGES = ("export", "record", "transform", "build")
 
 
 def _cache_note(progress: Progress, what: str, exc: BaseException) -> None:
@@ -720,6 +771,26 @@ def _load_model_dir(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         return model, {k: i[k] for k in i.files}, {k: o[k] for k in o.files}
 
 
+def export_key(cache: Any, source: str, opts: CompileOptions) -> str:
+    """The export stage's cache key; raises ``cache.Uncacheable`` (or the error of a source
+    that cannot be read, which the export itself then reports)."""
+    from robopt_compile import frontend
+    from robopt_compile.cache import implementation, sha256_tree, source_identity
+
+    ident = source_identity(source)
+    config = {
+        "implementation": implementation(frontend.load_source, frontend._from_torch),
+        "dynamic_batch": opts.dynamic_batch,
+        "opset": opts.opset,
+        "seed": opts.seed,
+        "check_parity": opts.check_parity,
+        "reference_inputs": (
+            sha256_tree(Path(opts.reference_inputs)) if opts.reference_inputs else None
+        ),
+    }
+    return cache.key("export", json_sha(ident), config)
+
+
 def _cached_export(
     cache: Any,
     source: str,
@@ -729,25 +800,11 @@ def _cached_export(
     progress: Progress,
 ) -> Any:
     """``export()`` through the cache; records ``info["export"]`` and the export's tree hash."""
-    from robopt_compile.cache import Uncacheable, sha256_tree, source_identity
+    from robopt_compile.cache import Uncacheable
     from robopt_compile.frontend import SourceModel
 
     try:
-        ident = source_identity(source)
-        from robopt_compile import frontend
-        from robopt_compile.cache import implementation
-
-        config = {
-            "implementation": implementation(frontend.load_source, frontend._from_torch),
-            "dynamic_batch": opts.dynamic_batch,
-            "opset": opts.opset,
-            "seed": opts.seed,
-            "check_parity": opts.check_parity,
-            "reference_inputs": (
-                sha256_tree(Path(opts.reference_inputs)) if opts.reference_inputs else None
-            ),
-        }
-        key = cache.key("export", json_sha(ident), config)
+        key = export_key(cache, source, opts)
     except Exception as exc:  # Uncacheable, or a broken file: the export says what is wrong
         reason = str(exc) if isinstance(exc, Uncacheable) else f"{type(exc).__name__}: {exc}"
         info["export"] = {"cache": "off", "reason": reason}
@@ -798,6 +855,51 @@ def _cached_export(
     return src
 
 
+def record_key(cache: Any, spec: str, opts: CompileOptions, exported: str) -> str:
+    """The key of a ``--calibration task`` recording: the exported model (which drives the
+    task) plus the spec, seed and threads (ONNX Runtime's numerics follow the thread count)."""
+    from robopt_compile.cache import implementation_of
+
+    config = {
+        "implementation": implementation_of("robopt_compile.pipeline:record_calibration"),
+        "spec": spec,
+        "seed": opts.seed,
+        "threads": opts.threads,
+    }
+    return cache.key("record", exported, config)
+
+
+def _cached_record(
+    cache: Any,
+    spec: str,
+    opts: CompileOptions,
+    info: dict[str, dict[str, Any]],
+    dest: Path,
+    record: Callable[[], None],
+    progress: Progress,
+) -> None:
+    """``record()`` into ``dest`` through the cache (key: :func:`record_key`)."""
+    exported = info.get("export", {}).get("output")
+    if exported is None:  # the export was not cached: nothing to key the recording on
+        record()
+        return
+    key = record_key(cache, spec, opts, exported)
+    entry = cache.get(key)
+    if entry is not None:
+        try:
+            shutil.copyfile(cache.path(entry, "calibration"), dest)
+            info["record"] = {"cache": "hit", "key": key}
+            return
+        except Exception as exc:
+            _cache_note(progress, "calibration recording unusable, recording again", exc)
+    record()
+    info["record"] = {"cache": "miss", "key": key}
+    try:
+        cache.put(key, "record", {"spec": spec}, files={"calibration": dest})
+    except Exception as exc:
+        _cache_note(progress, "calibration recording not stored", exc)
+
+
 def json_sha(data: Any) -> str:
     """sha256 of a canonical JSON document."""
     import hashlib
@@ -813,16 +915,38 @@ def _json_default(obj: Any) -> Any:
     return default(obj)
 
 
+# What the transform stage runs (``module:attr``): part of its cache key, see
+# cache.implementation_of.
+TRANSFORM_IMPLEMENTATION = (
+    "robopt_compile.pipeline:build_passes",
+    "robopt_compile.passes.base:PassRunner.run",
+    "robopt_compile.compress:compress",
+    "robopt_compile.quantize:quantize",
+    "robopt_compile.passes.quantize.base:QuantizePass.__init__",
+    "robopt_compile.accuracy:Evaluator.outputs",
+)
+
+
 def transform_config(
-    opts: CompileOptions, backend: Any, profile: Any, needs_data: bool
+    opts: CompileOptions,
+    backend: Any,
+    profile: Any,
+    needs_data: bool,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The transform stage's key configuration; raises ``cache.Uncacheable``."""
+    """The transform stage's key configuration; raises ``cache.Uncacheable``.
+
+    ``calibration``: the data's identity when it is known without the file (a cached
+    ``--calibration task`` recording); otherwise it is hashed from ``opts``.
+    """
     from dataclasses import asdict
 
-    from robopt_compile import accuracy, compress, quantize
-    from robopt_compile.cache import Uncacheable, data_identity, implementation, profile_fingerprint
-    from robopt_compile.passes.base import PassRunner
-    from robopt_compile.passes.quantize.base import QuantizePass
+    from robopt_compile.cache import (
+        Uncacheable,
+        data_identity,
+        implementation_of,
+        profile_fingerprint,
+    )
 
     q = opts.quant
     if opts.dump_ir is not None:
@@ -832,14 +956,7 @@ def transform_config(
     if q.closed_loop is not None:
         raise Uncacheable("a closed-loop accuracy guard (--eval with --max-drop) runs the task")
     return {
-        "implementation": implementation(
-            build_passes,
-            PassRunner.run,
-            compress.compress,
-            quantize.quantize,
-            QuantizePass.__init__,
-            accuracy.Evaluator.outputs,
-        ),
+        "implementation": implementation_of(*TRANSFORM_IMPLEMENTATION),
         "simplify": opts.simplify,
         "seed": opts.seed,
         "compress": asdict(opts.compress),
@@ -847,7 +964,7 @@ def transform_config(
         "backend": backend.name,
         "profile": profile_fingerprint(profile),
         "quant": {
-            "calibration": data_identity(q.calibration) if needs_data else None,
+            "calibration": (calibration or data_identity(q.calibration)) if needs_data else None,
             "method": q.method,
             "max_drop": q.max_drop,
             "strict": q.strict,
@@ -981,3 +1098,195 @@ def _cached_build(
             _cache_note(progress, "engine not stored", exc)
 
     return artifact, put
+
+
+# ---------------------------------------------------------------- whole-bundle reuse
+
+
+def bundle_key(
+    cache: Any, transform_key: str, opts: CompileOptions, profile: Any, backend: Any
+) -> str:
+    """The key of a finished bundle: the transform stage's key (which chains the export's)
+    plus everything the build, the engine check, the analysis and the report depend on.
+
+    The profile enters with its figures (the analysis reads them); a detected host's
+    measured figures are stable within a boot (hwprofiles/host.py).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from robopt_compile.cache import _plain, implementation, profile_fingerprint
+
+    try:
+        mpl = version("matplotlib")
+    except PackageNotFoundError:
+        mpl = None
+    config = {
+        "implementation": implementation(type(backend), type(backend).build),
+        "backend": backend.name,
+        "dla_core": getattr(backend, "dla_core", None),
+        "profile": profile_fingerprint(profile),
+        "profile_figures": _plain(profile),
+        "options": {
+            "precision": opts.precision,
+            "threads": opts.threads,
+            "tune_trials": opts.tune_trials,
+            "max_batch": opts.max_batch,
+            "calibration": opts.quant.calibration,
+            "hwprofile": str(opts.hwprofile) if opts.hwprofile else None,
+        },
+        "matplotlib": mpl,  # draws the report's figures
+    }
+    return cache.key("bundle", transform_key, config)
+
+
+def _bundle_key_for(
+    cache: Any, source: str, opts: CompileOptions, profile: Any, backend: Any
+) -> tuple[str, dict[str, Any]] | None:
+    """(bundle key, the stored entry's objects) for an identical earlier build, or None.
+
+    Chains the keys without loading a model: the export entry's output hash gives the
+    transform key, which gives the bundle key.
+    """
+    if opts.dump_ir is not None:
+        return None
+    try:
+        exported = cache.peek(export_key(cache, source, opts))
+        if exported is None or "export" not in exported:
+            return None
+        calibration = None
+        spec = opts.quant.calibration or ""
+        if spec.split(":")[0] == "task":  # the recording is known by its cached content
+            recorded = cache.peek(record_key(cache, spec, opts, exported["export"]))
+            if not recorded or "calibration" not in recorded:
+                return None
+            calibration = {"kind": ".npz", "sha256": recorded["calibration"]}
+        needs_data = opts.compress.active or needs_quantization(backend.name, opts.precision)
+        config = transform_config(opts, backend, profile, needs_data, calibration)
+        tkey = cache.key("transform", exported["export"], config)
+        if cache.peek(tkey) is None:
+            return None
+        bkey = bundle_key(cache, tkey, opts, profile, backend)
+    except Exception:  # Uncacheable, or an unreadable source: the full path reports it
+        return None
+    objects = cache.peek(bkey)
+    return (bkey, objects) if objects else None
+
+
+class _ReuseFailed(Exception):
+    """A stored bundle that cannot be restored: the full build runs instead."""
+
+
+def reuse_bundle(
+    cache: Any,
+    found: tuple[str, dict[str, str]],
+    out: Path,
+    force: bool,
+    timings: dict[str, float],
+) -> CompileResult | None:
+    """The bundle of an identical earlier build, restored into ``out``; None if there is none.
+
+    Every restored file is checked against its sha256 (a corrupt object makes this a miss).
+    The engine check, analysis, per-layer times and report are those of the build that made
+    these exact bytes with the same tool versions and robopt code; report.json says so and
+    records this run's stage times, and the HTML/Markdown reports carry a note.
+    """
+    from robopt_compile import bundle
+
+    started = time.perf_counter()
+    entry = cache.get(found[0])  # verifies every object's hash
+    if entry is None:
+        return None
+    try:
+        with bundle.staged_output(out, force) as tmp:
+            try:
+                cache.materialize(entry, "bundle", tmp)
+                report = json.loads((tmp / "report.json").read_text())
+                manifest = json.loads((tmp / bundle.MANIFEST).read_text())
+                facts = json.loads((tmp / "analysis.json").read_text())
+            except Exception as exc:  # a damaged entry is a miss: the full build runs
+                raise _ReuseFailed(str(exc)) from exc
+            _rewrite_reused(tmp, entry, report, manifest, timings, started)
+    except _ReuseFailed:
+        return None
+    return CompileResult(out=out, manifest=manifest, report=report, facts=facts)
+
+
+def _rewrite_reused(
+    tmp: Path,
+    entry: Any,
+    report: dict[str, Any],
+    manifest: dict[str, Any],
+    timings: dict[str, float],
+    started: float,
+) -> None:
+    """report.json with this run's stage times and cache states, the manifest's creation
+    time and report.json hash, and a note in the HTML/Markdown reports."""
+    from robopt_compile import bundle
+
+    built = entry.meta.get("created_utc")
+    stages = entry.meta.get("stages", {})
+    report["cache"] = {
+        k: {"cache": "hit", **({"key": stages[k]["key"]} if "key" in stages[k] else {})}
+        for k in REPORTED_STAGES
+        if k in stages
+    }
+    report["cache"]["bundle"] = {
+        "cache": "hit",
+        "key": entry.key,
+        "built_utc": built,
+        "reused": ["engine check", "analysis", "per-layer times", "report"],
+    }
+    report["built_seconds"] = report.get("stage_seconds")
+    # This run's stages; "reuse" so far (restoring and checking the files).
+    now = {**timings, "reuse": time.perf_counter() - started}
+    report["stage_seconds"] = {k: round(v, 4) for k, v in now.items()}
+    bundle.write_json(tmp / "report.json", report)
+    manifest["created_utc"] = bundle.utc_now()
+    manifest["files"]["report.json"] = bundle.sha256_file(tmp / "report.json")
+    bundle.write_json(tmp / bundle.MANIFEST, manifest)
+    _mark_reports_reused(tmp, built, entry.key)
+
+
+def _mark_reports_reused(root: Path, built: str | None, key: str) -> None:
+    """A note at the top of report.html and report.md: this is the earlier build's report."""
+    import html
+
+    text = (
+        f"Unchanged rebuild: this bundle was restored from the build cache (key {key[:12]}), "
+        f"from the identical build of {built or 'an earlier run'}. The engine check, analysis, "
+        "per-layer times and stage times shown are that build's; report.json has this run's."
+    )
+    page = root / "report.html"
+    if page.is_file():
+        doc = page.read_text()
+        at = doc.find("</h1>")
+        if at >= 0:
+            doc = doc[: at + 5] + f'<p class="note">{html.escape(text)}</p>' + doc[at + 5 :]
+            page.write_text(doc)
+    md = root / "report.md"
+    if md.is_file():
+        lines = md.read_text().split("\n", 1)
+        md.write_text(lines[0] + f"\n\n_{text}_\n" + (lines[1] if len(lines) > 1 else ""))
+
+
+def store_bundle(
+    cache: Any,
+    out: Path,
+    opts: CompileOptions,
+    profile: Any,
+    backend: Any,
+    info: dict[str, dict[str, Any]],
+    progress: Progress,
+) -> None:
+    """Keep a finished bundle (with its report) for an unchanged rebuild; only when every
+    stage was cacheable. Never fails the compile."""
+    if any(info.get(s, {}).get("cache") not in ("hit", "miss") for s in CACHED_STAGES):
+        return
+    try:
+        tkey = info["transform"]["key"]
+        bkey = bundle_key(cache, tkey, opts, profile, backend)
+        manifest = json.loads((out / "manifest.json").read_text())
+        meta = {"created_utc": manifest.get("created_utc"), "stages": info}
+        cache.put(bkey, "bundle", json.loads(json.dumps(meta, default=str)), trees={"bundle": out})
+    except Exception as exc:
+        _cache_note(progress, "bundle not stored for reuse", exc)

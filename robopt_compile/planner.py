@@ -388,6 +388,9 @@ class Measured:
     rolled_back: bool = False  # the guard fell back to fp32: the plan did not apply
     note: str = ""
     artifact: str | None = None  # the bundle's tree in the store, when a session keeps it
+    # What accuracy_drop measures: "task:return" / "task:success" (closed loop, --eval),
+    # "held-out outputs" (the accuracy guard) or "reference relative L2" (engine vs fp32).
+    accuracy_metric: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "candidate": self.candidate.label}

@@ -619,7 +619,8 @@ def _sec_summary(d: BundleData, plots: _Plots) -> str:
         rows.append((f"closed loop ({name})", "; ".join(
             f"{e.get('label')}: success {_pct(_g(e, 'success.rate'), 0)}, return "
             f"{_f(_g(e, 'return.mean'))}" for e in _dicts(r.get("engines")))))  # fmt: skip
-    rows.append(("bundle", f"{d.root.name}: written {m.get('created_utc', '?')} by robopt "
+    # No folder name: a bundle restored from the build cache keeps its report.
+    rows.append(("bundle", f"written {m.get('created_utc', '?')} by robopt "
                  f"{m.get('robopt_version', '?')}"))  # fmt: skip
     out.append(_kv(rows))
     if checks:
@@ -1334,7 +1335,7 @@ def render_html(d: BundleData) -> str:
     parts.append(
         "<footer>Derived from the bundle's manifest.json, report.json, analysis.json and "
         "results/*.json; not covered by the manifest's hashes. Regenerate with "
-        f"<code>robopt-compile report {_e(d.root.name)}</code>. Figures marked estimate come "
+        "<code>robopt-compile report BUNDLE_FOLDER</code>. Figures marked estimate come "
         "from the board profile's datasheet peaks; every other figure was measured.</footer>"
         "</body></html>\n"
     )

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,7 @@ def plan_and_search(
 ) -> SearchResult:
     """Plan, then build and measure within the budget; the best plan's bundle goes to ``out``."""
     from robopt_compile import bundle as bundle_mod
+    from robopt_compile.evaluate import evaluation_drop
     from robopt_compile.pipeline import compile_model, resolve_profile, target_status
     from robopt_compile.targets import TARGETS, get_backend
 
@@ -269,6 +270,7 @@ def plan_and_search(
             "threads": base.threads, "seed": base.seed, "calibration": calib,
             "max_drop": base.quant.max_drop, "backends": list(backends or ()),
             "max_builds": max_builds, "bench_runs": bench_runs,
+            "eval": None if base.eval is None else asdict(base.eval),
         }  # fmt: skip
         session = store.create_session(
             source, profile.name, {**criteria.to_json(), RUN_KEY: run},
@@ -308,8 +310,12 @@ def plan_and_search(
                 res = compile_model(source, bdir, opts, force=True)
                 lat = measure_bundle(bdir, base.threads, bench_runs)
                 drop, rolled = accuracy_of(res.report)
+                metric = None if drop is None else "held-out outputs"
+                judged = evaluation_drop(res.evaluation)  # --eval: the task decides
+                if judged is not None:
+                    drop, metric = judged
                 if drop is None:
-                    drop = engine_drop(bdir)
+                    drop, metric = engine_drop(bdir), "reference relative L2"
             except RoboptError as exc:  # graceful degradation: record, try the next plan
                 msg = str(exc).splitlines()[0]
                 log(f"[{builds}] {c.label} failed: {msg}")
@@ -325,9 +331,10 @@ def plan_and_search(
                 accuracy_drop=drop,
                 bundle=str(bdir),
                 rolled_back=rolled,
+                accuracy_metric=metric,
             )
             result.measured.append(m)
-            shown = "-" if drop is None else f"{drop:.3g}"
+            shown = "-" if drop is None else f"{drop:.3g} ({metric})"
             log(f"[{builds}] {c.label}: p50 {lat['p50']:.4g} ms, accuracy drop {shown}"
                 + (" (rolled back to fp32)" if rolled else ""))  # fmt: skip
             roof = facts.roofline_ms.get(COMPUTE_PRECISION[c.precision], float("nan"))
@@ -423,12 +430,15 @@ def resume_search(
         if crit_json.get(k) is not None:
             crit_json[k] = tuple(crit_json[k])
     criteria = OptimizationCriteria(**crit_json)
+    from robopt_compile.evaluate import EvalSpec
+
     base = CompileOptions(
         target=run["target"],
         hwprofile=None if run["hwprofile"] is None else Path(run["hwprofile"]),
         threads=run["threads"],
         seed=run["seed"],
         quant=QuantOptions(calibration=run["calibration"], max_drop=run["max_drop"]),
+        eval=EvalSpec(**run["eval"]) if run.get("eval") else None,
     )
     session = store.resume_session(rec.id)  # refuses a running or finished session
     measured, failed = [], []
@@ -442,7 +452,7 @@ def resume_search(
             candidate=Candidate(d["backend"], d["precision"], d.get("prune")),
             latency_ms=d["latency_ms"], size_mb=d["size_mb"], memory_mb=d.get("memory_mb"),
             accuracy_drop=d.get("accuracy_drop"), bundle=None, rolled_back=d["rolled_back"],
-            artifact=st.output_hash if st else None,
+            artifact=st.output_hash if st else None, accuracy_metric=d.get("accuracy_metric"),
         ))  # fmt: skip
     for st in steps.values():
         if st.state == "failed":

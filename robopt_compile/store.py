@@ -1065,6 +1065,41 @@ class Store:
             return self.write(lambda c: c.execute("DELETE FROM cache").rowcount)
         return self.write(lambda c: c.execute("DELETE FROM cache WHERE stage=?", (stage,)).rowcount)
 
+    def cache_trim(self, max_bytes: int, dry_run: bool = False) -> dict[str, Any]:
+        """Forget the least recently used build-cache rows until the objects the rest
+        reference fit in ``max_bytes`` (each object counted once, tree members included).
+
+        The objects of forgotten rows go at the next ``gc`` unless something else (a model,
+        a session step, another cache row) still references them. Returns ``{"removed":
+        [key...], "kept": n, "kept_bytes", "dry_run"}``.
+        """
+        rows = self.query("SELECT key, objects FROM cache ORDER BY used DESC, created DESC")
+        sizes = dict(self.query("SELECT sha256, size FROM artifacts"))
+        counted: set[str] = set()
+        total, keep, drop = 0, [], []
+        for r in rows:
+            try:
+                shas = list(json.loads(r["objects"]).values())
+            except (ValueError, AttributeError):
+                shas = []
+            new = set()
+            for sha in shas:
+                new |= {sha, *self._tree_children(sha)}
+            grown = total + sum(int(sizes.get(x, 0)) for x in new - counted)
+            if drop or grown > max_bytes:
+                drop.append(r["key"])
+                continue
+            keep.append(r["key"])
+            counted |= new
+            total = grown
+        if drop and not dry_run:
+
+            def run(c: sqlite3.Connection) -> None:
+                c.executemany("DELETE FROM cache WHERE key=?", [(k,) for k in drop])
+
+            self.write(run)
+        return {"removed": drop, "kept": len(keep), "kept_bytes": total, "dry_run": dry_run}
+
     def _tree_children(self, sha: str) -> list[str]:
         try:
             return [f["sha256"] for f in self.tree_manifest(sha)["files"]]

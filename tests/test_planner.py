@@ -217,6 +217,26 @@ def test_search_keeps_the_best_plan_that_meets_the_bounds(tmp_path: Path, capsys
     assert {n["plan"] for n in r["choice"]} == measured
 
 
+def test_search_judges_plans_by_the_task_with_eval(tmp_path: Path, capsys) -> None:
+    """--eval with planner bounds: every plan drives the task; its accuracy figure is the
+    closed-loop return drop against the fp32 export on the same seeds."""
+    from robopt_compile.evaluate import evaluation_drop
+
+    out = tmp_path / "auto"
+    code, stdout, err = run_cli(
+        ["zoo:pendulum-swingup-mlp", "--threads", "1", "-b", "onnxruntime", "--techniques",
+         "quantize", "--max-latency-ms", "5", "--max-accuracy-drop", "0.05", "--eval",
+         "task:episodes=2", "--json", "-o", str(out)], capsys)  # fmt: skip
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert len(r["measured"]) >= 2
+    assert {m["accuracy_metric"] for m in r["measured"]} == {"task:return"}
+    (saved,) = (out / "results").glob("eval-*.json")
+    drop, metric = evaluation_drop(json.loads(saved.read_text()))
+    assert metric == "task:return" and r["best"]["accuracy_drop"] == pytest.approx(drop)
+    assert "accuracy drop measured as: task:return" not in stdout  # --json: no table
+
+
 def test_impossible_bound_writes_nothing(tmp_path: Path, capsys) -> None:
     out = tmp_path / "never"
     code, _, err = run_cli(

@@ -371,6 +371,36 @@ def test_queue_full_is_503(packed: bytes, make_server: Callable[..., BenchServer
     assert held.count == 2 and job_dirs(srv.root.parent) == []
 
 
+def test_busy_server_is_retried_with_backoff_until_it_has_room(
+    ort_bundle: Path, packed: bytes, make_server: Callable[..., BenchServer]
+) -> None:
+    """503 (queue full) is transient: the client waits, doubling, and gets in once the
+    queue drains; a non-transient answer (bad token) is never retried."""
+    held = Calls(hold=True)
+    srv = make_server(max_queue=1, runner=held)
+    notes: list[str] = []
+
+    def on_retry(msg: str) -> None:
+        notes.append(msg)
+        held.release.set()  # the robot finishes its work while the client waits
+
+    try:
+        status, a = request(srv, "POST", "/v1/jobs?runs=2&warmup=0", packed)
+        assert wait_state(srv, a["id"], ("running",))["position"] is None
+        status, b = request(srv, "POST", "/v1/jobs?runs=2&warmup=0", packed)
+        assert status == 202 and b["position"] == 1  # the queue is full now
+        r = remote_benchmark(ort_bundle, srv.url, TOKEN, runs=3, warmup=0, retries=8,
+                             retry_base_s=0.05, on_retry=on_retry)  # fmt: skip
+    finally:
+        held.release.set()
+    assert r["fidelity"]["passed"] and held.count == 3
+    assert notes and all(n.startswith("upload:") and "is busy" in n for n in notes)
+    with pytest.raises(InputError, match="token rejected"):
+        remote_benchmark(ort_bundle, srv.url, "wrong-token", runs=2, retries=3,
+                         retry_base_s=0.01, on_retry=notes.append)  # fmt: skip
+    assert all("token" not in n for n in notes)
+
+
 def test_failed_job_maps_to_the_robopt_error(
     ort_bundle: Path, make_server: Callable[..., BenchServer]
 ) -> None:
@@ -385,10 +415,16 @@ def test_unreachable_server_is_one_line(ort_bundle: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once closed
     with pytest.raises(BackendUnavailableError) as info:
-        remote_benchmark(ort_bundle, f"http://127.0.0.1:{port}", TOKEN, runs=2)
+        remote_benchmark(ort_bundle, f"http://127.0.0.1:{port}", TOKEN, runs=2, retries=0)
     msg = str(info.value)
     assert "\n" not in msg and "connection refused" in msg
     assert msg.endswith("is `robopt-bench serve` running there?")
+    # Connection refused is transient (the server may be restarting): retried, then raised.
+    notes: list[str] = []
+    with pytest.raises(BackendUnavailableError, match="connection refused"):
+        remote_benchmark(ort_bundle, f"http://127.0.0.1:{port}", TOKEN, runs=2, retries=2,
+                         retry_base_s=0.01, on_retry=notes.append)  # fmt: skip
+    assert len(notes) == 2 and "retry 2 of 2" in notes[1] and notes[0].startswith("health")
     with pytest.raises(InputError, match="must look like"):
         remote_benchmark(ort_bundle, "ftp://robot", TOKEN)
 
@@ -580,8 +616,10 @@ def test_compile_with_device(
     out2 = tmp_path / "out2"
     code = compile_("-o", str(out2), "--device", dead, "--token-file", str(token_file), "--json")
     captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
+    lines = captured.err.strip().splitlines()
+    err = [line for line in lines if not line.startswith("robopt-compile: warning:")]
     assert code == 3 and len(err) == 1 and "cannot reach" in err[0], err
+    assert sum("Retrying in" in line for line in lines) == 3  # refused is transient
     assert "was written and kept" in err[0] and (out2 / "manifest.json").is_file()
     assert captured.out == ""  # --json: no half answer on stdout
     shutil.rmtree(out2)

@@ -208,3 +208,26 @@ def test_alias_clash_is_refused(tmp_path, monkeypatch):
     (tmp_path / "board-c.toml").write_text(body.format(n="board-x", a="c"))
     with pytest.raises(ProfileError, match="must match the file name"):
         hw.load_profile("board-c")
+
+
+def test_host_bandwidth_is_measured_once_per_boot(tmp_path, monkeypatch):
+    """The copy bandwidth is kept per boot and CPU in the store folder: every compile in a
+    boot analyses with the same figure (and the build cache's bundle key stays stable)."""
+    from robopt_compile.hwprofiles import host
+
+    monkeypatch.setenv("ROBOPT_STORE", str(tmp_path / "store"))
+    calls = []
+    monkeypatch.setattr(host, "measure_copy_bandwidth_gbs", lambda: calls.append(1) or 12.5)
+    monkeypatch.setattr(host, "_boot_id", lambda: "boot-a")
+    first = host.host_bandwidth("cpu|2|x86_64")
+    again = host.host_bandwidth("cpu|2|x86_64")
+    assert first == again and first[0] == 12.5 and len(calls) == 1
+    assert "(once per boot)" in first[1]
+    host.host_bandwidth("other cpu|2|x86_64")  # another CPU: measured
+    monkeypatch.setattr(host, "_boot_id", lambda: "boot-b")
+    host.host_bandwidth("other cpu|2|x86_64")  # a reboot: measured
+    assert len(calls) == 3
+    monkeypatch.setattr(host, "_boot_id", lambda: None)  # no boot id: measured every time
+    host.host_bandwidth("other cpu|2|x86_64")
+    host.host_bandwidth("other cpu|2|x86_64")
+    assert len(calls) == 5
