@@ -91,8 +91,55 @@ def _f(v: float | None, spec: str = ".3f") -> str:
 _COLS = ("p50", "p90", "p99", "mean", "min", "max")
 
 
+def format_graph_result(r: dict[str, Any]) -> str:
+    """A multi-graph bundle's result: time per control step (one action), actions/s, the time
+    of each graph within a step, and fidelity in action terms."""
+    m, s, t, lat, f = r["machine"], r["settings"], r["timing"], r["latency"], r["fidelity"]
+    threads = s["threads"] if s["threads"] else "runtime default"
+    graphs = ", ".join(f"{k} {v:.2f}" for k, v in r["graph_ms_p50"].items())
+    weights = sum(v or 0 for v in r["weight_bytes"].values()) / 2**20
+    lines = [
+        f"bundle      {r['bundle']}",
+        f"model       {r['model']} ({r['backend']}, {r['precision']}, target {r['target']}), "
+        f"driver {r['driver']}",
+        f"machine     {m['cpu_model']}, {m['cores_available']}/{m['cores_logical']} cores, "
+        f"{m['runtime']} {m['runtime_version']}",
+        f"settings    {s['runs']} control steps after {s['warmup']} warm-up, threads {threads}",
+        f"start-up    bundle check {_f(t['bundle_check_ms'], '.1f')} ms, engines load "
+        f"{_f(t['engine_load_ms'], '.1f')} ms",
+        "",
+        f"{'step ms':<12}" + "".join(f"{k:>10}" for k in _COLS),
+        f"{'':<12}" + "".join(f"{lat[k + '_ms']:>10.3f}" for k in _COLS),
+        f"steps/s     {r['actions_per_s']:.2f} (control steps per second at p50: one action, or "
+        "one action chunk)",
+        f"per graph   p50 ms within a step: {graphs}",
+        f"weights     {weights:.1f} MiB in all graphs",
+    ]
+    c = r.get("control")
+    if c is not None:
+        lines.append(
+            f"control     {c['rate_hz']:g} Hz, deadline {c['deadline_ms']:.1f} ms: "
+            f"{c['misses']}/{c['runs']} missed ({c['miss_fraction']:.2%})"
+        )
+    l2 = f["action_l2"]
+    verdict = "PASS" if f["passed"] else "FAIL"
+    if "token_agreement" in f:
+        lines += ["", f"fidelity    {verdict}: {f['token_agreement']:.1%} of action tokens agree "
+                  f"with the fp32 torch model on {f['observations']} held-out observations "
+                  f"(need {f['min_token_agreement']:.0%}); action L2 mean {l2['mean']:.3g}, "
+                  f"max {l2['max']:.3g}; gripper flips {f['gripper_flips']}"]  # fmt: skip
+    else:
+        lines += ["", f"fidelity    {verdict}: actions at fixed noise vs the fp32 torch policy on "
+                  f"{f['observations']} held-out observations: max abs "
+                  f"{f['action_max_abs']:.3g} (bound {f['action_atol']:.3g}), L2 mean "
+                  f"{l2['mean']:.3g}"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def format_result(r: dict[str, Any]) -> str:
     """The benchmark result as a table for people (``--json`` gives the machine form)."""
+    if "driver" in r:
+        return format_graph_result(r)
     m, s, t, lat = r["machine"], r["settings"], r["timing"], r["latency"]
     threads = s["threads"] if s["threads"] else "runtime default"
     scale, unit = (1e3, "us") if lat["p50_ms"] < 1 else (1.0, "ms")  # keep 4 digits

@@ -66,6 +66,99 @@ def verify_files(root: Path, files: dict[str, str]) -> None:
             )
 
 
+def _check_graphs(root: Path, manifest: dict[str, Any], backend: str, where: str) -> None:
+    """A multi-graph manifest: every graph's engine files, the driver, and that the graphs fit
+    together (what one produces is what the next consumes); one-line InputError otherwise."""
+    graphs = _require(manifest, "graphs", list, where)
+    bad = f"{where}: inconsistent multi-graph bundle:"
+    if not graphs:
+        raise InputError(f"{bad} 'graphs' is empty.")
+    by_name: dict[str, dict[str, Any]] = {}
+    for g in graphs:
+        if not isinstance(g, dict):
+            raise InputError(f"{bad} every entry of 'graphs' must be an object.")
+        name = _require(g, "name", str, f"{where} graphs")
+        if name in by_name:
+            raise InputError(f"{bad} graph {name!r} appears twice.")
+        by_name[name] = g
+        gw = f"{where} graph {name!r}"
+        engine = _require(g, "engine", dict, gw)
+        _check_engine(root, engine, backend, f"{gw} engine", f"graph {name!r}: ")
+        for key in ("inputs", "outputs"):
+            _require(g, key, list, gw)
+    driver = _require(manifest, "driver", dict, where)
+    kind = _require(driver, "kind", str, f"{where} driver")
+    config = _require(driver, "config", dict, f"{where} driver")
+    from .driver import DRIVERS
+
+    if kind not in DRIVERS:
+        raise InputError(
+            f"{where}: driver {kind!r} is not known to this robopt-bench (known: "
+            f"{', '.join(DRIVERS)}); update robopt on the robot."
+        )
+    if kind == "vla-greedy":
+        _check_vla(by_name, config, bad)
+    if kind == "ddim":
+        missing = [g for g in ("encoder", "denoiser") if g not in by_name]
+        if missing:
+            raise InputError(f"{bad} the ddim driver needs graph(s) {missing}.")
+        for key in ("timesteps", "alpha_cumprod", "alpha_cumprod_prev", "horizon", "action_dim"):
+            if key not in config:
+                raise InputError(f"{bad} driver.config has no {key!r}.")
+        n = {len(config[k]) for k in ("timesteps", "alpha_cumprod", "alpha_cumprod_prev")}
+        if len(n) != 1:
+            raise InputError(f"{bad} the DDIM schedule's lists differ in length.")
+    _check_reference(root, manifest, where)
+
+
+def _names(g: dict[str, Any], key: str) -> dict[str, Any]:
+    return {str(v.get("name")): v for v in g[key] if isinstance(v, dict)}
+
+
+def _check_vla(graphs: dict[str, dict[str, Any]], config: dict[str, Any], bad: str) -> None:
+    """vision -> image_embeds, embed -> token_embeds, both of the llm's width; the llm's cache
+    inputs and outputs one pair per layer of driver.config."""
+    missing = [g for g in ("vision", "embed", "llm") if g not in graphs]
+    if missing:
+        raise InputError(f"{bad} the vla-greedy driver needs graph(s) {missing}.")
+    layers = config.get("layers")
+    if not isinstance(layers, int) or layers < 1:
+        raise InputError(f"{bad} driver.config.layers must be a positive integer.")
+    for key in ("vocab_size", "n_bins", "action_dims", "kv_heads", "head_dim", "q01", "q99",
+                "normalized"):  # fmt: skip
+        if key not in config:
+            raise InputError(f"{bad} driver.config has no {key!r}.")
+    vis_out, emb_out = _names(graphs["vision"], "outputs"), _names(graphs["embed"], "outputs")
+    llm_in, llm_out = _names(graphs["llm"], "inputs"), _names(graphs["llm"], "outputs")
+    needed = (("vision", vis_out, "image_embeds"), ("embed", emb_out, "token_embeds"),
+              ("llm", llm_in, "inputs_embeds"), ("llm", llm_out, "logits"))  # fmt: skip
+    for g, names, key in needed:
+        if key not in names:
+            raise InputError(f"{bad} graph {g!r} has no {key!r}.")
+    widths = {g: (names[key].get("shape") or [None])[-1] for g, names, key in (
+        ("vision image_embeds", vis_out, "image_embeds"),
+        ("embed token_embeds", emb_out, "token_embeds"),
+        ("llm inputs_embeds", llm_in, "inputs_embeds"))}  # fmt: skip
+    known = {w for w in widths.values() if isinstance(w, int)}
+    if len(known) > 1:
+        raise InputError(
+            f"{bad} embedding widths differ: "
+            + ", ".join(f"{k} {v}" for k, v in widths.items())
+            + "; the llm cannot take what vision and embed produce."
+        )
+    for i in range(layers):
+        for kv in "kv":
+            for what, names, wanted in (("llm input", llm_in, f"past.{i}.{kv}"),
+                                        ("llm output", llm_out, f"present.{i}.{kv}")):  # fmt: skip
+                if wanted not in names:
+                    raise InputError(
+                        f"{bad} {what} {wanted!r} is missing (driver.config.layers is {layers})."
+                    )
+    extra = [n for n in llm_in if n.startswith("past.") and int(n.split(".")[1]) >= layers]
+    if extra:
+        raise InputError(f"{bad} llm takes {extra[0]!r} but driver.config.layers is {layers}.")
+
+
 def load_manifest(bundle_dir: str | Path, verify: bool = True) -> dict[str, Any]:
     """Load, validate and (optionally) hash-check a bundle's manifest.
 
@@ -105,10 +198,28 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> dict[str, Any]
             f"({SCHEMA_VERSION}); upgrade robopt-compile on the robot."
         )
     backend = _require(manifest, "backend", str, where)
-    engine = _require(manifest, "engine", dict, where)
-    edir = _inside(root, _require(engine, "dir", str, f"{where} engine"), "engine dir")
-    efiles = _require(engine, "files", list, f"{where} engine")
-    _require(engine, "config", dict, f"{where} engine")
+    if "graphs" in manifest:  # a multi-graph bundle (docs/BUNDLE.md)
+        _check_graphs(root, manifest, backend, where)
+    else:
+        engine = _require(manifest, "engine", dict, where)
+        _check_engine(root, engine, backend, f"{where} engine", "")
+        ref = _check_reference(root, manifest, where)
+        tol = _require(ref, "tolerance", dict, f"{where} reference")
+        for key in ("cosine_min", "atol", "rtol"):
+            _require(tol, key, (int, float), f"{where} reference.tolerance")
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise InputError(f"{where}: 'files' must map relative paths to sha256 digests.")
+    if verify:
+        verify_files(root, files)
+    return manifest
+
+
+def _check_engine(root: Path, engine: dict[str, Any], backend: str, where: str, graph: str) -> None:
+    """An engine entry: its folder inside the bundle, its backend, every file present."""
+    edir = _inside(root, _require(engine, "dir", str, where), "engine dir")
+    efiles = _require(engine, "files", list, where)
+    _require(engine, "config", dict, where)
     if engine.get("backend", backend) != backend:
         raise InputError(
             f"{where}: backend is {backend!r} but engine.backend is {engine['backend']!r}."
@@ -116,21 +227,15 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> dict[str, Any]
     missing = [f for f in efiles if not _inside(edir, str(f), "engine file").is_file()]
     if missing:
         raise InputError(
-            f"engine file(s) {missing} missing from {edir}; copy the whole bundle folder again."
+            f"{graph}engine file(s) {missing} missing from {edir}; copy the whole bundle folder "
+            "again."
         )
 
+
+def _check_reference(root: Path, manifest: dict[str, Any], where: str) -> dict[str, Any]:
     ref = _require(manifest, "reference", dict, where)
     for key in ("inputs", "outputs"):
         rel = ref.setdefault(key, f"reference/{key}.npz")
         if not _inside(root, str(rel), f"reference {key}").is_file():
             raise InputError(f"reference file {rel!r} is missing from {root}.")
-    tol = _require(ref, "tolerance", dict, f"{where} reference")
-    for key in ("cosine_min", "atol", "rtol"):
-        _require(tol, key, (int, float), f"{where} reference.tolerance")
-
-    files = manifest.get("files", {})
-    if not isinstance(files, dict):
-        raise InputError(f"{where}: 'files' must map relative paths to sha256 digests.")
-    if verify:
-        verify_files(root, files)
-    return manifest
+    return ref

@@ -207,6 +207,7 @@ def write_report(
     planner: dict[str, Any] | None = None,
     crash: dict[str, Any] | None = None,
     cache: dict[str, Any] | None = None,
+    vla: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -344,6 +345,10 @@ def write_report(
         from robopt_compile.benchmarks_cache import report_lines as cache_lines
 
         lines += cache_lines(cache)
+    if vla:
+        from robopt_compile.benchmarks_vla import report_lines as vla_lines
+
+        lines += vla_lines(vla)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -369,7 +374,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
 
 
 SECTIONS = (
-    "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache",
+    "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache", "vla",
 )  # fmt: skip
 
 
@@ -465,6 +470,11 @@ def main() -> None:
 
             res["cache"] = bench_rebuild(work, log)
             stamps["cache"] = now
+        if "vla" in args.sections:
+            from robopt_compile.benchmarks_vla import bench_vla
+
+            res["vla"] = bench_vla(work, log)
+            stamps["vla"] = now
     finally:
         # Sections measured before a failure are kept (a rerun with --sections reuses them).
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -477,7 +487,7 @@ def main() -> None:
     write_report(
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
-        res["planner"], res["crash"], res["cache"],
+        res["planner"], res["crash"], res["cache"], res["vla"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

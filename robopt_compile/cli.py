@@ -491,6 +491,12 @@ def compile_cmd(
         )
         _criteria_exit(failures, fail_on_criteria)
         return
+    if "graphs" in m:  # a multi-graph bundle (a VLA): graphs, then fidelity in action terms
+        _print_graph_bundle(out, m, result.report)
+        _remote_after_build(out, device, token, kw["threads"], as_json=False)
+        click.echo(f"\nnext: robopt-bench {out} --runs 20")
+        _criteria_exit(failures, fail_on_criteria)
+        return
     s = result.facts.get("summary", {})
     exp = m["parity"].get("export")
     eng = m["parity"]["engine"]
@@ -539,6 +545,38 @@ def compile_cmd(
     where = "" if checked_here else " (on the device)"
     click.echo(f"\nnext{where}: robopt-bench {out} --runs 500")
     _criteria_exit(failures, fail_on_criteria)
+
+
+def _print_graph_bundle(out: Path, m: dict[str, Any], report: dict[str, Any]) -> None:
+    """The human summary of a multi-graph bundle."""
+    f = report.get("fidelity", {})
+    rows = [
+        ("bundle", str(out)),
+        ("target", f"{m['target']['profile']} ({m['target']['description']})"),
+        ("engine", f"{m['backend']} {m['precision']}, driver {m['driver']['kind']}"),
+    ]
+    checks = report.get("graph_checks") or {}
+    for g in m["graphs"]:
+        chk = checks.get(g["name"])
+        how = ("checked through the actions" if chk is None
+               else f"cosine vs torch {chk.get('cosine', float('nan')):.6f}")  # fmt: skip
+        rows.append((f"graph {g['name']}", f"{g['precision']}, weights "
+                     f"{g['weight_bytes'] / 2**20:.1f} MiB, {how}"))  # fmt: skip
+    if "token_agreement" in f:
+        rows.append(("action tokens", f"{f['token_agreement']:.1%} agree with torch fp32 on "
+                     f"{f.get('observations')} held-out observations (bound "
+                     f"{1 - f.get('max_token_disagreement', 0):.0%})"))  # fmt: skip
+    else:
+        rows.append(("action chunks", f"relative L2 {f.get('relative_l2', 0):.3g}, max abs "
+                     f"{f.get('action_max_abs', 0):.3g} vs torch fp32 at fixed noise on "
+                     f"{f.get('observations')} held-out observations"))  # fmt: skip
+    l2 = f.get("action_l2", {})
+    flips = f"; gripper flips {f['gripper_flips']}" if "gripper_flips" in f else ""
+    rows.append(("action error", f"L2 mean {l2.get('mean', 0):.3g}, max {l2.get('max', 0):.3g}"
+                 + flips))  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
 
 
 def _run_planner(

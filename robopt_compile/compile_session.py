@@ -5,7 +5,8 @@ Every compile that is not a planner search is recorded in the model store
 optimize, quantize, analyze, build, verify, report, ...), the warnings as events, a
 ``rolled_back`` event for each step the accuracy guard or a compression bound undid, the
 bundle's figures as results, and the bundle itself (content-addressed, so the build cache's
-copies are shared) with its lineage from the source model.
+copies are shared; a bundle over ``ROBOPT_STORE_BUNDLE_MAX_MB``, default 512, is recorded by its
+manifest only) with its lineage from the source model.
 
 Failures: a failing stage fails its step and the session with the one-line error; Ctrl-C
 cancels it; a ``kill -9`` leaves it ``running`` until the next store open marks it
@@ -108,7 +109,17 @@ class CompileRecorder:
             for name, value in _metrics(report, manifest).items():
                 s.emit("metric", name=name, value=value)
             s.add_result("compile", _summary(result))
-            tree = s.put_tree(result.out)
+            size = sum(p.stat().st_size for p in Path(result.out).rglob("*") if p.is_file())
+            limit = float(os.environ.get("ROBOPT_STORE_BUNDLE_MAX_MB", "512")) * 2**20
+            if size <= limit:
+                tree = s.put_tree(result.out)
+            else:  # a multi-GB bundle is not copied: its manifest (with every sha256) is
+                tree = s.put_file(Path(result.out) / "manifest.json", kind="manifest")
+                msg = (
+                    f"the {size / 2**20:.0f} MiB bundle was not copied into the store (limit "
+                    f"{limit / 2**20:.0f} MiB, ROBOPT_STORE_BUNDLE_MAX_MB); its manifest was"
+                )
+                s.emit("warning", message=msg)
             src = s.record_model(
                 manifest["model"]["name"], None, None, source=manifest["model"]["source"],
                 source_kind=manifest["model"].get("source_kind"),

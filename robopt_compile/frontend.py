@@ -61,6 +61,11 @@ def source_kind(source: str) -> str:
     mod, sep, fn = source.partition(":")
     if sep and mod and fn.isidentifier() and all(p.isidentifier() for p in mod.split(".")):
         return "factory"
+    if Path(source).is_dir():
+        raise InputError(
+            f"{source} is a folder without config.json; a model folder holds config.json and "
+            "model.safetensors (robopt_compile.zoo.vla.save_folder writes one)."
+        )
     if Path(source).exists():
         raise InputError(
             f"{source}: unsupported model file type {suffix or '(none)'}; give an .onnx file, "

@@ -231,6 +231,20 @@ def compile_model(
         check_options(opts)
         eval_task = resolve_eval_task(opts.eval, source) if opts.eval is not None else None
 
+    from robopt_compile.zoo import is_folder_source, zoo_kind
+
+    kind = zoo_kind(source)
+    if kind is None and is_folder_source(source):  # a local Hugging Face-style folder
+        kind = "vla"
+    if kind == "vla":  # a multi-graph bundle: vision, embed and llm graphs + a loop
+        from robopt_compile.vla_compile import compile_vla
+
+        return compile_vla(source, out, opts, profile, backend, force, progress, timings)
+    if kind == "diffusion":  # encoder and denoiser graphs + the DDIM loop
+        from robopt_compile.diffusion_compile import compile_diffusion
+
+        return compile_diffusion(source, out, opts, profile, backend, force, progress, timings)
+
     cache = None
     if opts.cache:
         from robopt_compile.cache import BuildCache

@@ -275,13 +275,20 @@ def candidates(
 
 
 def predict(c: Candidate, facts: Facts, history: History) -> Prediction:
-    """Latency, size, memory and accuracy risk of a plan, before building it."""
+    """Latency, size, memory and accuracy risk of a plan, before building it.
+
+    Without a measurement of the plan's own backend and precision, one of the backend's fp32
+    plan corrects it (the runtime's overhead and efficiency carry over; the precision's
+    arithmetic speed-up comes from the roofline).
+    """
     keep = 1.0 - (c.prune or 0.0)
     # Channel pruning at ratio r keeps (1-r) of both the in- and out-channels of inner layers.
     work = keep * keep if c.prune else 1.0
     compute = COMPUTE_PRECISION[c.precision]
     roof = facts.roofline_ms.get(compute) or facts.roofline_ms.get("fp32") or float("nan")
     ratio = history.ratios.get((c.backend, c.precision))
+    if ratio is None:
+        ratio = history.ratios.get((c.backend, "fp32"))
     corrected = ratio is not None
     measured = history.measured_ms.get(c.key())
     if measured is not None:
@@ -369,7 +376,28 @@ def plan(
         return (d.prediction.risk >= 10, bucket, d.prediction.risk, v)  # type: ignore[return-value]
 
     proposed.sort(key=rank)
+    if criteria.objective == "latency":
+        proposed = _baselines_first(proposed, history)
     return proposed + rejected
+
+
+def _baselines_first(proposed: list[Decision], history: History) -> list[Decision]:
+    """Each backend's fp32 plan first while nothing was measured on that backend.
+
+    An uncorrected roofline cannot rank backends (it knows no runtime's overhead), and a
+    backend's fp32 build is cheap and carries no accuracy risk: measuring it first corrects
+    every later prediction for that backend, and it is itself often the fastest plan for a
+    small model, where runtime overhead, not arithmetic, sets the latency.
+    """
+    known = {b for b, _ in history.ratios} | {k.split("/")[0] for k in history.measured_ms}
+    first = []
+    for d in proposed:
+        c = d.candidate
+        if c.precision == "fp32" and not c.prune and c.backend not in known:
+            d.reason += f"; measured first: it calibrates the predictions for {c.backend}"
+            first.append(d)
+            known.add(c.backend)
+    return first + [d for d in proposed if d not in first]
 
 
 # --- choosing among measured plans -------------------------------------------------------------

@@ -37,6 +37,7 @@ TOP_N = 15  # rows in per-layer tables and bar charts
 # (anchor, heading) of every section, in order; every one is always present in report.html.
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("summary", "Summary"),
+    ("graphs", "Graphs and actions (multi-graph bundle)"),
     ("passes", "Compile passes"),
     ("analysis", "Model analysis"),
     ("quantization", "Quantization"),
@@ -518,6 +519,11 @@ def _checks(d: BundleData) -> list[_Check]:
                 checks.append(_Check(f"closed loop {name}", None,
                                      f"{p.get('candidate')} is worse than {p.get('reference')} "
                                      f"(p = {_f(p.get('p_value'), '.3g')})"))  # fmt: skip
+    acts = _g(d.manifest, "parity.actions", {})
+    if isinstance(acts.get("passed"), bool):
+        detail = (f"{_pct(acts.get('token_agreement'))} agree with the fp32 torch model on "
+                  f"{acts.get('observations')} held-out observations")  # fmt: skip
+        checks.append(_Check("action tokens at compile time", acts["passed"], detail))
     q = _g(d.report, "quantization")
     if isinstance(q, dict) and q.get("rolled_back"):
         checks.append(_Check("quantization", None, str(q.get("rollback_reason", "rolled back"))))
@@ -635,6 +641,50 @@ def _sec_summary(d: BundleData, plots: _Plots) -> str:
     if d.problems:
         out.append(_h3("Unreadable files"))
         out.append("<ul>" + "".join(f"<li>{_e(p)}</li>" for p in d.problems) + "</ul>")
+    return "".join(out)
+
+
+def _sec_graphs(d: BundleData, plots: _Plots) -> str:
+    """A multi-graph bundle (a VLA): each graph's precision, weights and check against torch;
+    fidelity in action terms; the action error per dimension."""
+    graphs = _dicts(d.manifest.get("graphs"))
+    if not graphs:
+        return _note("A single-graph bundle (no driver loop).")
+    checks = _g(d.report, "graph_checks", {}) or {}
+    rows = [(g.get("name"), g.get("precision"), (g.get("weight_bytes") or 0) / 2**20,
+             _g(checks, f"{g.get('name')}.cosine"),
+             "pass" if _g(checks, f"{g.get('name')}.passed") else "differs")
+            for g in graphs]  # fmt: skip
+    cols: list[Col] = [
+        ("graph", lambda r: r[0], ""),
+        ("precision", lambda r: r[1], ""),
+        ("weights MiB", lambda r: r[2], ".1f"),
+        ("cosine vs torch", lambda r: r[3], ".6f"),
+        ("check", lambda r: r[4], ""),
+    ]
+    kind = _g(d.manifest, "driver.kind", "?")
+    out = [
+        _note(f"Driver {kind}: one control step runs the graphs below in a loop."),
+        _table(rows, cols),
+    ]
+    f = _g(d.manifest, "parity.actions", {}) or {}
+    if f:
+        out.append(_kv([
+            ("action tokens", f"{_pct(f.get('token_agreement'))} agree with the fp32 torch model "
+                              f"({f.get('observations')} held-out observations; first token "
+                              f"{_pct(f.get('first_token_agreement'))})"),
+            ("action L2", f"mean {_f(_g(f, 'action_l2.mean'))}, max {_f(_g(f, 'action_l2.max'))}"),
+            ("gripper flips", f.get("gripper_flips")),
+        ]))  # fmt: skip
+        mae = f.get("action_mae_per_dim") or []
+        if mae and plots.enabled:
+
+            def draw(fig: Any) -> None:
+                ax = fig.subplots()
+                _barh(ax, [f"dim {i}" for i in range(len(mae))], mae)
+                ax.set_xlabel("mean absolute action error vs fp32 torch")
+
+            out.append(plots.svg(draw, 0.22 * len(mae) + 1.1, "action error per dimension"))
     return "".join(out)
 
 
@@ -1291,6 +1341,7 @@ def _sec_versions(d: BundleData, plots: _Plots) -> str:
 
 _SECTION_FUNCS: dict[str, Callable[[BundleData, _Plots], str]] = {
     "summary": _sec_summary,
+    "graphs": _sec_graphs,
     "passes": _sec_passes,
     "analysis": _sec_analysis,
     "quantization": _sec_quant,
@@ -1455,6 +1506,8 @@ def refresh_reports(
 
     manifest = load_bundle(bundle_dir).manifest  # one-line error for a missing folder
     layers = None
+    # Per-layer profiles are of single-graph engines; a multi-graph bundle reports per graph.
+    profile = profile and "graphs" not in manifest
     if profile and "layers" not in load_results(bundle_dir):
         from robopt_compile.layer_profile import profile_layers as measure
 

@@ -62,7 +62,13 @@ def runtime_properties(cfg: dict[str, Any], threads: int | None) -> dict[str, An
         props["NUM_STREAMS"] = 1
     if threads and str(cfg.get("device", "CPU")).startswith("CPU"):
         props["INFERENCE_NUM_THREADS"] = threads
+    if cfg.get("snippets_mode"):  # set by build() when the CPU code generator lacked an op
+        props["SNIPPETS_MODE"] = cfg["snippets_mode"]
     return props
+
+
+# The CPU plugin's message when its snippets code generator has no kernel for an operation.
+SNIPPETS_GAP = "Supported precisions set is not available for"
 
 
 class OpenVinoRunner(Runner):
@@ -136,7 +142,7 @@ class OpenVinoBackend(Backend):
             ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=False)
         except Exception as exc:
             raise BuildError(
-                f"OpenVINO could not convert the model: {str(exc).splitlines()[0][:200]}. "
+                f"OpenVINO could not convert the model: {_ov_reason(exc)}. "
                 "Check `robopt-compile analyze` for unsupported operators."
             ) from exc
         config = {
@@ -162,14 +168,25 @@ class OpenVinoBackend(Backend):
             )
         else:
             # Compile once now so a model the plugin rejects fails the build, not the robot.
-            try:
+            def compile_now() -> None:
                 core.compile_model(
                     str(out_dir / "model.xml"), device, runtime_properties(config, options.threads)
                 )
+
+            try:
+                try:
+                    compile_now()
+                except Exception as exc:
+                    if SNIPPETS_GAP not in str(exc) or not device.startswith("CPU"):
+                        raise
+                    # The CPU plugin's code generator (snippets) lacks a kernel for an op in
+                    # this graph (Mish, in OpenVINO 2026.4): compile without snippets.
+                    config["snippets_mode"] = "DISABLE"
+                    config["snippets_note"] = f"compiled without CPU snippets: {_ov_reason(exc)}"
+                    compile_now()
             except Exception as exc:
                 raise BuildError(
-                    f"OpenVINO {device} plugin rejected the model: "
-                    f"{str(exc).splitlines()[0][:200]}."
+                    f"OpenVINO {device} plugin rejected the model: {_ov_reason(exc)}."
                 ) from exc
             config["compile_checked"] = True
         return Artifact(
@@ -199,3 +216,10 @@ def _devices(device: str) -> list[str]:
     if kind in ("AUTO", "MULTI", "HETERO") and rest:
         return [d.strip() for d in rest.split(",") if d.strip()]
     return [] if kind in ("AUTO", "MULTI", "HETERO") else [device]
+
+
+def _ov_reason(exc: BaseException) -> str:
+    """The informative line of an OpenVINO exception (its first lines are source locations)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Exception from ")]
+    return ((useful or lines or [type(exc).__name__])[-1])[:300].rstrip(".")

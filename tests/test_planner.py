@@ -329,3 +329,23 @@ def test_kill_9_then_resume(tmp_path: Path, capsys) -> None:
             assert names.count(n) == 1
     code, _, err = run_cli(["zoo:hopper-mlp", "--resume", sid[:12], "--store", str(store)], capsys)
     assert code == 2 and "not zoo:hopper-mlp" in err
+
+
+def test_each_backends_fp32_plan_is_measured_first_and_corrects_the_rest() -> None:
+    """Uncorrected, the roofline ranks int8 first; each backend's fp32 baseline is built
+    first instead, and once measured it corrects that backend's other precisions."""
+    cands = [Candidate(b, p) for b, ps in BACKENDS.items() for p in ps]
+    order = [d.candidate.label for d in plan(cands, FACTS, OptimizationCriteria(), History())
+             if d.verdict == "propose"]  # fmt: skip
+    assert order[:2] == ["onnxruntime fp32", "openvino fp32"]
+    assert "measured first" in plan(cands, FACTS, OptimizationCriteria(), History())[0].reason
+    # The size objective needs no latency calibration: smallest first.
+    by_size = plan(cands, FACTS, OptimizationCriteria(objective="size"), History())
+    assert by_size[0].candidate.precision == "int4-weight"
+    h = with_measurement(History(), Candidate("openvino", "fp32"), 40.0, 20.0)  # 2x the roofline
+    after = {d.candidate.label: d for d in plan(cands, FACTS, OptimizationCriteria(), h)}
+    assert after["openvino int8"].prediction.corrected
+    assert after["openvino int8"].prediction.latency_ms == pytest.approx(5.0 * 2)
+    assert not after["onnxruntime int8"].prediction.corrected
+    first = plan(cands, FACTS, OptimizationCriteria(), h)[0]
+    assert first.candidate.label == "onnxruntime fp32"

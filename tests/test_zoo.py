@@ -21,7 +21,7 @@ from robopt_compile.zoo import ZOO, load_zoo, zoo_names
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-NAMES = zoo_names()
+NAMES = [n for n in zoo_names() if ZOO[n].kind == "policy"]  # multi-graph: test_vla.py
 FRESH_SEED = 7  # inputs the export never saw
 MIN_COSINE = 0.99999
 # Relative to the output's magnitude: fp32 rounding through ~20 layers, not a real mismatch.

@@ -39,6 +39,9 @@ class ZooEntry:
     description: str
     task: str | None = None  # the simulated task it was trained for (robopt_compile.tasks)
     trained: bool = False  # real trained weights (else random weights with a fixed seed)
+    # "policy": one graph; "vla" / "diffusion": a multi-graph bundle driven by a loop
+    # (robopt_compile/vla_compile.py, diffusion_compile.py).
+    kind: str = "policy"
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -93,8 +96,48 @@ ZOO: dict[str, ZooEntry] = {
             task="Reacher-v5-pixels",
             trained=True,
         ),
+        ZooEntry(
+            "openvla-tiny",
+            "robopt_compile.zoo.vla:make_vla",
+            "OpenVLA-style VLA for tests (0.4M params): DINOv2+SigLIP 56px, 2-layer Llama, "
+            "7 action tokens of 256 bins; vision + prefill + decode graphs with a KV cache.",
+            kind="vla",
+        ),
+        ZooEntry(
+            "openvla-mini",
+            "robopt_compile.zoo.vla:make_vla",
+            "OpenVLA-style VLA for benchmarks (150M params): DINOv2+SigLIP ViT-S 224px, "
+            "12-layer Llama (768 wide, 32k vocab); random weights.",
+            kind="vla",
+        ),
+        ZooEntry(
+            "diffusion-policy",
+            "robopt_compile.zoo.diffusion:make_diffusion",
+            "Diffusion Policy (Chi et al. 2023, CNN): 1-D conv U-Net denoiser (18M params) "
+            "conditioned on 2 state observations, DDIM 10 steps -> 16 x 7 action chunk.",
+            kind="diffusion",
+        ),
     )
 }
+
+
+def zoo_kind(source: str) -> str | None:
+    """The zoo kind of ``zoo:NAME`` ("policy", "vla", "diffusion"), None for other sources."""
+    entry = ZOO.get(source.removeprefix("zoo:")) if source.startswith("zoo:") else None
+    return None if entry is None else entry.kind
+
+
+def is_folder_source(source: str) -> bool:
+    """A local folder holding ``config.json`` (a Hugging Face-style model folder; torch-free)."""
+    from pathlib import Path
+
+    p = Path(source)
+    return p.is_dir() and (p / "config.json").is_file()
+
+
+def is_vla(source: str) -> bool:
+    """``zoo:NAME`` of a multi-graph VLA model (compiled by robopt_compile/vla_compile.py)."""
+    return zoo_kind(source) == "vla"
 
 
 def zoo_names() -> list[str]:
@@ -116,6 +159,13 @@ def load_zoo(
     entry = ZOO.get(name)
     if entry is None:
         raise UnknownNameError("zoo model", name, zoo_names())
+    if entry.kind != "policy":
+        from robopt_compile.errors import InputError
+
+        raise InputError(
+            f"zoo:{name} is a multi-graph {entry.kind} model; robopt-compile builds it as a "
+            "bundle of several graphs and a driver loop (it has no single module to export)."
+        )
     module_name, _, func_name = entry.factory.partition(":")
     factory = getattr(importlib.import_module(module_name), func_name)
     return factory(seed=seed, batch=batch)

@@ -1,0 +1,366 @@
+"""Compiling an OpenVLA-style model into a multi-graph bundle (docs/VLA.md).
+
+A VLA is not one graph run once. robopt exports its graphs from the torch model
+(``robopt_compile/zoo/vla.py``) and names the loop that drives them (``bench/driver.py``):
+
+- ``vision``: ``pixel_values`` -> ``image_embeds`` (DINOv2 + SigLIP + projector);
+- ``embed``: ``input_ids`` -> ``token_embeds``: the embedding table, in a graph of its own so
+  that it is stored and loaded once (INT8 per row when the precision compresses weights);
+- ``llm``: prefill and decode in one graph: ``inputs_embeds`` (dynamic length) and the
+  key/value cache of every layer (dynamic length; empty for the prefill) -> the next token's
+  action logits and the grown cache.
+
+Each graph goes through its own passes and is built by the backend on its own terms: with
+``--precision int4-weight`` the language model gets INT4 weights (ONNX Runtime
+``MatMulNBits``, or NNCF's INT4 for OpenVINO), the vision encoder and the embedding table INT8
+weights; with ``int8-weight`` every graph gets INT8 weights. The graphs are checked against
+torch one by one, and the bundle's driver loop against the torch model's actions on held-out
+observations: action-token agreement, continuous action error per dimension, gripper flips.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robopt_compile.errors import CheckFailedError, InputError
+
+Progress = Callable[[str, str, float], None]
+GRAPHS = ("vision", "embed", "llm")
+HELDOUT_SEED = 10_000  # held-out observations: seeds from here (the export example uses 0)
+HELDOUT = 8
+EXPORT_TOLERANCE = {"cosine_min": 0.9999, "atol": 1e-3, "rtol": 1e-3}
+# A weight-compressed graph is judged by the actions it produces; per graph only its cosine.
+QUANT_TOLERANCE = {"cosine_min": 0.99, "atol": float("inf"), "rtol": 0.0}
+# Weight precision of each graph per requested precision.
+PLAN = {
+    "fp32": {"vision": "fp32", "embed": "fp32", "llm": "fp32"},
+    "int8-weight": {"vision": "int8-weight", "embed": "int8-weight", "llm": "int8-weight"},
+    "int4-weight": {"vision": "int8-weight", "embed": "int8-weight", "llm": "int4-weight"},
+}
+WEIGHT_PASS = {
+    # Measured on openvla-mini here (1 thread, one run each, ms per action): 8-bit weights
+    # 2399 with ORT's default compute vs 739 with accuracy_level 4 (int8 activations, VNNI/AMX;
+    # the prefill is compute bound); 4-bit weights 706 by default vs 896 with level 4.
+    ("onnxruntime", "int8-weight"): ("weight-only-ort", {"bits": 8, "accuracy_level": 4}),
+    ("onnxruntime", "int4-weight"): ("weight-only-ort", {"bits": 4}),
+    ("openvino", "int8-weight"): ("weight-only-nncf", {"bits": 8}),
+    ("openvino", "int4-weight"): ("weight-only-nncf", {"bits": 4}),
+}
+DEFAULT_MIN_AGREEMENT = 0.95
+
+
+def _stage(progress: Progress, name: str, timings: dict[str, float]):
+    from robopt_compile.pipeline import _stage as stage
+
+    return stage(progress, name, timings)
+
+
+def export_graphs(model: Any) -> dict[str, Any]:
+    """``vision`` and ``llm`` as onnx-ir models (torch.export + ONNX; the llm's sequence and
+    cache lengths are dynamic)."""
+    import warnings
+
+    import torch
+
+    from robopt_compile.zoo.vla import LlmStep, prompt_embeds
+
+    c = model.config
+    ex = model.example_inputs(0)
+    past = [f"past.{i}.{kv}" for i in range(c.llm_layers) for kv in "kv"]
+    present = [f"present.{i}.{kv}" for i in range(c.llm_layers) for kv in "kv"]
+    step = LlmStep(model)
+    with torch.no_grad():
+        x = prompt_embeds(model.llm.model.embed_tokens, ex["input_ids"], model.vision(
+            ex["pixel_values"]))  # fmt: skip
+        # Example cache of 2 (torch.export specializes lengths 0 and 1); the graph runs with 0.
+        example_past = [t[:, :, :2] for t in step(x, *step.empty_cache())[1:]]
+    seq = torch.export.Dim("seq", min=1, max=4096)
+    cache = torch.export.Dim("cache", min=1, max=4096)
+    jobs = {
+        "vision": (model.vision, (ex["pixel_values"],), None, ["pixel_values"], ["image_embeds"]),
+        "llm": (step, (x, *example_past), ({1: seq}, tuple({2: cache} for _ in past)),
+                ["inputs_embeds", *past], ["logits", *present]),
+    }  # fmt: skip
+    out: dict[str, Any] = {}
+    for name, (mod, args, dyn, ins, outs) in jobs.items():
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(
+                mod, args, dynamo=True, dynamic_shapes=dyn, input_names=ins,
+                output_names=outs, optimize=True, verbose=False,
+            )  # fmt: skip
+        out[name] = prog.model
+    return out
+
+
+def embed_graph(table: np.ndarray, precision: str) -> Any:
+    """The embedding lookup as its own graph: ``Gather`` on the fp32 table, or on an INT8
+    table with one fp32 scale per row (symmetric) for the weight-compressing precisions."""
+    import onnx_ir as ir
+
+    ids = ir.Value(name="input_ids", type=ir.TensorType(ir.DataType.INT64),
+                   shape=ir.Shape([1, "seq"]))  # fmt: skip
+    out = ir.Value(name="token_embeds", type=ir.TensorType(ir.DataType.FLOAT),
+                   shape=ir.Shape([1, "seq", table.shape[1]]))  # fmt: skip
+    inits = []
+    if precision == "fp32":
+        w = ir.Value(name="embed.weight", const_value=ir.tensor(table.astype(np.float32)))
+        nodes = [ir.node("Gather", [w, ids], outputs=[out])]
+        inits = [w]
+    else:
+        scale = np.maximum(np.abs(table).max(axis=1, keepdims=True), 1e-12) / 127.0
+        q = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
+        wq = ir.Value(name="embed.weight_int8", const_value=ir.tensor(q))
+        ws = ir.Value(name="embed.scale", const_value=ir.tensor(scale.astype(np.float32)))
+        g1 = ir.node("Gather", [wq, ids])
+        g2 = ir.node("Gather", [ws, ids])
+        cast = ir.node("Cast", [g1.outputs[0]], attributes={"to": ir.DataType.FLOAT})
+        mul = ir.node("Mul", [cast.outputs[0], g2.outputs[0]], outputs=[out])
+        nodes, inits = [g1, g2, cast, mul], [wq, ws]
+    graph = ir.Graph([ids], [out], nodes=nodes, initializers=inits, opset_imports={"": 18},
+                     name="embed")  # fmt: skip
+    return ir.Model(graph, ir_version=10, producer_name="robopt")
+
+
+def _torch_graph_reference(model: Any, obs: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Each graph's inputs and torch outputs on one observation (for the per-graph check):
+    the llm on the prefill (empty cache) and on one decode step."""
+    import torch
+
+    from robopt_compile.zoo.vla import LlmStep, prompt_embeds
+
+    c = model.config
+    step = LlmStep(model)
+    embed = model.llm.model.embed_tokens
+    with torch.no_grad():
+        image = model.vision(obs["pixel_values"])
+        x = prompt_embeds(embed, obs["input_ids"], image)
+        pre = step(x, *step.empty_cache())
+        tok = torch.tensor([[c.vocab_size - 256 + int(pre[0][0].argmax())]])
+        e = embed(tok)
+        dec = step(e, *pre[1:])
+    names = [f"present.{i}.{kv}" for i in range(c.llm_layers) for kv in "kv"]
+
+    def past(ts: Any) -> dict[str, np.ndarray]:
+        return {n.replace("present", "past"): t.numpy() for n, t in zip(names, ts, strict=True)}
+
+    def outs(r: Any) -> dict[str, np.ndarray]:
+        cache = {n: t.numpy() for n, t in zip(names, r[1:], strict=True)}
+        return {"logits": r[0].numpy(), **cache}
+
+    return {
+        "vision": {"in": {"pixel_values": obs["pixel_values"].numpy()},
+                   "out": {"image_embeds": image.numpy()}},
+        "embed": {"in": {"input_ids": obs["input_ids"].numpy()},
+                  "out": {"token_embeds": embed(obs["input_ids"]).detach().numpy()}},
+        "llm": {"in": {"inputs_embeds": x.numpy(), **past(step.empty_cache())}, "out": outs(pre)},
+        "llm-decode": {"in": {"inputs_embeds": e.numpy(), **past(pre[1:])}, "out": outs(dec)},
+    }  # fmt: skip
+
+
+def heldout_observations(model: Any, n: int = HELDOUT) -> list[dict[str, Any]]:
+    """Observations the export never saw (seeds from :data:`HELDOUT_SEED`)."""
+    return [model.example_inputs(HELDOUT_SEED + i) for i in range(n)]
+
+
+def action_fidelity(
+    ref_tokens: np.ndarray, ref_actions: np.ndarray, tokens: np.ndarray, actions: np.ndarray,
+    gripper_dim: int = 6,
+) -> dict[str, Any]:  # fmt: skip
+    """Token agreement, action error per dimension and in L2, gripper flips (N x 7 arrays)."""
+    ref_tokens, tokens = np.asarray(ref_tokens), np.asarray(tokens)
+    diff = np.asarray(actions, np.float64) - np.asarray(ref_actions, np.float64)
+    l2 = np.linalg.norm(diff, axis=1)
+    ref_open = np.asarray(ref_actions)[:, gripper_dim] > 0.5
+    open_ = np.asarray(actions)[:, gripper_dim] > 0.5
+    return {
+        "observations": int(ref_tokens.shape[0]),
+        "token_agreement": float(np.mean(ref_tokens == tokens)),
+        "first_token_agreement": float(np.mean(ref_tokens[:, 0] == tokens[:, 0])),
+        "all_tokens_equal": float(np.mean(np.all(ref_tokens == tokens, axis=1))),
+        "action_mae_per_dim": np.mean(np.abs(diff), axis=0).round(6).tolist(),
+        "action_l2": {"mean": float(l2.mean()), "max": float(l2.max())},
+        "gripper_flips": int(np.sum(ref_open != open_)),
+    }
+
+
+def _graph_precision(precision: str) -> dict[str, str]:
+    if precision not in PLAN:
+        raise InputError(
+            f"--precision {precision} is not built for a VLA in this version; choose one of "
+            f"{', '.join(PLAN)} (per graph: {json.dumps(PLAN['int4-weight'])} for int4-weight)."
+        )
+    return PLAN[precision]
+
+
+def compile_vla(
+    source: str, out: Path, opts: Any, profile: Any, backend: Any, force: bool,
+    progress: Progress, timings: dict[str, float],
+) -> Any:  # fmt: skip
+    """Export, compress, build and check the three graphs; write the multi-graph bundle."""
+    from robopt_compile import bundle
+    from robopt_compile import ir as rir
+    from robopt_compile.bench.driver import VlaGreedyDriver
+    from robopt_compile.numerics import judge
+    from robopt_compile.passes import get_pass_class
+    from robopt_compile.pipeline import CompileResult
+    from robopt_compile.targets import BuildOptions
+    from robopt_compile.zoo.vla import describe, load_folder, make_vla
+
+    plan = _graph_precision(opts.precision)
+    if backend.name not in ("onnxruntime", "openvino"):
+        raise InputError(
+            f"a VLA bundle is built with onnxruntime or openvino in this version, not "
+            f"{backend.name!r}; pass -b onnxruntime or -b openvino."
+        )
+    max_disagree = opts.quant.max_drop if opts.quant.max_drop is not None else (
+        1 - DEFAULT_MIN_AGREEMENT)  # fmt: skip
+    with _stage(progress, "export", timings):
+        if source.startswith("zoo:"):
+            model = make_vla(source.removeprefix("zoo:"), seed=opts.seed)
+            source_kind = "zoo"
+        else:  # a local folder (robopt_compile.zoo.vla.save_folder)
+            model = load_folder(source)
+            source_kind = "folder"
+        c = model.config
+        name = c.name
+        graphs = export_graphs(model)
+        table = model.llm.model.embed_tokens.weight.detach().numpy()
+        refs = _torch_graph_reference(model, model.example_inputs(HELDOUT_SEED + 99))
+        held = heldout_observations(model)
+        ref_tok, ref_act = zip(*(model.predict_action(**o) for o in held), strict=True)
+        ref_tokens, ref_actions = np.stack(ref_tok), np.stack(ref_act)
+    report: dict[str, Any] = {"source": source, "kind": "vla", "graphs": {}}
+    with bundle.staged_output(out, force) as tmp:
+        with _stage(progress, "compress", timings):
+            for g in GRAPHS:
+                p = plan[g]
+                if g == "embed":
+                    graphs[g] = embed_graph(table, "fp32")
+                before = rir.weight_bytes(graphs[g])
+                info: dict[str, Any] = {"precision": p, "weight_bytes_fp32": before}
+                if g == "embed" and p != "fp32":
+                    graphs[g] = embed_graph(table, p)
+                    info["pass"] = "int8 per-row table (robopt)"
+                elif p != "fp32":
+                    pname, kw = WEIGHT_PASS[(backend.name, p)]
+                    pas = get_pass_class(pname)(**kw)
+                    graphs[g] = pas(graphs[g]).model
+                    info["pass"] = pname
+                    info["pass_report"] = getattr(pas, "report", {})
+                info["weight_bytes"] = rir.weight_bytes(graphs[g])
+                report["graphs"][g] = info
+        entries = []
+        with _stage(progress, "build", timings):
+            for g in GRAPHS:
+                gdir = tmp / "graphs" / g
+                files = rir.save(graphs[g], gdir / "model.onnx")
+                art = backend.build(
+                    gdir / "model.onnx", profile,
+                    BuildOptions(precision=plan[g], threads=opts.threads), gdir / "engine",
+                )  # fmt: skip
+                entries.append((g, files, art))
+        checks: dict[str, Any] = {}
+        with _stage(progress, "verify", timings):
+            runners = {}
+            import contextlib
+
+            with contextlib.ExitStack() as stack:
+                for g, _, art in entries:
+                    runners[g] = stack.enter_context(backend.runner(art, opts.threads))
+                for check in (*GRAPHS, "llm-decode"):
+                    g = check.split("-")[0]
+                    got = runners[g].infer(refs[check]["in"])
+                    tol = EXPORT_TOLERANCE if plan[g] == "fp32" else QUANT_TOLERANCE
+                    checks[check] = judge(refs[check]["out"], got, tol)
+                    checks[check]["tolerance"] = tol
+                drv = VlaGreedyDriver(runners, c.driver_config())
+                t0 = time.perf_counter()
+                steps = [drv.step({k: v.numpy() for k, v in o.items()}) for o in held]
+                loop_s = time.perf_counter() - t0
+            tokens = np.stack([s.tokens for s in steps])
+            actions = np.stack([s.actions for s in steps])
+            fid = action_fidelity(ref_tokens, ref_actions, tokens, actions)
+            fid["driver_seconds"] = loop_s
+            disagree = 1 - fid["token_agreement"]
+            fid["max_token_disagreement"] = max_disagree
+            fid["passed"] = disagree <= max_disagree + 1e-12
+            if all(p == "fp32" for p in plan.values()) and disagree > 0:
+                raise CheckFailedError(
+                    f"the fp32 {backend.name} graphs do not reproduce the torch model's action "
+                    f"tokens ({fid['token_agreement']:.1%} agree); report this export problem."
+                )
+            if not fid["passed"]:
+                raise CheckFailedError(
+                    f"{opts.precision}: {fid['token_agreement']:.1%} of the action tokens agree "
+                    f"with fp32 on {fid['observations']} held-out observations, below "
+                    f"{1 - max_disagree:.0%} (--max-accuracy-drop {max_disagree:g} is the "
+                    "allowed token disagreement); use int8-weight or loosen the bound."
+                )
+            failed = [g for g in checks if plan[g.split("-")[0]] == "fp32"
+                      and not checks[g]["passed"]]  # fmt: skip
+            if failed:
+                raise CheckFailedError(
+                    f"the {backend.name} {failed[0]} graph does not match torch: "
+                    f"{checks[failed[0]]}"
+                )
+        obs_in = {k: np.stack([o[k].numpy() for o in held]) for k in held[0]}
+        bundle.save_npz(tmp / "reference" / "inputs.npz", obs_in)
+        bundle.save_npz(tmp / "reference" / "outputs.npz",
+                        {"tokens": ref_tokens, "actions": ref_actions})  # fmt: skip
+        report.update({
+            "fidelity": fid,
+            "graph_checks": checks,
+            "model": describe(c),
+            "stage_seconds": {k: round(v, 4) for k, v in timings.items()},
+        })  # fmt: skip
+        bundle.write_json(tmp / "report.json", report)
+        graph_json = []
+        for g, files, art in entries:
+            graph_json.append({
+                "name": g,
+                "precision": plan[g],
+                "model_files": [f"graphs/{g}/{f.name}" for f in files],
+                "engine": {"dir": f"graphs/{g}/engine", **art.to_json()},
+                "inputs": [s.to_json() for s in rir.input_specs(graphs[g])],
+                "outputs": [s.to_json() for s in rir.output_specs(graphs[g])],
+                "weight_bytes": report["graphs"][g]["weight_bytes"],
+            })  # fmt: skip
+        manifest = {
+            "schema_version": bundle.SCHEMA_VERSION,
+            "robopt_version": bundle.tool_versions()["robopt"],
+            "created_utc": bundle.utc_now(),
+            "model": {"name": name, "source": source, "source_kind": source_kind,
+                      "kind": "vla"},
+            "target": {"profile": profile.name, "arch": profile.arch,
+                       "description": profile.description},
+            "backend": backend.name,
+            "precision": opts.precision,
+            "requested_precision": opts.precision,
+            "graphs": graph_json,
+            "driver": {"kind": "vla-greedy", "config": c.driver_config()},
+            "inputs": [{"name": "pixel_values", "shape": [1, 3, c.image_size, c.image_size],
+                        "dtype": "float32"},
+                       {"name": "input_ids", "shape": [1, c.prompt_tokens], "dtype": "int64"}],
+            "outputs": [{"name": "actions", "shape": [7], "dtype": "float64"}],
+            "reference": {"inputs": "reference/inputs.npz", "outputs": "reference/outputs.npz",
+                          "min_token_agreement": round(1 - max_disagree, 6),
+                          "heldout_seed": HELDOUT_SEED},
+            "parity": {"graphs": {g: {"passed": checks[g]["passed"]} for g in checks},
+                       "actions": fid},
+            "build": {"threads": opts.threads},
+            "tool_versions": bundle.tool_versions(),
+        }  # fmt: skip
+        manifest["files"] = bundle.hash_tree(tmp)
+        bundle.write_json(tmp / bundle.MANIFEST, manifest)
+    with _stage(progress, "report", timings):
+        from robopt_compile.pipeline import write_report
+
+        write_report(out, progress)
+    return CompileResult(out=out, manifest=manifest, report=report, facts={})

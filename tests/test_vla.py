@@ -1,0 +1,325 @@
+"""OpenVLA-style models as multi-graph bundles (robopt_compile/vla_compile.py, bench/driver.py):
+the key/value cache against recomputation, token-by-token parity of the exported graphs with
+torch, the driver loop reproducing the torch model's actions, weight compression, manifest
+validation of inconsistent bundles, and the 7B estimates."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import assert_one_error_line, run_cli
+
+from robopt_compile.bench.driver import bin_centers, tokens_to_actions
+from robopt_compile.bench.manifest import load_manifest
+from robopt_compile.errors import EXIT_BAD_INPUT, InputError
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from robopt_compile.zoo.vla import make_vla
+
+    return make_vla("openvla-tiny")
+
+
+def _compile(out: Path, *extra: str) -> dict:
+    from robopt_compile.cli import main
+
+    try:
+        main(["zoo:openvla-tiny", "--threads", "1", "-o", str(out), "--force", "--json", *extra])
+    except SystemExit as exc:
+        assert exc.code in (0, None), exc
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("vla") / "fp32"
+    _compile(out)
+    return out
+
+
+def test_detokenization_follows_openvla() -> None:
+    cfg = {"vocab_size": 32000, "n_bins": 256, "q01": [-1.0] * 6 + [0.0],
+           "q99": [1.0] * 6 + [1.0], "normalized": [True] * 6 + [False]}  # fmt: skip
+    centers = bin_centers(256)
+    assert centers.shape == (255,) and centers[0] == pytest.approx(-1 + 1 / 255)
+    # Token 31999 (the last id) is bin 0; 31744 (vocab - 256) would be bin 255, clipped to 254.
+    got = tokens_to_actions(np.array([31999, 31744, 31871, 31999, 31999, 31999, 31744]), cfg)
+    assert got[0] == pytest.approx(centers[0]) and got[1] == pytest.approx(centers[254])
+    assert got[6] == pytest.approx(centers[254])  # the gripper is not rescaled
+    half = tokens_to_actions(np.array([31871] * 7), {**cfg, "q01": [0.0] * 7, "q99": [2.0] * 7})
+    assert half[0] == pytest.approx(centers[128] + 1.0)
+
+
+def test_kv_cache_changes_nothing(tiny) -> None:
+    """Greedy decoding with the cache equals recomputing the whole sequence for each token."""
+    for seed in range(3):
+        obs = tiny.example_inputs(seed)
+        with_cache, _ = tiny.predict_action(**obs)
+        without, _ = tiny.predict_action(**obs, use_cache=False)
+        assert with_cache.tolist() == without.tolist()
+    assert len({tuple(tiny.predict_action(**tiny.example_inputs(s))[0]) for s in range(4)}) > 1
+
+
+def test_llm_graph_token_by_token_against_torch(fp32_bundle: Path, tiny) -> None:
+    """The bundle's llm graph in ONNX Runtime: prefill (empty cache) then each decode step,
+    logits and cache against torch's, and the same greedy token at every step."""
+    import onnxruntime as ort
+    import torch
+
+    from robopt_compile.zoo.vla import LlmStep, prompt_embeds
+
+    sess = ort.InferenceSession(str(fp32_bundle / "graphs" / "llm" / "model.onnx"))
+    step = LlmStep(tiny)
+    obs = tiny.example_inputs(77)
+    names = [f"past.{i}.{kv}" for i in range(tiny.config.llm_layers) for kv in "kv"]
+    with torch.no_grad():
+        x = prompt_embeds(tiny.llm.model.embed_tokens, obs["input_ids"],
+                          tiny.vision(obs["pixel_values"]))  # fmt: skip
+        ref = step(x, *step.empty_cache())
+        empty = {n: t.numpy() for n, t in zip(names, step.empty_cache(), strict=True)}
+        feeds = {"inputs_embeds": x.numpy(), **empty}
+        for _ in range(7):
+            got = sess.run(None, feeds)
+            np.testing.assert_allclose(got[0], ref[0].numpy(), atol=1e-4, rtol=1e-3)
+            for g, r in zip(got[1:], ref[1:], strict=True):
+                np.testing.assert_allclose(g, r.numpy(), atol=1e-4, rtol=1e-3)
+            assert int(np.argmax(got[0])) == int(ref[0].argmax())
+            tok = torch.tensor([[tiny.config.vocab_size - 256 + int(ref[0].argmax())]])
+            e = tiny.llm.model.embed_tokens(tok)
+            feeds = {"inputs_embeds": e.numpy(), **dict(zip(names, got[1:], strict=True))}
+            ref = step(e, *ref[1:])
+
+
+def test_bundle_driver_reproduces_torch_actions(fp32_bundle: Path, tiny) -> None:
+    from robopt_compile.bench.harness import run_benchmark
+
+    m = load_manifest(fp32_bundle)
+    assert [g["name"] for g in m["graphs"]] == ["vision", "embed", "llm"]
+    assert m["driver"]["kind"] == "vla-greedy" and m["parity"]["actions"]["token_agreement"] == 1
+    report = json.loads((fp32_bundle / "report.json").read_text())
+    assert all(c["passed"] for c in report["graph_checks"].values())
+    assert set(report["graph_checks"]) == {"vision", "embed", "llm", "llm-decode"}
+    # The stored reference is the torch model's own output on held-out observations.
+    with np.load(fp32_bundle / "reference" / "inputs.npz") as i, \
+            np.load(fp32_bundle / "reference" / "outputs.npz") as o:  # fmt: skip
+        import torch
+
+        tok, act = tiny.predict_action(torch.from_numpy(i["pixel_values"][3]),
+                                       torch.from_numpy(i["input_ids"][3]))  # fmt: skip
+        assert tok.tolist() == o["tokens"][3].tolist()
+        np.testing.assert_allclose(act, o["actions"][3])
+    r = run_benchmark(fp32_bundle, runs=5, warmup=1, threads=1)
+    assert r["fidelity"]["passed"] and r["fidelity"]["token_agreement"] == 1.0
+    assert r["actions_per_s"] > 0 and set(r["graph_ms_p50"]) == {"vision", "embed", "llm"}
+
+
+def test_int8_weight_bundle_is_smaller_and_its_token_bound_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """INT8 weights shrink every graph; the bundle is written only when the action tokens
+    agree with fp32 at least 1 - --max-accuracy-drop (default 95%), else one line, exit 4."""
+    code, _, err = run_cli(["zoo:openvla-tiny", "--threads", "1", "--precision", "int8-weight",
+                            "-o", str(tmp_path / "strict")], capsys)  # fmt: skip
+    if code == 0:
+        rep = json.loads((tmp_path / "strict" / "report.json").read_text())
+        assert rep["fidelity"]["token_agreement"] >= 0.95
+    else:
+        assert code == 4 and "of the action tokens agree" in err, err
+        assert_one_error_line(err)
+        assert not (tmp_path / "strict").exists()
+    m = _compile(tmp_path / "q", "--precision", "int8-weight", "--max-accuracy-drop", "0.5")
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    fp = {g: report["graphs"][g]["weight_bytes_fp32"] for g in ("vision", "embed", "llm")}
+    got = {g["name"]: g["weight_bytes"] for g in m["graphs"]}
+    assert {g["precision"] for g in m["graphs"]} == {"int8-weight"}
+    # The tiny ViT keeps its patch convolution and position table in fp32.
+    assert got["llm"] < 0.3 * fp["llm"] and got["embed"] < 0.3 * fp["embed"]
+    assert sum(got.values()) < 0.6 * sum(fp.values())
+    assert report["fidelity"]["token_agreement"] >= 0.5
+
+
+def _edit(bundle: Path, dest: Path, fn) -> Path:
+    shutil.copytree(bundle, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    fn(m)
+    (dest / "manifest.json").write_text(json.dumps(m))
+    return dest
+
+
+def test_manifest_rejects_an_inconsistent_multi_graph_bundle(
+    fp32_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def more_layers(m):
+        m["driver"]["config"]["layers"] = 3
+
+    def no_embed(m):
+        m["graphs"] = [g for g in m["graphs"] if g["name"] != "embed"]
+
+    def wide_vision(m):
+        m["graphs"][0]["outputs"][0]["shape"][-1] += 1
+
+    def unknown_driver(m):
+        m["driver"]["kind"] = "beam-search"
+
+    cases = {
+        "layers": (more_layers, "llm input 'past.2.k' is missing (driver.config.layers is 3)"),
+        "embed": (no_embed, "needs graph(s) ['embed']"),
+        "width": (wide_vision, "embedding widths differ"),
+        "driver": (unknown_driver, "driver 'beam-search' is not known"),
+    }
+    for name, (fn, msg) in cases.items():
+        bad = _edit(fp32_bundle, tmp_path / name, fn)
+        with pytest.raises(InputError, match=msg.replace("(", r"\(").replace(")", r"\)")
+                           .replace("[", r"\[").replace("]", r"\]")) as info:  # fmt: skip
+            load_manifest(bad, verify=False)
+        assert "\n" not in str(info.value)
+    from robopt_compile.bench.cli import main as bench_main
+
+    with pytest.raises(SystemExit) as exit_:
+        bench_main([str(tmp_path / "layers"), "--runs", "2"])
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert_one_error_line(capsys.readouterr().err.replace("robopt-bench", "robopt-compile"))
+
+
+def test_vla_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for extra, msg in ((["--precision", "int8"], "not built for a VLA"),
+                       (["-b", "tvm"], "onnxruntime or openvino")):  # fmt: skip
+        code, _, err = run_cli(["zoo:openvla-tiny", "-o", str(tmp_path / "x"), *extra], capsys)
+        assert code == EXIT_BAD_INPUT and msg in err, err
+        assert_one_error_line(err)
+        assert not (tmp_path / "x").exists()
+    from robopt_compile.zoo import load_zoo
+
+    with pytest.raises(InputError, match="multi-graph vla model"):
+        load_zoo("openvla-tiny")
+
+
+def test_7b_estimates_are_labelled_and_follow_the_roofline() -> None:
+    from robopt_compile.hwprofiles import load_profile
+    from robopt_compile.vla_estimates import estimate, jetson_table, weight_bytes
+    from robopt_compile.zoo.vla import OPENVLA_7B
+
+    n = OPENVLA_7B.parameter_counts()
+    assert 7.3e9 < n["total"] < 7.7e9  # OpenVLA-7B has 7.5B parameters
+    bf16, int4 = weight_bytes(OPENVLA_7B, "bf16"), weight_bytes(OPENVLA_7B, "int4-weight")
+    assert 14e9 < bf16["total"] < 16e9 and 4.5e9 < int4["total"] < 6e9
+    nano = load_profile("jetson-orin-nano-8gb")
+    e = estimate(OPENVLA_7B, nano, "int4-weight")
+    assert e["estimate"] is True and e["fits_in_memory"]
+    bw = nano.memory_bandwidth_gbs.value * 1e9
+    head = int4["lm_head"] * 256 / OPENVLA_7B.vocab_size
+    assert e["decode_ms_min"] == pytest.approx((int4["llm_layers"] + head) / bw * 1e3)
+    assert not estimate(OPENVLA_7B, nano, "bf16")["fits_in_memory"]  # 15 GB on an 8 GB board
+    rows = jetson_table(OPENVLA_7B)
+    assert {r["profile"] for r in rows} >= {"jetson-orin-nano-8gb", "jetson-agx-orin-64gb"}
+    with pytest.raises(ValueError, match="estimates"):
+        from robopt_compile.zoo.vla import make_vla
+
+        make_vla("openvla-7b")
+
+
+# --- diffusion policy ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddim_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from robopt_compile.cli import main
+
+    out = tmp_path_factory.mktemp("ddim") / "fp32"
+    try:
+        main(["zoo:diffusion-policy", "--threads", "1", "-o", str(out), "--json"])
+    except SystemExit as exc:
+        assert exc.code in (0, None), exc
+    return out
+
+
+def test_ddim_schedule_and_the_unet_shapes() -> None:
+    from robopt_compile.bench.driver import ddim_config
+    from robopt_compile.zoo.diffusion import make_diffusion
+
+    cfg = ddim_config(100, 10, 16, 7)
+    assert cfg["timesteps"] == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    acp = cfg["alpha_cumprod"]
+    assert all(a < b for a, b in itertools.pairwise(acp)) and acp[-1] < 1
+    assert cfg["alpha_cumprod_prev"][-1] == 1.0  # the last step lands on the clean sample
+    with pytest.raises(InputError, match="DDIM steps"):
+        ddim_config(100, 0, 16, 7)
+    m = make_diffusion()
+    r = m.eager_driver().step(m.example_inputs(1))
+    assert r.actions.shape == (16, 7) and np.all(np.abs(r.actions) <= 1.0)
+    again = m.eager_driver().step(m.example_inputs(1))
+    np.testing.assert_array_equal(r.actions, again.actions)  # fixed noise: deterministic
+
+
+def test_diffusion_bundle_reproduces_the_torch_policy(ddim_bundle: Path) -> None:
+    from robopt_compile.bench.harness import run_benchmark
+
+    m = load_manifest(ddim_bundle)
+    assert [g["name"] for g in m["graphs"]] == ["encoder", "denoiser"]
+    assert m["driver"]["kind"] == "ddim" and m["parity"]["actions"]["action_max_abs"] < 1e-3
+    r = run_benchmark(ddim_bundle, runs=3, warmup=1, threads=1)
+    assert r["fidelity"]["passed"] and r["fidelity"]["action_max_abs"] < 1e-3
+    assert set(r["graph_ms_p50"]) == {"encoder", "denoiser"}
+    bad = _edit(ddim_bundle, ddim_bundle.parent / "bad",
+                lambda d: d["driver"]["config"]["timesteps"].pop())  # fmt: skip
+    with pytest.raises(InputError, match="schedule's lists differ"):
+        load_manifest(bad, verify=False)
+
+
+def test_diffusion_refuses_weight_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["zoo:diffusion-policy", "--precision", "int4-weight", "-o",
+                            str(tmp_path / "x")], capsys)  # fmt: skip
+    assert code == EXIT_BAD_INPUT and "convolutions" in err and not (tmp_path / "x").exists()
+
+
+def test_a_local_model_folder_compiles_like_the_zoo_model(
+    fp32_bundle: Path, tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from robopt_compile.zoo.vla import save_folder
+
+    folder = tmp_path / "hf"
+    save_folder(tiny, folder)
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors"}
+    code, _, err = run_cli([str(folder), "--threads", "1", "-o", str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert m["model"]["source_kind"] == "folder" and m["parity"]["actions"]["token_agreement"] == 1
+    with np.load(tmp_path / "b" / "reference" / "outputs.npz") as a, \
+            np.load(fp32_bundle / "reference" / "outputs.npz") as b:  # fmt: skip
+        assert a["tokens"].tolist() == b["tokens"].tolist()  # the same weights, the same actions
+    other = tmp_path / "llama"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    code, _, err = run_cli([str(other), "-o", str(tmp_path / "c")], capsys)
+    assert code == EXIT_BAD_INPUT and "LlamaForCausalLM" in err and not (tmp_path / "c").exists()
+    assert_one_error_line(err)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli([str(empty), "-o", str(tmp_path / "d")], capsys)
+    assert code == EXIT_BAD_INPUT and "without config.json" in err
+
+
+def test_diffusion_builds_with_openvino_despite_its_mish_gap(tmp_path: Path) -> None:
+    """OpenVINO 2026.4's CPU code generator has no Mish kernel for the encoder's graph: the
+    build retries without snippets, records it, and the runner uses the same setting."""
+    from robopt_compile.cli import main
+
+    out = tmp_path / "ov"
+    try:
+        main(["zoo:diffusion-policy", "-b", "openvino", "--threads", "1", "-o", str(out),
+              "--json"])  # fmt: skip
+    except SystemExit as exc:
+        assert exc.code in (0, None), exc
+    m = load_manifest(out)
+    assert m["parity"]["actions"]["action_max_abs"] < 1e-3
+    enc = next(g for g in m["graphs"] if g["name"] == "encoder")["engine"]["config"]
+    if "snippets_mode" in enc:  # only where the installed OpenVINO lacks the kernel
+        assert enc["snippets_mode"] == "DISABLE" and "Mish" in enc["snippets_note"]
