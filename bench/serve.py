@@ -307,28 +307,38 @@ def _manifest_paths(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """(what, path relative to the bundle) for every path the manifest names."""
     for rel in manifest.get("files") or {}:
         yield "files entry", rel
-    engine = manifest.get("engine") or {}
-    edir = engine.get("dir", "engine")
-    yield "engine.dir", edir
-    under = f"{edir}/" if isinstance(edir, str) else ""
-    for rel in engine.get("files") or []:
-        yield "engine file", f"{under}{rel}" if isinstance(rel, str) else rel
-    config = engine.get("config") or {}
-    for key in ("model", "recipe"):
-        if key in config:
-            rel = config[key]
-            yield f"engine.config.{key}", f"{under}{rel}" if isinstance(rel, str) else rel
-    for rel, desc in ((engine.get("compressed") or {}).get("files") or {}).items():
-        yield "engine.compressed file", f"{under}{rel}"
-        if isinstance(desc, dict) and "original" in desc:
-            orig = desc["original"]
-            yield "engine.compressed original", f"{under}{orig}" if isinstance(orig, str) else orig
+    engines = [("engine", manifest.get("engine") or {})] if "graphs" not in manifest else []
+    for g in manifest.get("graphs") or []:  # a multi-graph bundle: every graph's engine
+        if isinstance(g, dict):
+            engines.append((f"graphs[{g.get('name')}].engine", g.get("engine") or {}))
+            for rel in g.get("model_files") or []:
+                yield f"graphs[{g.get('name')}].model_files entry", rel
+    for what, engine in engines:
+        yield from _engine_paths(what, engine)
     ref = manifest.get("reference") or {}
     for key in ("inputs", "outputs"):
         if key in ref:
             yield f"reference.{key}", ref[key]
     for rel in (manifest.get("build") or {}).get("model_files") or []:
         yield "build.model_files entry", rel
+
+
+def _engine_paths(what: str, engine: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    edir = engine.get("dir", "engine")
+    yield f"{what}.dir", edir
+    under = f"{edir}/" if isinstance(edir, str) else ""
+    for rel in engine.get("files") or []:
+        yield f"{what} file", f"{under}{rel}" if isinstance(rel, str) else rel
+    config = engine.get("config") or {}
+    for key in ("model", "recipe"):
+        if key in config:
+            rel = config[key]
+            yield f"{what}.config.{key}", f"{under}{rel}" if isinstance(rel, str) else rel
+    for rel, desc in ((engine.get("compressed") or {}).get("files") or {}).items():
+        yield f"{what}.compressed file", f"{under}{rel}"
+        if isinstance(desc, dict) and "original" in desc:
+            orig = desc["original"]
+            yield f"{what}.compressed original", f"{under}{orig}" if isinstance(orig, str) else orig
 
 
 def validate_bundle(root: Path) -> dict[str, Any]:

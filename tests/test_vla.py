@@ -323,3 +323,25 @@ def test_diffusion_builds_with_openvino_despite_its_mish_gap(tmp_path: Path) -> 
     enc = next(g for g in m["graphs"] if g["name"] == "encoder")["engine"]["config"]
     if "snippets_mode" in enc:  # only where the installed OpenVINO lacks the kernel
         assert enc["snippets_mode"] == "DISABLE" and "Mish" in enc["snippets_note"]
+
+
+def test_remote_benchmark_of_a_multi_graph_bundle(fp32_bundle: Path, tmp_path: Path) -> None:
+    """robopt-bench serve runs the driver loop on the robot side; every graph's engine path
+    is confined to the bundle (422 before anything runs)."""
+    from robopt_compile.bench.remote import remote_benchmark
+    from robopt_compile.bench.serve import BenchServer
+
+    token = "vla-test-token-0123456789abcdef"
+    srv = BenchServer(token, port=0, work_dir=tmp_path / "work", log=lambda line: None).start()
+    try:
+        r = remote_benchmark(fp32_bundle, srv.url, token, runs=2, warmup=0, threads=1)
+        assert r["driver"] == "vla-greedy" and r["fidelity"]["passed"]
+
+        def escape(m: dict) -> None:
+            m["graphs"][2]["engine"]["config"]["model"] = "../../x.onnx"
+
+        bad = _edit(fp32_bundle, tmp_path / "bad", escape)
+        with pytest.raises(InputError, match=r"graphs\[llm\]\.engine\.config\.model"):
+            remote_benchmark(bad, srv.url, token, runs=2, retries=0, verify=False)
+    finally:
+        srv.close(grace_s=5)
