@@ -42,7 +42,12 @@ PLAN = {
     "fp32": {"vision": "fp32", "embed": "fp32", "llm": "fp32"},
     "int8-weight": {"vision": "int8-weight", "embed": "int8-weight", "llm": "int8-weight"},
     "int4-weight": {"vision": "int8-weight", "embed": "int8-weight", "llm": "int4-weight"},
+    # Static INT8 for the vision encoder (calibrated on images, accuracy guard), INT8 weights
+    # for the language model.
+    "int8": {"vision": "int8", "embed": "int8-weight", "llm": "int8-weight"},
 }
+CALIB_SEED = 40_000  # observations whose images calibrate the static INT8 vision encoder
+CALIB_IMAGES = 32
 WEIGHT_PASS = {
     # Measured on openvla-mini here (1 thread, one run each, ms per action): 8-bit weights
     # 2399 with ORT's default compute vs 739 with accuracy_level 4 (int8 activations, VNNI/AMX;
@@ -196,7 +201,42 @@ def _graph_precision(precision: str) -> dict[str, str]:
             f"--precision {precision} is not built for a VLA in this version; choose one of "
             f"{', '.join(PLAN)} (per graph: {json.dumps(PLAN['int4-weight'])} for int4-weight)."
         )
-    return PLAN[precision]
+    return dict(PLAN[precision])
+
+
+def _static_int8(
+    graph: Any, model: Any, opts: Any, backend: Any, profile: Any, info: dict[str, Any],
+    progress: Progress,
+) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The vision graph through robopt's static INT8 path, calibrated on ``--calibration``
+    (``pixel_values``) or on the images of observations the checks never use (seeds from
+    :data:`CALIB_SEED`); the guard's held-out relative L2 of ``image_embeds`` (default bound
+    0.01) decides, with mixed precision or a rollback to fp32."""
+    import tempfile
+    from dataclasses import replace
+
+    from robopt_compile.passes.base import PassRunner
+    from robopt_compile.quantize import quantize
+
+    with tempfile.TemporaryDirectory(prefix="robopt-vla-calib-") as d:
+        path = Path(d) / "images.npz"
+        pixels = np.stack([model.example_inputs(CALIB_SEED + i)["pixel_values"].numpy()
+                           for i in range(CALIB_IMAGES)])  # fmt: skip
+        np.savez(path, pixel_values=pixels)
+        # --calibration (an .npz or folder of pixel_values) when given, else the synthetic
+        # observations' images.
+        user = opts.quant.calibration
+        q = replace(opts.quant, calibration=user or str(path), max_drop=None)
+        res = quantize(graph, backend, profile, "int8", opts.threads, q, PassRunner([]))
+    rolled = bool(res.report.get("rolled_back"))
+    info = {**info, "pass": "static int8 (robopt_compile/quantize.py)",
+            "quantization": res.report, "rolled_back": rolled}  # fmt: skip
+    if res.report.get("rolled_back"):
+        progress(f"vision int8 rolled back to fp32: {res.report.get('rollback_reason')}",
+                 "note", 0.0)  # fmt: skip
+        info["precision"] = "fp32"
+        return graph, info
+    return res.model, info
 
 
 def compile_vla(
@@ -248,6 +288,11 @@ def compile_vla(
                 if g == "embed" and p != "fp32":
                     graphs[g] = embed_graph(table, p)
                     info["pass"] = "int8 per-row table (robopt)"
+                elif p == "int8":  # static INT8 with its accuracy guard (quantize.py)
+                    graphs[g], info = _static_int8(graphs[g], model, opts, backend, profile,
+                                                   info, progress)  # fmt: skip
+                    if info.get("rolled_back"):
+                        plan[g] = "fp32"
                 elif p != "fp32":
                     pname, kw = WEIGHT_PASS[(backend.name, p)]
                     pas = get_pass_class(pname)(**kw)

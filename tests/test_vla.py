@@ -190,7 +190,7 @@ def test_manifest_rejects_an_inconsistent_multi_graph_bundle(
 
 
 def test_vla_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for extra, msg in ((["--precision", "int8"], "not built for a VLA"),
+    for extra, msg in ((["--precision", "int8-dynamic"], "not built for a VLA"),
                        (["-b", "tvm"], "onnxruntime or openvino")):  # fmt: skip
         code, _, err = run_cli(["zoo:openvla-tiny", "-o", str(tmp_path / "x"), *extra], capsys)
         assert code == EXIT_BAD_INPUT and msg in err, err
@@ -345,3 +345,15 @@ def test_remote_benchmark_of_a_multi_graph_bundle(fp32_bundle: Path, tmp_path: P
             remote_benchmark(bad, srv.url, token, runs=2, retries=0, verify=False)
     finally:
         srv.close(grace_s=5)
+
+
+def test_int8_quantizes_the_vision_encoder_statically(tmp_path: Path) -> None:
+    m = _compile(tmp_path / "s", "--precision", "int8", "--max-accuracy-drop", "0.5")
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    vision = report["graphs"]["vision"]
+    assert vision["pass"].startswith("static int8") and "quantization" in vision
+    q = vision["quantization"]
+    assert q["final"]["drop"] <= 0.01 or q["rolled_back"]  # the guard's bound on image_embeds
+    precisions = {g["name"]: g["precision"] for g in m["graphs"]}
+    assert precisions == {"vision": "fp32" if q["rolled_back"] else "int8",
+                          "embed": "int8-weight", "llm": "int8-weight"}  # fmt: skip
