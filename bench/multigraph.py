@@ -115,7 +115,7 @@ def run_graph_benchmark(
         for _ in range(warmup):
             driver.step(first)
         samples, graph_ms = [], {g["name"]: [] for g in manifest["graphs"]}
-        for i in range(runs):
+        for _ in range(runs):
             t = time.perf_counter_ns()
             r = driver.step(first)
             samples.append(time.perf_counter_ns() - t)
@@ -123,7 +123,6 @@ def run_graph_benchmark(
                 graph_ms.setdefault(k, []).append(v)
             if progress is not None:
                 progress(1)
-            del i
         paced = None
         if control_rate is not None:
             paced = paced_loop(lambda: driver.step(first), control_rate, runs, lambda: None)
