@@ -29,41 +29,49 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def graph_fidelity(
+def token_fidelity(
     ref_tokens: np.ndarray, ref_actions: np.ndarray, tokens: np.ndarray, actions: np.ndarray,
-    min_agreement: float,
+    min_agreement: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Token agreement, action error and gripper flips; passed when agreement holds."""
+    """A VLA's (N x 7) action tokens and actions against the reference: token agreement (all,
+    first, whole actions), action error per dimension and in L2, gripper (last dimension)
+    flips; with ``min_agreement``, ``passed`` when the agreement holds."""
+    ref_tokens, tokens = np.asarray(ref_tokens), np.asarray(tokens)
     diff = np.asarray(actions, np.float64) - np.asarray(ref_actions, np.float64)
     l2 = np.linalg.norm(diff, axis=1)
-    agree = float(np.mean(np.asarray(tokens) == np.asarray(ref_tokens)))
     grip, ref_grip = np.asarray(actions)[:, -1] > 0.5, np.asarray(ref_actions)[:, -1] > 0.5
-    flips = int(np.sum(grip != ref_grip))
-    return {
-        "observations": len(tokens),
-        "token_agreement": agree,
-        "min_token_agreement": min_agreement,
+    out: dict[str, Any] = {
+        "observations": int(ref_tokens.shape[0]),
+        "token_agreement": float(np.mean(ref_tokens == tokens)),
+        "first_token_agreement": float(np.mean(ref_tokens[:, 0] == tokens[:, 0])),
+        "all_tokens_equal": float(np.mean(np.all(ref_tokens == tokens, axis=1))),
         "action_mae_per_dim": np.mean(np.abs(diff), axis=0).round(6).tolist(),
         "action_l2": {"mean": float(l2.mean()), "max": float(l2.max())},
-        "gripper_flips": flips,
-        "passed": agree >= min_agreement - 1e-12,
+        "gripper_flips": int(np.sum(grip != ref_grip)),
     }
+    if min_agreement is not None:
+        out["min_token_agreement"] = min_agreement
+        out["passed"] = out["token_agreement"] >= min_agreement - 1e-12
+    return out
 
 
-def chunk_fidelity(ref: np.ndarray, got: np.ndarray, atol: float) -> dict[str, Any]:
-    """Continuous actions (a diffusion policy's chunks at fixed noise) against the reference:
-    passed when every element is within ``atol``."""
+def chunk_fidelity(ref: np.ndarray, got: np.ndarray, atol: float | None = None) -> dict[str, Any]:
+    """Continuous action chunks (a diffusion policy's, N x horizon x dim, at fixed noise)
+    against the reference: error per dimension, max, L2 and relative L2; with ``atol``,
+    ``passed`` when every element is within it."""
     diff = np.asarray(got, np.float64) - np.asarray(ref, np.float64)
-    return {
+    l2 = np.linalg.norm(diff.reshape(len(diff), -1), axis=1)
+    out: dict[str, Any] = {
         "observations": int(diff.shape[0]),
+        "action_mae_per_dim": np.mean(np.abs(diff), axis=(0, 1)).round(6).tolist(),
         "action_max_abs": float(np.max(np.abs(diff))),
-        "action_l2": {
-            "mean": float(np.linalg.norm(diff.reshape(len(diff), -1), axis=1).mean()),
-            "max": float(np.linalg.norm(diff.reshape(len(diff), -1), axis=1).max()),
-        },
-        "action_atol": atol,
-        "passed": float(np.max(np.abs(diff))) <= atol,
+        "action_l2": {"mean": float(l2.mean()), "max": float(l2.max())},
+        "relative_l2": float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-12)),
     }
+    if atol is not None:
+        out["action_atol"] = atol
+        out["passed"] = out["action_max_abs"] <= atol
+    return out
 
 
 def run_graph_benchmark(
@@ -105,7 +113,7 @@ def run_graph_benchmark(
         first_ms = (time.perf_counter() - t0) * 1e3 / n
         actions = np.stack([s.actions for s in steps])
         if "tokens" in want:
-            fid = graph_fidelity(
+            fid = token_fidelity(
                 want["tokens"], want["actions"], np.stack([s.tokens for s in steps]), actions,
                 float(ref.get("min_token_agreement", 1.0)),
             )  # fmt: skip

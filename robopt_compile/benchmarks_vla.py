@@ -35,12 +35,24 @@ def median_ms(fn: Callable[[], Any], runs: int) -> float:
     return statistics.median(times)
 
 
+def _compile_or_row(source: str, out: Path, opts: Any, rows: list[dict[str, Any]]) -> Any:
+    """``compile_model``'s result, or None after appending a row saying why the build failed."""
+    from robopt_compile.pipeline import compile_model
+
+    try:
+        return compile_model(source, out, opts, force=True)
+    except Exception as exc:  # a build that fails is a row saying why
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        rows.append({"backend": opts.backend, "precision": opts.precision, "error": error})
+        return None
+
+
 def bench_vla(work: Path, log: Callable[[str], None], runs: int = 10) -> dict[str, Any]:
     """Eager vs every build; the 7B estimates per Jetson profile."""
     import torch
 
     from robopt_compile.bench.harness import run_benchmark
-    from robopt_compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.pipeline import CompileOptions
     from robopt_compile.quantize import QuantOptions
     from robopt_compile.vla_compile import HELDOUT_SEED
     from robopt_compile.vla_estimates import jetson_table
@@ -65,16 +77,8 @@ def bench_vla(work: Path, log: Callable[[str], None], runs: int = 10) -> dict[st
             threads=1,
             quant=QuantOptions(max_drop=1.0),
         )  # measure, never refuse
-        try:
-            res = compile_model(f"zoo:{MODEL}", out, opts, force=True)
-        except Exception as exc:  # a build that fails is a row saying why
-            rows.append(
-                {
-                    "backend": backend,
-                    "precision": precision,
-                    "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                }
-            )
+        res = _compile_or_row(f"zoo:{MODEL}", out, opts, rows)
+        if res is None:
             continue
         compile_s = time.perf_counter() - t
         r = run_benchmark(out, runs=runs, warmup=2, threads=1, verify=False)
@@ -110,7 +114,7 @@ def bench_diffusion(work: Path, log: Callable[[str], None], runs: int) -> dict[s
 
     from robopt_compile.bench.harness import run_benchmark
     from robopt_compile.diffusion_compile import HELDOUT_SEED
-    from robopt_compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.pipeline import CompileOptions
     from robopt_compile.zoo.diffusion import DIFFUSION, describe, make_diffusion
 
     torch.set_num_threads(1)
@@ -124,16 +128,8 @@ def bench_diffusion(work: Path, log: Callable[[str], None], runs: int) -> dict[s
             out = Path(work) / "ddim" / f"{backend}-{precision}"
             log(f"[bench] diffusion: compile {backend} {precision}")
             opts = CompileOptions(target="host", backend=backend, precision=precision, threads=1)
-            try:
-                res = compile_model("zoo:diffusion-policy", out, opts, force=True)
-            except Exception as exc:
-                rows.append(
-                    {
-                        "backend": backend,
-                        "precision": precision,
-                        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                    }
-                )
+            res = _compile_or_row("zoo:diffusion-policy", out, opts, rows)
+            if res is None:
                 continue
             r = run_benchmark(out, runs=runs, warmup=2, threads=1, verify=False)
             fid = res.report["fidelity"]

@@ -108,7 +108,8 @@ class CompileRecorder:
                     )
             for name, value in _metrics(report, manifest).items():
                 s.emit("metric", name=name, value=value)
-            s.add_result("compile", _summary(result))
+            summary = _summary(result)
+            s.add_result("compile", summary)
             size = sum(p.stat().st_size for p in Path(result.out).rglob("*") if p.is_file())
             limit = float(os.environ.get("ROBOPT_STORE_BUNDLE_MAX_MB", "512")) * 2**20
             if size <= limit:
@@ -135,7 +136,7 @@ class CompileRecorder:
                     "precision": manifest["precision"],
                 },
             )
-            s.finish({**_summary(result), "bundle_tree": tree})
+            s.finish({**summary, "bundle_tree": tree})
 
         self._safe(finish)
 

@@ -645,24 +645,21 @@ def _compile_rest(
         if simplify_report and simplify_report.get("parity"):
             parity["simplify"] = simplify_report["parity"]
         parity["engine"] = engine_fig
+        from robopt_compile.graph_bundle import manifest_common
+
         manifest = {
-            "schema_version": bundle.SCHEMA_VERSION,
-            "robopt_version": bundle.tool_versions()["robopt"],
-            "created_utc": bundle.utc_now(),
-            "model": {"name": src.name, "source": src.source, "source_kind": src.kind},
+            **manifest_common(
+                {"name": src.name, "source": src.source, "source_kind": src.kind},
+                profile,
+                backend,
+                precision,
+                opts.precision,
+                opts.threads,
+            ),
             "inputs": [s.to_json() for s in rir.input_specs(model)],
             "outputs": [s.to_json() for s in rir.output_specs(model)],
-            "target": {
-                "profile": profile.name,
-                "arch": profile.arch,
-                "description": profile.description,
-            },
-            "backend": backend.name,
-            "precision": precision,
-            "requested_precision": opts.precision,
             "engine": engine_json,
             "files": bundle.hash_tree(tmp),
-            "tool_versions": bundle.tool_versions(),
             "parity": parity,
             "reference": {
                 "inputs": "reference/inputs.npz",

@@ -20,6 +20,7 @@ observations: action-token agreement, continuous action error per dimension, gri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -58,12 +59,6 @@ WEIGHT_PASS = {
     ("openvino", "int4-weight"): ("weight-only-nncf", {"bits": 4}),
 }
 DEFAULT_MIN_AGREEMENT = 0.95
-
-
-def _stage(progress: Progress, name: str, timings: dict[str, float]):
-    from robopt_compile.pipeline import _stage as stage
-
-    return stage(progress, name, timings)
 
 
 def export_graphs(model: Any) -> dict[str, Any]:
@@ -174,27 +169,6 @@ def heldout_observations(model: Any, n: int = HELDOUT) -> list[dict[str, Any]]:
     return [model.example_inputs(HELDOUT_SEED + i) for i in range(n)]
 
 
-def action_fidelity(
-    ref_tokens: np.ndarray, ref_actions: np.ndarray, tokens: np.ndarray, actions: np.ndarray,
-    gripper_dim: int = 6,
-) -> dict[str, Any]:  # fmt: skip
-    """Token agreement, action error per dimension and in L2, gripper flips (N x 7 arrays)."""
-    ref_tokens, tokens = np.asarray(ref_tokens), np.asarray(tokens)
-    diff = np.asarray(actions, np.float64) - np.asarray(ref_actions, np.float64)
-    l2 = np.linalg.norm(diff, axis=1)
-    ref_open = np.asarray(ref_actions)[:, gripper_dim] > 0.5
-    open_ = np.asarray(actions)[:, gripper_dim] > 0.5
-    return {
-        "observations": int(ref_tokens.shape[0]),
-        "token_agreement": float(np.mean(ref_tokens == tokens)),
-        "first_token_agreement": float(np.mean(ref_tokens[:, 0] == tokens[:, 0])),
-        "all_tokens_equal": float(np.mean(np.all(ref_tokens == tokens, axis=1))),
-        "action_mae_per_dim": np.mean(np.abs(diff), axis=0).round(6).tolist(),
-        "action_l2": {"mean": float(l2.mean()), "max": float(l2.max())},
-        "gripper_flips": int(np.sum(ref_open != open_)),
-    }
-
-
 def _graph_precision(precision: str) -> dict[str, str]:
     if precision not in PLAN:
         raise InputError(
@@ -247,18 +221,20 @@ def compile_vla(
     from robopt_compile import bundle
     from robopt_compile import ir as rir
     from robopt_compile.bench.driver import VlaGreedyDriver
+    from robopt_compile.bench.multigraph import token_fidelity
+    from robopt_compile.graph_bundle import (
+        build_graphs,
+        check_backend,
+        graph_entries,
+        manifest_common,
+    )
     from robopt_compile.numerics import judge
     from robopt_compile.passes import get_pass_class
-    from robopt_compile.pipeline import CompileResult
-    from robopt_compile.targets import BuildOptions
+    from robopt_compile.pipeline import CompileResult, _stage, write_report
     from robopt_compile.zoo.vla import describe, load_folder, make_vla
 
     plan = _graph_precision(opts.precision)
-    if backend.name not in ("onnxruntime", "openvino"):
-        raise InputError(
-            f"a VLA bundle is built with onnxruntime or openvino in this version, not "
-            f"{backend.name!r}; pass -b onnxruntime or -b openvino."
-        )
+    check_backend(backend, "VLA")
     max_disagree = opts.quant.max_drop if opts.quant.max_drop is not None else (
         1 - DEFAULT_MIN_AGREEMENT)  # fmt: skip
     with _stage(progress, "export", timings):
@@ -301,24 +277,13 @@ def compile_vla(
                     info["pass_report"] = getattr(pas, "report", {})
                 info["weight_bytes"] = rir.weight_bytes(graphs[g])
                 report["graphs"][g] = info
-        entries = []
         with _stage(progress, "build", timings):
-            for g in GRAPHS:
-                gdir = tmp / "graphs" / g
-                files = rir.save(graphs[g], gdir / "model.onnx")
-                art = backend.build(
-                    gdir / "model.onnx", profile,
-                    BuildOptions(precision=plan[g], threads=opts.threads), gdir / "engine",
-                )  # fmt: skip
-                entries.append((g, files, art))
+            built = build_graphs(graphs, plan, backend, profile, opts.threads, tmp)
         checks: dict[str, Any] = {}
         with _stage(progress, "verify", timings):
-            runners = {}
-            import contextlib
-
             with contextlib.ExitStack() as stack:
-                for g, _, art in entries:
-                    runners[g] = stack.enter_context(backend.runner(art, opts.threads))
+                runners = {b.name: stack.enter_context(backend.runner(b.artifact, opts.threads))
+                           for b in built}  # fmt: skip
                 for check in (*GRAPHS, "llm-decode"):
                     g = check.split("-")[0]
                     got = runners[g].infer(refs[check]["in"])
@@ -331,7 +296,7 @@ def compile_vla(
                 loop_s = time.perf_counter() - t0
             tokens = np.stack([s.tokens for s in steps])
             actions = np.stack([s.actions for s in steps])
-            fid = action_fidelity(ref_tokens, ref_actions, tokens, actions)
+            fid = token_fidelity(ref_tokens, ref_actions, tokens, actions)
             fid["driver_seconds"] = loop_s
             disagree = 1 - fid["token_agreement"]
             fid["max_token_disagreement"] = max_disagree
@@ -366,29 +331,12 @@ def compile_vla(
             "stage_seconds": {k: round(v, 4) for k, v in timings.items()},
         })  # fmt: skip
         bundle.write_json(tmp / "report.json", report)
-        graph_json = []
-        for g, files, art in entries:
-            graph_json.append({
-                "name": g,
-                "precision": plan[g],
-                "model_files": [f"graphs/{g}/{f.name}" for f in files],
-                "engine": {"dir": f"graphs/{g}/engine", **art.to_json()},
-                "inputs": [s.to_json() for s in rir.input_specs(graphs[g])],
-                "outputs": [s.to_json() for s in rir.output_specs(graphs[g])],
-                "weight_bytes": report["graphs"][g]["weight_bytes"],
-            })  # fmt: skip
         manifest = {
-            "schema_version": bundle.SCHEMA_VERSION,
-            "robopt_version": bundle.tool_versions()["robopt"],
-            "created_utc": bundle.utc_now(),
-            "model": {"name": name, "source": source, "source_kind": source_kind,
-                      "kind": "vla"},
-            "target": {"profile": profile.name, "arch": profile.arch,
-                       "description": profile.description},
-            "backend": backend.name,
-            "precision": opts.precision,
-            "requested_precision": opts.precision,
-            "graphs": graph_json,
+            **manifest_common(
+                {"name": name, "source": source, "source_kind": source_kind, "kind": "vla"},
+                profile, backend, opts.precision, opts.precision, opts.threads,
+            ),
+            "graphs": graph_entries(built, graphs, plan),
             "driver": {"kind": "vla-greedy", "config": c.driver_config()},
             "inputs": [{"name": "pixel_values", "shape": [1, 3, c.image_size, c.image_size],
                         "dtype": "float32"},
@@ -399,13 +347,9 @@ def compile_vla(
                           "heldout_seed": HELDOUT_SEED},
             "parity": {"graphs": {g: {"passed": checks[g]["passed"]} for g in checks},
                        "actions": fid},
-            "build": {"threads": opts.threads},
-            "tool_versions": bundle.tool_versions(),
         }  # fmt: skip
         manifest["files"] = bundle.hash_tree(tmp)
         bundle.write_json(tmp / bundle.MANIFEST, manifest)
     with _stage(progress, "report", timings):
-        from robopt_compile.pipeline import write_report
-
         write_report(out, progress)
     return CompileResult(out=out, manifest=manifest, report=report, facts={})

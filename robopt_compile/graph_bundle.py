@@ -1,0 +1,94 @@
+"""What the bundle writers share: the manifest's common fields (every bundle), and for the
+multi-graph compilers (vla_compile.py, diffusion_compile.py) the backend check, saving and
+building each graph, and the manifest's graph entries (docs/BUNDLE.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robopt_compile.errors import InputError
+
+BACKENDS = ("onnxruntime", "openvino")
+
+
+def check_backend(backend: Any, what: str) -> None:
+    """Multi-graph bundles are built with ONNX Runtime or OpenVINO; else one InputError."""
+    if backend.name not in BACKENDS:
+        raise InputError(
+            f"a {what} bundle is built with onnxruntime or openvino in this version, not "
+            f"{backend.name!r}; pass -b onnxruntime or -b openvino."
+        )
+
+
+@dataclass
+class BuiltGraph:
+    name: str
+    files: list[Path]  # the saved model.onnx (and its .data)
+    artifact: Any
+
+
+def build_graphs(
+    graphs: Mapping[str, Any], precisions: Mapping[str, str], backend: Any, profile: Any,
+    threads: int | None, root: Path,
+) -> list[BuiltGraph]:  # fmt: skip
+    """Save each graph of ``precisions`` (in its order) as ``graphs/NAME/model.onnx`` under
+    ``root`` and build its engine in ``graphs/NAME/engine`` at its own precision."""
+    from robopt_compile import ir as rir
+    from robopt_compile.targets import BuildOptions
+
+    built = []
+    for name in precisions:  # in the order the driver first runs them
+        gdir = root / "graphs" / name
+        files = rir.save(graphs[name], gdir / "model.onnx")
+        options = BuildOptions(precision=precisions[name], threads=threads)
+        art = backend.build(gdir / "model.onnx", profile, options, gdir / "engine")
+        built.append(BuiltGraph(name, files, art))
+    return built
+
+
+def graph_entries(
+    built: Sequence[BuiltGraph], graphs: Mapping[str, Any], precisions: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The manifest's ``graphs`` list."""
+    from robopt_compile import ir as rir
+
+    return [
+        {
+            "name": b.name,
+            "precision": precisions[b.name],
+            "model_files": [f"graphs/{b.name}/{f.name}" for f in b.files],
+            "engine": {"dir": f"graphs/{b.name}/engine", **b.artifact.to_json()},
+            "inputs": [s.to_json() for s in rir.input_specs(graphs[b.name])],
+            "outputs": [s.to_json() for s in rir.output_specs(graphs[b.name])],
+            "weight_bytes": rir.weight_bytes(graphs[b.name]),
+        }
+        for b in built
+    ]
+
+
+def manifest_common(
+    model: dict[str, Any], profile: Any, backend: Any, precision: str, requested: str,
+    threads: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The fields every bundle manifest starts with (``files`` is added last)."""
+    from robopt_compile import bundle
+
+    return {
+        "schema_version": bundle.SCHEMA_VERSION,
+        "robopt_version": bundle.tool_versions()["robopt"],
+        "created_utc": bundle.utc_now(),
+        "model": model,
+        "target": {
+            "profile": profile.name,
+            "arch": profile.arch,
+            "description": profile.description,
+        },
+        "backend": backend.name,
+        "precision": precision,
+        "requested_precision": requested,
+        "build": {"threads": threads},
+        "tool_versions": bundle.tool_versions(),
+    }
