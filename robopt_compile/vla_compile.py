@@ -213,6 +213,20 @@ def _static_int8(
     return res.model, info
 
 
+def require_transformers() -> None:
+    """The VLA is built from transformers 5 components: without them, one line naming the
+    extra (exit 3), before any work."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        from robopt_compile.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "an OpenVLA-style model needs transformers 5 (DINOv2, SigLIP, Llama): "
+            "pip install 'robopt-compile[vla]'."
+        )
+
+
 def compile_vla(
     source: str, out: Path, opts: Any, profile: Any, backend: Any, force: bool,
     progress: Progress, timings: dict[str, float],
@@ -233,6 +247,7 @@ def compile_vla(
     from robopt_compile.pipeline import CompileResult, _stage, write_report
     from robopt_compile.zoo.vla import describe, load_folder, make_vla
 
+    require_transformers()
     plan = _graph_precision(opts.precision)
     check_backend(backend, "VLA")
     max_disagree = opts.quant.max_drop if opts.quant.max_drop is not None else (

@@ -357,3 +357,19 @@ def test_int8_quantizes_the_vision_encoder_statically(tmp_path: Path) -> None:
     precisions = {g["name"]: g["precision"] for g in m["graphs"]}
     assert precisions == {"vision": "fp32" if q["rolled_back"] else "int8",
                           "embed": "int8-weight", "llm": "int8-weight"}  # fmt: skip
+
+
+def test_missing_transformers_is_one_line_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args):
+        return None if name == "transformers" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    code, _, err = run_cli(["zoo:openvla-tiny", "-o", str(tmp_path / "x")], capsys)
+    assert code == 3 and "robopt-compile[vla]" in err and not (tmp_path / "x").exists()
+    assert_one_error_line(err)
