@@ -24,7 +24,7 @@ from .driver import make_driver
 from .stats import control_loop_stats, latency_stats
 
 
-def _load(path: Path) -> dict[str, np.ndarray]:
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
@@ -74,6 +74,28 @@ def chunk_fidelity(ref: np.ndarray, got: np.ndarray, atol: float | None = None) 
     return out
 
 
+def open_driver(
+    root: Path, manifest: dict[str, Any], threads: int | None, stack: contextlib.ExitStack
+) -> Any:
+    """The bundle's driver over a runner per graph; the runners live as long as ``stack``."""
+    backend = get_backend(manifest["backend"])
+    backend.require()
+    runners = {}
+    for g in manifest["graphs"]:
+        eng = g["engine"]
+        art = Artifact.from_json({"backend": manifest["backend"], **eng}, root / eng["dir"])
+        try:
+            runners[g["name"]] = stack.enter_context(backend.runner(art, threads))
+        except RoboptError:
+            raise
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"{backend.name} could not load graph {g['name']!r}: "
+                f"{str(exc).splitlines()[0][:200]}"
+            ) from exc
+    return make_driver(manifest["driver"]["kind"], runners, manifest["driver"]["config"])
+
+
 def run_graph_benchmark(
     root: Path,
     manifest: dict[str, Any],
@@ -86,28 +108,14 @@ def run_graph_benchmark(
 ) -> dict[str, Any]:
     """Fidelity of the driver loop on the reference observations, then ``runs`` timed steps."""
     backend = get_backend(manifest["backend"])
-    backend.require()
     ref = manifest["reference"]
-    obs = _load(root / ref["inputs"])
-    want = _load(root / ref["outputs"])
+    obs = load_arrays(root / ref["inputs"])
+    want = load_arrays(root / ref["outputs"])
     n = next(iter(obs.values())).shape[0]
     with contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
-        runners = {}
-        for g in manifest["graphs"]:
-            eng = g["engine"]
-            art = Artifact.from_json({"backend": manifest["backend"], **eng}, root / eng["dir"])
-            try:
-                runners[g["name"]] = stack.enter_context(backend.runner(art, threads))
-            except RoboptError:
-                raise
-            except Exception as exc:
-                raise BackendUnavailableError(
-                    f"{backend.name} could not load graph {g['name']!r}: "
-                    f"{str(exc).splitlines()[0][:200]}"
-                ) from exc
+        driver = open_driver(root, manifest, threads, stack)
         load_ms = (time.perf_counter() - t0) * 1e3
-        driver = make_driver(manifest["driver"]["kind"], runners, manifest["driver"]["config"])
         t0 = time.perf_counter()
         steps = [driver.step({k: v[i] for k, v in obs.items()}) for i in range(n)]
         first_ms = (time.perf_counter() - t0) * 1e3 / n

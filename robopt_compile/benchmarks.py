@@ -47,9 +47,11 @@ HELP_MAX_S = 1.0
 
 
 def interleaved_median_ms(
-    fns: dict[str, Callable[[], Any]], rounds: int, per_round: int, warmup: int = 5
-) -> dict[str, float]:
-    """Median latency in ms of each callable, timed in interleaved rounds."""
+    fns: dict[str, Callable[[], Any]], rounds: int, per_round: int, warmup: int = 5,
+    on_result: Callable[[str, Any], None] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Median latency in ms of each callable, timed in interleaved rounds (``on_result``
+    sees each timed call's return value)."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         for _ in range(warmup):
@@ -58,8 +60,10 @@ def interleaved_median_ms(
         for k, fn in fns.items():
             for _ in range(per_round):
                 t = time.perf_counter_ns()
-                fn()
+                out = fn()
                 samples[k].append((time.perf_counter_ns() - t) / 1e6)
+                if on_result is not None:
+                    on_result(k, out)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

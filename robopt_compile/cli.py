@@ -209,6 +209,13 @@ class _StageLog:
     "or int4-weight (weight-only).",
 )
 @click.option(
+    "--activations",
+    type=click.Choice(["fp32", "bf16"]),
+    help="Multi-graph bundles (VLA, diffusion policy) on OpenVINO: the precision the engines "
+    "compute in, whatever the weights' (--precision int4-weight --activations bf16: INT4 "
+    "weights, bf16 arithmetic on AMX / AVX-512 BF16). Default: that of --precision.",
+)
+@click.option(
     "--calibration",
     help="Calibration data: a folder of .npy/.npz samples, one .npz with a leading sample "
     "axis, package.module:iterator, or 'random' (accuracy figures then meaningless). A "
@@ -371,6 +378,7 @@ def compile_cmd(
     out: Path,
     backend: str | None,
     precision: str,
+    activations: str | None,
     calibration: str | None,
     calib_method: str | None,
     max_accuracy_drop: float | None,
@@ -442,6 +450,7 @@ def compile_cmd(
         eval=parse_eval_spec(eval_spec) if eval_spec else None,
         eval_criteria=Criteria(max_return_drop, max_success_drop),
         cache=not no_cache,
+        activations=activations,
     )
     if (max_return_drop is not None or max_success_drop is not None) and not eval_spec:
         raise InputError("--max-return-drop/--max-success-drop need --eval task[:...].")

@@ -34,7 +34,7 @@ CALIB_SEED = 30_000  # the observations whose denoiser inputs calibrate int8
 HELDOUT = 8
 CALIB_EPISODES = 16  # x DDIM steps denoiser inputs
 FP32_ACTION_ATOL = 1e-3
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")  # bf16: OpenVINO, fp32 weights, bf16 arithmetic
 
 
 def export_graphs(model: Any) -> dict[str, Any]:
@@ -84,6 +84,7 @@ def compile_diffusion(
     from robopt_compile.bench.multigraph import chunk_fidelity
     from robopt_compile.graph_bundle import (
         build_graphs,
+        check_activations,
         check_backend,
         graph_entries,
         manifest_common,
@@ -100,6 +101,7 @@ def compile_diffusion(
             "untouched)."
         )
     check_backend(backend, "diffusion-policy")
+    activations = check_activations(opts, backend, profile, opts.precision == "bf16")
     name = source.removeprefix("zoo:")
     report: dict[str, Any] = {"source": source, "kind": "diffusion", "graphs": {}}
     with _stage(progress, "export", timings):
@@ -109,7 +111,8 @@ def compile_diffusion(
         eager = model.eager_driver()
         held = [model.example_inputs(HELDOUT_SEED + i) for i in range(HELDOUT)]
         ref_actions = np.stack([eager.step(o).actions for o in held])
-    precision = {"encoder": "fp32", "denoiser": opts.precision}
+    precision = {"encoder": "bf16" if opts.precision == "bf16" else "fp32",
+                 "denoiser": opts.precision}  # fmt: skip
     if opts.precision == "int8":
         with tempfile.TemporaryDirectory(prefix="robopt-ddim-calib-") as calib_dir:
             with _stage(progress, "record", timings):
@@ -133,9 +136,12 @@ def compile_diffusion(
         report["graphs"][g] = {"precision": precision[g],
                                "weight_bytes": rir.weight_bytes(graphs[g])}  # fmt: skip
     quantized = precision["denoiser"] == "int8"
+    # Judged like a quantized bundle when anything is not fp32 computed in fp32.
+    approx = quantized or activations == "bf16" or precision["denoiser"] == "bf16"
     with bundle.staged_output(out, force) as tmp:
         with _stage(progress, "build", timings):
-            built = build_graphs(graphs, precision, backend, profile, opts.threads, tmp)
+            built = build_graphs(graphs, precision, backend, profile, opts.threads, tmp,
+                                 activations)  # fmt: skip
         with _stage(progress, "verify", timings), contextlib.ExitStack() as stack:
             runners = {b.name: stack.enter_context(backend.runner(b.artifact, opts.threads))
                        for b in built}  # fmt: skip
@@ -144,15 +150,15 @@ def compile_diffusion(
             fid = chunk_fidelity(ref_actions, np.stack([drv.step(o).actions for o in held]))
             fid["driver_seconds"] = time.perf_counter() - t0
         max_rel = opts.quant.max_drop if opts.quant.max_drop is not None else 0.05
-        atol = 3 * fid["action_max_abs"] + 1e-4 if quantized else FP32_ACTION_ATOL
-        fid["passed"] = (fid["relative_l2"] <= max_rel) if quantized else (
+        atol = 3 * fid["action_max_abs"] + 1e-4 if approx else FP32_ACTION_ATOL
+        fid["passed"] = (fid["relative_l2"] <= max_rel) if approx else (
             fid["action_max_abs"] <= FP32_ACTION_ATOL)  # fmt: skip
         if not fid["passed"]:
             raise CheckFailedError(
-                f"the {backend.name} {'int8' if quantized else 'fp32'} engines' actions "
+                f"the {backend.name} {opts.precision} engines' actions "
                 f"differ from the torch policy's at fixed noise: relative L2 "
                 f"{fid['relative_l2']:.3g}, max abs {fid['action_max_abs']:.3g}"
-                + (f" (bound {max_rel:g}, --max-accuracy-drop)" if quantized else "")
+                + (f" (bound {max_rel:g}, --max-accuracy-drop)" if approx else "")
                 + "."
             )
         obs_in = {k: np.stack([o[k] for o in held]) for k in held[0]}
@@ -164,7 +170,8 @@ def compile_diffusion(
         manifest = {
             **manifest_common(
                 {"name": name, "source": source, "source_kind": "zoo", "kind": "diffusion"},
-                profile, backend, "int8" if quantized else "fp32", opts.precision, opts.threads,
+                profile, backend, "int8" if quantized else precision["denoiser"], opts.precision,
+                opts.threads,
             ),
             "graphs": graph_entries(built, graphs, precision),
             "driver": {"kind": "ddim", "config": eager.config},
@@ -177,6 +184,7 @@ def compile_diffusion(
                           "heldout_seed": HELDOUT_SEED},
             "parity": {"actions": fid},
         }  # fmt: skip
+        manifest["build"]["activations"] = activations or "f32"
         manifest["files"] = bundle.hash_tree(tmp)
         bundle.write_json(tmp / bundle.MANIFEST, manifest)
     with _stage(progress, "report", timings):

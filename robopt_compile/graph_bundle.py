@@ -23,6 +23,31 @@ def check_backend(backend: Any, what: str) -> None:
         )
 
 
+# --activations -> OpenVINO's inference precision hint
+ACTIVATIONS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def check_activations(opts: Any, backend: Any, profile: Any, precision_bf16: bool) -> str | None:
+    """The OpenVINO hint the graphs compute in: ``--activations`` (or bf16 for ``--precision
+    bf16``), refused with one line on another backend or a target without bf16."""
+    want = opts.activations or ("bf16" if precision_bf16 else None)
+    if want is None:
+        return None
+    if want not in ACTIVATIONS:
+        raise InputError(f"--activations must be fp32 or bf16, not {want!r}.")
+    if backend.name != "openvino":
+        raise InputError(
+            f"--activations {want} sets OpenVINO's inference precision; {backend.name} computes "
+            "in the graph's own precision: pass -b openvino or drop --activations."
+        )
+    if want == "bf16" and "bf16" not in profile.precisions:
+        raise InputError(
+            f"target {profile.name!r} has no bf16 arithmetic (it supports "
+            f"{list(profile.precisions)}); drop --activations bf16."
+        )
+    return ACTIVATIONS[want]
+
+
 @dataclass
 class BuiltGraph:
     name: str
@@ -32,10 +57,11 @@ class BuiltGraph:
 
 def build_graphs(
     graphs: Mapping[str, Any], precisions: Mapping[str, str], backend: Any, profile: Any,
-    threads: int | None, root: Path,
+    threads: int | None, root: Path, activations: str | None = None,
 ) -> list[BuiltGraph]:  # fmt: skip
     """Save each graph of ``precisions`` (in its order) as ``graphs/NAME/model.onnx`` under
-    ``root`` and build its engine in ``graphs/NAME/engine`` at its own precision."""
+    ``root`` and build its engine in ``graphs/NAME/engine`` at its own precision (OpenVINO:
+    activations in ``activations`` when given, see :func:`check_activations`)."""
     from robopt_compile import ir as rir
     from robopt_compile.targets import BuildOptions
 
@@ -43,7 +69,8 @@ def build_graphs(
     for name in precisions:  # in the order the driver first runs them
         gdir = root / "graphs" / name
         files = rir.save(graphs[name], gdir / "model.onnx")
-        options = BuildOptions(precision=precisions[name], threads=threads)
+        options = BuildOptions(precision=precisions[name], threads=threads,
+                               activations=activations)  # fmt: skip
         art = backend.build(gdir / "model.onnx", profile, options, gdir / "engine")
         built.append(BuiltGraph(name, files, art))
     return built

@@ -58,6 +58,9 @@ class CompileOptions:
     eval: Any = None  # robopt_compile.evaluate.EvalSpec: closed-loop task evaluation
     eval_criteria: Any = None  # robopt_compile.evaluate.Criteria for that evaluation
     cache: bool = True  # the build cache in the store (robopt_compile/cache.py)
+    # Multi-graph bundles on OpenVINO: compute activations in "fp32" or "bf16" (None: the
+    # precision's own); see graph_bundle.check_activations.
+    activations: str | None = None
 
 
 @dataclass
@@ -244,6 +247,11 @@ def compile_model(
         from robopt_compile.diffusion_compile import compile_diffusion
 
         return compile_diffusion(source, out, opts, profile, backend, force, progress, timings)
+    if opts.activations is not None:
+        raise InputError(
+            "--activations is for multi-graph bundles (VLA, diffusion policy); for a "
+            "single-graph policy on OpenVINO use --precision bf16."
+        )
 
     cache = None
     if opts.cache:

@@ -43,6 +43,8 @@ PLAN = {
     "fp32": {"vision": "fp32", "embed": "fp32", "llm": "fp32"},
     "int8-weight": {"vision": "int8-weight", "embed": "int8-weight", "llm": "int8-weight"},
     "int4-weight": {"vision": "int8-weight", "embed": "int8-weight", "llm": "int4-weight"},
+    # OpenVINO: fp32 weights, bf16 arithmetic (AMX / AVX-512 BF16) in every graph.
+    "bf16": {"vision": "bf16", "embed": "bf16", "llm": "bf16"},
     # Static INT8 for the vision encoder (calibrated on images, accuracy guard), INT8 weights
     # for the language model.
     "int8": {"vision": "int8", "embed": "int8-weight", "llm": "int8-weight"},
@@ -238,6 +240,7 @@ def compile_vla(
     from robopt_compile.bench.multigraph import token_fidelity
     from robopt_compile.graph_bundle import (
         build_graphs,
+        check_activations,
         check_backend,
         graph_entries,
         manifest_common,
@@ -250,6 +253,12 @@ def compile_vla(
     require_transformers()
     plan = _graph_precision(opts.precision)
     check_backend(backend, "VLA")
+    activations = check_activations(opts, backend, profile, opts.precision == "bf16")
+    f32 = activations in (None, "f32")
+
+    def exact(g: str) -> bool:  # fp32 weights computed in fp32 reproduce torch (else a bug)
+        return plan[g] == "fp32" and f32
+
     max_disagree = opts.quant.max_drop if opts.quant.max_drop is not None else (
         1 - DEFAULT_MIN_AGREEMENT)  # fmt: skip
     with _stage(progress, "export", timings):
@@ -284,7 +293,7 @@ def compile_vla(
                                                    info, progress)  # fmt: skip
                     if info.get("rolled_back"):
                         plan[g] = "fp32"
-                elif p != "fp32":
+                elif p not in ("fp32", "bf16"):
                     pname, kw = WEIGHT_PASS[(backend.name, p)]
                     pas = get_pass_class(pname)(**kw)
                     graphs[g] = pas(graphs[g]).model
@@ -293,7 +302,7 @@ def compile_vla(
                 info["weight_bytes"] = rir.weight_bytes(graphs[g])
                 report["graphs"][g] = info
         with _stage(progress, "build", timings):
-            built = build_graphs(graphs, plan, backend, profile, opts.threads, tmp)
+            built = build_graphs(graphs, plan, backend, profile, opts.threads, tmp, activations)
         checks: dict[str, Any] = {}
         with _stage(progress, "verify", timings):
             with contextlib.ExitStack() as stack:
@@ -302,7 +311,7 @@ def compile_vla(
                 for check in (*GRAPHS, "llm-decode"):
                     g = check.split("-")[0]
                     got = runners[g].infer(refs[check]["in"])
-                    tol = EXPORT_TOLERANCE if plan[g] == "fp32" else QUANT_TOLERANCE
+                    tol = EXPORT_TOLERANCE if exact(g) else QUANT_TOLERANCE
                     checks[check] = judge(refs[check]["out"], got, tol)
                     checks[check]["tolerance"] = tol
                 drv = VlaGreedyDriver(runners, c.driver_config())
@@ -316,7 +325,7 @@ def compile_vla(
             disagree = 1 - fid["token_agreement"]
             fid["max_token_disagreement"] = max_disagree
             fid["passed"] = disagree <= max_disagree + 1e-12
-            if all(p == "fp32" for p in plan.values()) and disagree > 0:
+            if all(exact(g) for g in plan) and disagree > 0:
                 raise CheckFailedError(
                     f"the fp32 {backend.name} graphs do not reproduce the torch model's action "
                     f"tokens ({fid['token_agreement']:.1%} agree); report this export problem."
@@ -326,10 +335,10 @@ def compile_vla(
                     f"{opts.precision}: {fid['token_agreement']:.1%} of the action tokens agree "
                     f"with fp32 on {fid['observations']} held-out observations, below "
                     f"{1 - max_disagree:.0%} (--max-accuracy-drop {max_disagree:g} is the "
-                    "allowed token disagreement); use int8-weight or loosen the bound."
+                    "allowed token disagreement); use a higher precision (int8-weight, fp32 "
+                    "activations) or loosen the bound."
                 )
-            failed = [g for g in checks if plan[g.split("-")[0]] == "fp32"
-                      and not checks[g]["passed"]]  # fmt: skip
+            failed = [g for g in checks if exact(g.split("-")[0]) and not checks[g]["passed"]]
             if failed:
                 raise CheckFailedError(
                     f"the {backend.name} {failed[0]} graph does not match torch: "
@@ -363,6 +372,7 @@ def compile_vla(
             "parity": {"graphs": {g: {"passed": checks[g]["passed"]} for g in checks},
                        "actions": fid},
         }  # fmt: skip
+        manifest["build"]["activations"] = activations or "f32"
         manifest["files"] = bundle.hash_tree(tmp)
         bundle.write_json(tmp / bundle.MANIFEST, manifest)
     with _stage(progress, "report", timings):

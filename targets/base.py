@@ -30,6 +30,9 @@ class BuildOptions:
     threads: int | None = None  # None: the runtime's default (all cores)
     tune_trials: int | None = None  # TVM MetaSchedule trial budget; None: the backend default
     dynamic_batch: tuple[int, int, int] | None = None  # (min, opt, max) for a symbolic batch
+    # OpenVINO: the precision activations are computed in ("f32"/"bf16"), overriding what the
+    # precision implies (multi-graph bundles' --activations); None: the precision's own.
+    activations: str | None = None
 
 
 @dataclass(frozen=True)

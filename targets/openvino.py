@@ -149,7 +149,7 @@ class OpenVinoBackend(Backend):
             "model": "model.xml",
             "device": device,
             "performance_hint": hint,
-            "inference_precision_hint": PRECISION_HINTS[options.precision],
+            "inference_precision_hint": options.activations or PRECISION_HINTS[options.precision],
             "openvino_version": ov.get_version(),
             "cache": True,
         }

@@ -191,11 +191,20 @@ def test_manifest_rejects_an_inconsistent_multi_graph_bundle(
 
 def test_vla_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for extra, msg in ((["--precision", "int8-dynamic"], "not built for a VLA"),
-                       (["-b", "tvm"], "onnxruntime or openvino")):  # fmt: skip
+                       (["-b", "tvm"], "onnxruntime or openvino"),
+                       (["-b", "onnxruntime", "--activations", "bf16"], "pass -b openvino"),
+                       (["-b", "onnxruntime", "--precision", "bf16"], "does not build 'bf16'"),
+                       ):  # fmt: skip
         code, _, err = run_cli(["zoo:openvla-tiny", "-o", str(tmp_path / "x"), *extra], capsys)
         assert code == EXIT_BAD_INPUT and msg in err, err
         assert_one_error_line(err)
         assert not (tmp_path / "x").exists()
+    # --activations is for multi-graph bundles; a single-graph policy has --precision bf16.
+    code, _, err = run_cli(["zoo:state-mlp", "-b", "openvino", "--activations", "bf16", "-o",
+                            str(tmp_path / "y")], capsys)  # fmt: skip
+    assert code == EXIT_BAD_INPUT and "use --precision bf16" in err, err
+    assert_one_error_line(err)
+    assert not (tmp_path / "y").exists()
     from robopt_compile.zoo import load_zoo
 
     with pytest.raises(InputError, match="multi-graph vla model"):
@@ -373,3 +382,37 @@ def test_missing_transformers_is_one_line_exit_3(
     code, _, err = run_cli(["zoo:openvla-tiny", "-o", str(tmp_path / "x")], capsys)
     assert code == 3 and "robopt-compile[vla]" in err and not (tmp_path / "x").exists()
     assert_one_error_line(err)
+
+
+def _host_has_bf16() -> bool:
+    from robopt_compile.hwprofiles.host import detect_host
+
+    return "bf16" in detect_host().precisions
+
+
+@pytest.mark.skipif(not _host_has_bf16(), reason="this CPU has no bf16 arithmetic")
+def test_bf16_activations_reach_every_engine_and_are_judged_by_the_actions(
+    tmp_path: Path,
+) -> None:
+    """--activations bf16 (OpenVINO): INT8 weights, bf16 arithmetic in every graph's engine
+    (the hint travels in the manifest), judged like a quantized bundle on the actions;
+    --precision bf16 for the diffusion policy computes both graphs in bf16 within its bound."""
+    m = _compile(tmp_path / "vla", "-b", "openvino", "--precision", "int8-weight",
+                 "--activations", "bf16", "--max-accuracy-drop", "0.5")  # fmt: skip
+    assert m["build"]["activations"] == "bf16" and m["precision"] == "int8-weight"
+    assert {g["engine"]["config"]["inference_precision_hint"] for g in m["graphs"]} == {"bf16"}
+    assert m["parity"]["actions"]["passed"]
+    from robopt_compile.cli import main
+
+    out = tmp_path / "dp"
+    try:
+        main(["zoo:diffusion-policy", "-b", "openvino", "--precision", "bf16", "--threads", "1",
+              "-o", str(out), "--json"])  # fmt: skip
+    except SystemExit as exc:
+        assert exc.code in (0, None), exc
+    d = load_manifest(out)
+    assert d["precision"] == "bf16" and d["build"]["activations"] == "bf16"
+    assert {g["engine"]["config"]["inference_precision_hint"] for g in d["graphs"]} == {"bf16"}
+    fid = d["parity"]["actions"]
+    # bf16 is not exact (fp32 must match within 1e-3) but stays inside the 5% default bound.
+    assert fid["passed"] and 0 < fid["relative_l2"] <= 0.05
