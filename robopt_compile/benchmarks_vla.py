@@ -43,8 +43,96 @@ def _compile_or_row(source: str, out: Path, opts: Any, rows: list[dict[str, Any]
         return None
 
 
+class _OvDefaultRunner:
+    """An OpenVINO compiled model behind the ``infer(feeds) -> {name: array}`` interface the
+    drivers use (outputs copied: OpenVINO reuses its buffers)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.names = [o.get_any_name() for o in compiled.outputs]
+
+    def infer(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        res = self.request.infer(feeds)
+        return {n: np.array(res[self.compiled.output(n)]) for n in self.names}
+
+
+VENDOR = {
+    "openvino-defaults": "the fp32 ONNX graphs -> ov.Core().compile_model(graph, 'CPU', "
+    "{INFERENCE_NUM_THREADS: 1}), nothing else (OpenVINO then computes in bf16 on this CPU)",
+    "nncf-int4-defaults": "as openvino-defaults, after nncf.compress_weights(ov_model, "
+    "mode=INT4_SYM) of the language model at NNCF's defaults (group 128, INT8 backup)",
+}
+
+
+def vendor_drivers(fp32: Any, llm_graph: str | None) -> dict[str, tuple[Any, Any]]:
+    """What a user gets from the vendor's defaults with robopt's own fp32 graphs and driver:
+    OpenVINO with no properties but one thread, and (with ``llm_graph``) NNCF's default INT4
+    weight compression of that graph. key -> (driver, the reference observations' results)."""
+    import numpy as np
+    import openvino as ov
+
+    from robopt_compile.bench.driver import make_driver
+    from robopt_compile.bench.multigraph import chunk_fidelity, load_arrays, token_fidelity
+
+    core = ov.Core()
+    m = fp32.manifest
+    obs = load_arrays(fp32.out / m["reference"]["inputs"])
+    want = load_arrays(fp32.out / m["reference"]["outputs"])
+    out = {}
+    for key in VENDOR:
+        if key.startswith("nncf") and llm_graph is None:
+            continue
+        runners = {}
+        try:
+            for g in m["graphs"]:
+                model = core.read_model(str(fp32.out / g["model_files"][0]))
+                if key.startswith("nncf") and g["name"] == llm_graph:
+                    import nncf
+
+                    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM)
+                compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1})
+                runners[g["name"]] = _OvDefaultRunner(compiled)
+        except Exception as exc:  # the vendor's defaults fail on this graph: a row says so
+            out[key] = (None, None, {"error": " ".join(str(exc).split())[:160]})
+            continue
+        drv = make_driver(m["driver"]["kind"], runners, m["driver"]["config"])
+        n = len(next(iter(obs.values())))
+        steps = [drv.step({k: v[i] for k, v in obs.items()}) for i in range(n)]
+        actions = np.stack([s.actions for s in steps])
+        if "tokens" in want:
+            fid = token_fidelity(want["tokens"], want["actions"],
+                                 np.stack([s.tokens for s in steps]), actions)  # fmt: skip
+        else:
+            fid = chunk_fidelity(want["actions"], actions)
+        out[key] = (drv, {k: v[0] for k, v in obs.items()}, fid)
+    return out
+
+
+def _vendor_rows(
+    vendor: dict[str, tuple[Any, Any, Any]], timed: dict[str, Any], eager_ms: float,
+    figures: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """A row per vendor-default build: its timing and ``figures(fidelity, timing)``, or why
+    the vendor's defaults could not build it."""
+    rows = []
+    for key, (_, _, fid) in vendor.items():
+        row: dict[str, Any] = {"backend": "openvino", "precision": key, "vendor": VENDOR[key]}
+        if "error" in fid:
+            rows.append({**row, "error": fid["error"]})
+            continue
+        p50 = timed[key]["p50_ms"]
+        rows.append({**row, "activations": "bf16 (default)", "p50_ms": p50,
+                     "speedup_vs_eager": eager_ms / p50, "weight_bytes": None,
+                     **figures(fid, timed[key])})  # fmt: skip
+    return rows
+
+
 def _time_bundles(
-    built: dict[str, Any], eager: Callable[[], Any], runs: int
+    built: dict[str, Any], eager: Callable[[], Any], runs: int,
+    vendor: dict[str, tuple[Any, Any, Any]] | None = None,
 ) -> tuple[float, dict[str, Any]]:  # fmt: skip
     """Eager and every bundle's driver step on the bundle's first held-out observation, in
     interleaved rounds (1 thread): the machine's noise (shared, busy) falls on all alike."""
@@ -65,6 +153,9 @@ def _time_bundles(
             drv = open_driver(res.out, res.manifest, 1, stack)
             obs = load_arrays(res.out / res.manifest["reference"]["inputs"])
             steps[key] = partial(drv.step, {k: v[0] for k, v in obs.items()})
+        for key, (drv, first, _) in (vendor or {}).items():
+            if drv is not None:
+                steps[key] = partial(drv.step, first)
         p50 = interleaved_median_ms(steps, runs, 1, warmup=2, on_result=collect)
     t = {k: {"p50_ms": v, "graph_ms_p50": {g: statistics.median(x)
                                             for g, x in graph_ms.get(k, {}).items()}}
@@ -105,9 +196,17 @@ def bench_vla(work: Path, log: Callable[[str], None], runs: int = 15) -> dict[st
     model = make_vla(MODEL)
     obs = model.example_inputs(HELDOUT_SEED)  # the bundles time this same observation
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
-    log(f"[bench] vla: timing eager and {len(built)} bundles interleaved, {runs} rounds")
-    eager_ms, timed = _time_bundles(built, partial(model.predict_action, **obs), runs)
+    fp32 = built.get("openvino-fp32-default")
+    vendor = vendor_drivers(fp32, "llm") if fp32 is not None else {}
+    log(f"[bench] vla: timing eager, {len(built)} bundles and {len(vendor)} vendor-default "
+        f"builds interleaved, {runs} rounds")  # fmt: skip
+    eager_ms, timed = _time_bundles(built, partial(model.predict_action, **obs), runs, vendor)
     del model
+    rows += _vendor_rows(vendor, timed, eager_ms, lambda fid, t: {
+        "actions_per_s": 1e3 / t["p50_ms"], "graph_ms_p50": t["graph_ms_p50"],
+        "token_agreement": fid["token_agreement"], "action_l2_mean": fid["action_l2"]["mean"],
+        "gripper_flips": fid["gripper_flips"],
+    })  # fmt: skip
     for key, res in built.items():
         weights = sum(g["weight_bytes"] for g in res.manifest["graphs"])
         fid = res.report["fidelity"]
@@ -160,7 +259,12 @@ def bench_diffusion(work: Path, log: Callable[[str], None], runs: int) -> dict[s
     model = make_diffusion()
     drv = model.eager_driver()
     obs = model.example_inputs(HELDOUT_SEED)
-    eager_ms, timed = _time_bundles(built, lambda: drv.step(obs), runs * 2)
+    fp32 = built.get("openvino-fp32-default")
+    vendor = vendor_drivers(fp32, None) if fp32 is not None else {}
+    eager_ms, timed = _time_bundles(built, lambda: drv.step(obs), runs * 2, vendor)
+    rows += _vendor_rows(vendor, timed, eager_ms, lambda fid, t: {
+        "relative_l2": fid["relative_l2"], "action_max_abs": fid["action_max_abs"],
+    })  # fmt: skip
     for key, res in built.items():
         fid = res.report["fidelity"]
         p50 = timed[key]["p50_ms"]
@@ -174,6 +278,16 @@ def bench_diffusion(work: Path, log: Callable[[str], None], runs: int) -> dict[s
     return {"model": describe(DIFFUSION), "eager_ms": eager_ms, "rows": rows, "runs": runs * 2}
 
 
+def _mib(n: int | None, digits: int) -> str:
+    return "-" if n is None else f"{n / 2**20:.{digits}f}"
+
+
+def vendor_note(rows: list[dict[str, Any]]) -> list[str]:
+    """What the vendor-default rows are."""
+    seen = {r["precision"]: r["vendor"] for r in rows if r.get("vendor")}
+    return [f"- `{k}`: {v}." for k, v in seen.items()] + ([""] if seen else [])
+
+
 def diffusion_lines(d: dict[str, Any]) -> list[str]:
     p = d["model"]["parameters"]
     lines = [
@@ -182,7 +296,8 @@ def diffusion_lines(d: dict[str, Any]) -> list[str]:
         f"CNN Diffusion Policy (1-D conv U-Net, {p['denoiser'] / 1e6:.1f}M parameters, random "
         f"weights), 16 x 7 action chunk per step; median of {d['runs']} interleaved rounds "
         "(eager and every bundle one step each), 1 thread. Action "
-        "error at fixed initial noise on 8 held-out observations against the fp32 torch policy.",
+        "error at fixed initial noise on 8 held-out observations against the fp32 torch policy."
+        + (f" Measured {d['measured']}, in a run of its own." if d.get("measured") else ""),
         "",
         f"torch eager fp32: **{d['eager_ms']:.1f} ms/step**.",
         "",
@@ -197,10 +312,10 @@ def diffusion_lines(d: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['activations']} | {r['p50_ms']:.1f} | "
-            f"{r['speedup_vs_eager']:.2f}x | {r['weight_bytes'] / 2**20:.1f} | "
+            f"{r['speedup_vs_eager']:.2f}x | {_mib(r['weight_bytes'], 1)} | "
             f"{r['relative_l2']:.3g} | {r['action_max_abs']:.3g} |"
         )
-    return [*lines, ""]
+    return [*lines, "", *vendor_note(d["rows"])]
 
 
 def make_config(name: str) -> Any:
@@ -238,13 +353,15 @@ def report_lines(d: dict[str, Any]) -> list[str]:
                          " | | | | | | |")  # fmt: skip
             continue
         g = r["graph_ms_p50"]
+        ratio = "" if r["weight_bytes"] is None else f" ({r['weights_vs_fp32']:.2f}x)"
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['activations']} | {r['p50_ms']:.0f} | "
             f"{r['actions_per_s']:.2f} | {r['speedup_vs_eager']:.2f}x | "
             f"{g.get('vision', 0):.0f} / {g.get('embed', 0):.1f} / {g.get('llm', 0):.0f} | "
-            f"{r['weight_bytes'] / 2**20:.0f} ({r['weights_vs_fp32']:.2f}x) | "
+            f"{_mib(r['weight_bytes'], 0)}{ratio} | "
             f"{r['token_agreement']:.1%} | {r['action_l2_mean']:.3g} | {r['gripper_flips']} |"
         )
+    lines += ["", *vendor_note(d["rows"])]
     best = [r for r in d["rows"] if r.get("precision") == "int4-weight" and "error" not in r]
     if best:
         b = max(best, key=lambda r: r["speedup_vs_eager"])

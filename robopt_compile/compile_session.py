@@ -110,8 +110,8 @@ class CompileRecorder:
                 s.emit("metric", name=name, value=value)
             summary = _summary(result)
             s.add_result("compile", summary)
-            size = sum(p.stat().st_size for p in Path(result.out).rglob("*") if p.is_file())
-            limit = float(os.environ.get("ROBOPT_STORE_BUNDLE_MAX_MB", "512")) * 2**20
+            size = tree_bytes(Path(result.out))
+            limit = bundle_max_bytes()
             if size <= limit:
                 tree = s.put_tree(result.out)
             else:  # a multi-GB bundle is not copied: its manifest (with every sha256) is
@@ -217,3 +217,14 @@ def compile_command(record: Any) -> tuple[list[str], str] | None:
     if not isinstance(run, dict) or not isinstance(run.get("argv"), list):
         return None
     return [str(a) for a in run["argv"]], str(run.get("cwd") or os.getcwd())
+
+
+def bundle_max_bytes() -> float:
+    """The largest bundle the store copies (sessions, build cache): ROBOPT_STORE_BUNDLE_MAX_MB,
+    default 512."""
+    return float(os.environ.get("ROBOPT_STORE_BUNDLE_MAX_MB", "512")) * 2**20
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of every file under ``root``."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

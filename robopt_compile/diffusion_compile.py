@@ -72,6 +72,20 @@ class _Recorder:
         return self.inner.infer(feeds)
 
 
+def validate(opts: Any, profile: Any, backend: Any) -> str | None:
+    """What is refused before any work (one line each); the OpenVINO activation precision."""
+    from robopt_compile.graph_bundle import check_activations, check_backend
+
+    if opts.precision not in PRECISIONS:
+        raise InputError(
+            f"--precision {opts.precision} is not built for a diffusion policy in this version; "
+            f"choose {' or '.join(PRECISIONS)} (weight-only formats leave its convolutions "
+            "untouched)."
+        )
+    check_backend(backend, "diffusion-policy")
+    return check_activations(opts, backend, profile, opts.precision == "bf16")
+
+
 def compile_diffusion(
     source: str, out: Path, opts: Any, profile: Any, backend: Any, force: bool,
     progress: Progress, timings: dict[str, float],
@@ -82,26 +96,13 @@ def compile_diffusion(
     from robopt_compile import ir as rir
     from robopt_compile.bench.driver import DdimDriver
     from robopt_compile.bench.multigraph import chunk_fidelity
-    from robopt_compile.graph_bundle import (
-        build_graphs,
-        check_activations,
-        check_backend,
-        graph_entries,
-        manifest_common,
-    )
+    from robopt_compile.graph_bundle import build_graphs, graph_entries, manifest_common
     from robopt_compile.passes.base import PassRunner
     from robopt_compile.pipeline import CompileResult, _stage, write_report
     from robopt_compile.quantize import quantize
     from robopt_compile.zoo.diffusion import describe, make_diffusion
 
-    if opts.precision not in PRECISIONS:
-        raise InputError(
-            f"--precision {opts.precision} is not built for a diffusion policy in this version; "
-            f"choose {' or '.join(PRECISIONS)} (weight-only formats leave its convolutions "
-            "untouched)."
-        )
-    check_backend(backend, "diffusion-policy")
-    activations = check_activations(opts, backend, profile, opts.precision == "bf16")
+    activations = validate(opts, profile, backend)
     name = source.removeprefix("zoo:")
     report: dict[str, Any] = {"source": source, "kind": "diffusion", "graphs": {}}
     with _stage(progress, "export", timings):

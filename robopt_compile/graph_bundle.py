@@ -4,7 +4,7 @@ building each graph, and the manifest's graph entries (docs/BUNDLE.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,3 +119,98 @@ def manifest_common(
         "build": {"threads": threads},
         "tool_versions": bundle.tool_versions(),
     }
+
+
+# What a restored multi-graph bundle carries over from the build that made it.
+REUSED = ["graph checks", "action fidelity", "report"]
+
+
+def multigraph_key(
+    cache: Any, kind: str, source: str, opts: Any, profile: Any, backend: Any
+) -> str:  # fmt: skip
+    """The build-cache key of a whole multi-graph bundle: the source (zoo name, or a model
+    folder by its bytes), every option the graphs, checks and report depend on, the backend
+    and profile (robopt's code and the tool versions are in every key). Raises
+    ``cache.Uncacheable`` for what cannot be hashed (a ``module:iterator`` calibration)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from robopt_compile.cache import (
+        Uncacheable,
+        _plain,
+        data_identity,
+        implementation,
+        profile_fingerprint,
+        sha256_tree,
+    )
+    from robopt_compile.pipeline import json_sha
+
+    if opts.eval is not None:
+        raise Uncacheable("--eval runs a task evaluation every time")
+    if source.startswith("zoo:"):
+        ident: dict[str, Any] = {"kind": "zoo", "zoo": source.removeprefix("zoo:")}
+    else:
+        ident = {"kind": "folder", "sha256": sha256_tree(Path(source))}
+    try:
+        mpl = version("matplotlib")
+    except PackageNotFoundError:
+        mpl = None
+    config = {
+        "kind": kind,
+        "implementation": implementation(type(backend), type(backend).build),
+        "backend": backend.name,
+        "profile": profile_fingerprint(profile),
+        "profile_figures": _plain(profile),
+        "options": {
+            "precision": opts.precision,
+            "activations": opts.activations,
+            "threads": opts.threads,
+            "seed": opts.seed,
+            "max_drop": opts.quant.max_drop,
+            "calibration": data_identity(opts.quant.calibration),
+            "hwprofile": str(opts.hwprofile) if opts.hwprofile else None,
+        },
+        "matplotlib": mpl,  # draws the report's figures
+    }
+    return cache.key(f"{kind}-bundle", json_sha(ident), config)
+
+
+def compile_cached(
+    kind: str, source: str, out: Path, opts: Any, profile: Any, backend: Any, force: bool,
+    progress: Callable[[str, str, float], None], timings: dict[str, float],
+    build: Callable[[], Any],
+) -> Any:  # fmt: skip
+    """``build()`` (a multi-graph compile) through the build cache: an unchanged rebuild
+    restores the stored, checked bundle (hashes verified) instead of exporting, compressing,
+    building and checking again; a new bundle is stored for next time, unless it is larger
+    than ROBOPT_STORE_BUNDLE_MAX_MB (default 512; openvla-mini at fp32 is about 1 GB). The
+    cache never fails a compile: a problem is one warning and the full build."""
+    from robopt_compile.cache import BuildCache
+    from robopt_compile.compile_session import bundle_max_bytes, tree_bytes
+    from robopt_compile.pipeline import _cache_note, _stage, reuse_bundle
+
+    cache = BuildCache.open(lambda m: progress(m, "note", 0.0)) if opts.cache else None
+    if cache is None:
+        return build()
+    try:
+        try:
+            key = multigraph_key(cache, kind, source, opts, profile, backend)
+        except Exception as exc:  # Uncacheable, or an unreadable folder the build reports
+            _cache_note(progress, "bundle not cached", exc)
+            return build()
+        if cache.peek(key):
+            with _stage(progress, "reuse", timings):
+                reused = reuse_bundle(cache, (key, {}), out, force, timings)
+            if reused is not None:
+                return reused
+        result = build()
+        try:
+            if tree_bytes(out) > bundle_max_bytes():  # not copied into the store (as sessions)
+                return result
+            meta = {"created_utc": result.manifest.get("created_utc"), "stages": {},
+                    "reused": REUSED}  # fmt: skip
+            cache.put(key, "bundle", meta, trees={"bundle": out})
+        except Exception as exc:
+            _cache_note(progress, "bundle not stored for reuse", exc)
+        return result
+    finally:
+        cache.close()

@@ -239,14 +239,19 @@ def compile_model(
     kind = zoo_kind(source)
     if kind is None and is_folder_source(source):  # a local Hugging Face-style folder
         kind = "vla"
-    if kind == "vla":  # a multi-graph bundle: vision, embed and llm graphs + a loop
-        from robopt_compile.vla_compile import compile_vla
+    if kind in ("vla", "diffusion"):  # multi-graph bundles: graphs + the loop that runs them
+        from robopt_compile.graph_bundle import compile_cached
 
-        return compile_vla(source, out, opts, profile, backend, force, progress, timings)
-    if kind == "diffusion":  # encoder and denoiser graphs + the DDIM loop
-        from robopt_compile.diffusion_compile import compile_diffusion
-
-        return compile_diffusion(source, out, opts, profile, backend, force, progress, timings)
+        if kind == "vla":  # vision, embed and llm graphs + greedy action decoding
+            from robopt_compile import vla_compile as mod
+        else:  # encoder and denoiser graphs + the DDIM loop
+            from robopt_compile import diffusion_compile as mod
+        mod.validate(opts, profile, backend)  # refusals first, cached or not
+        compile_fn = mod.compile_vla if kind == "vla" else mod.compile_diffusion
+        return compile_cached(
+            kind, source, out, opts, profile, backend, force, progress, timings,
+            lambda: compile_fn(source, out, opts, profile, backend, force, progress, timings),
+        )  # fmt: skip
     if opts.activations is not None:
         raise InputError(
             "--activations is for multi-graph bundles (VLA, diffusion policy); for a "
@@ -1221,7 +1226,8 @@ def reuse_bundle(
                 cache.materialize(entry, "bundle", tmp)
                 report = json.loads((tmp / "report.json").read_text())
                 manifest = json.loads((tmp / bundle.MANIFEST).read_text())
-                facts = json.loads((tmp / "analysis.json").read_text())
+                analysis = tmp / "analysis.json"  # multi-graph bundles have none
+                facts = json.loads(analysis.read_text()) if analysis.is_file() else {}
             except Exception as exc:  # a damaged entry is a miss: the full build runs
                 raise _ReuseFailed(str(exc)) from exc
             _rewrite_reused(tmp, entry, report, manifest, timings, started)
@@ -1253,7 +1259,9 @@ def _rewrite_reused(
         "cache": "hit",
         "key": entry.key,
         "built_utc": built,
-        "reused": ["engine check", "analysis", "per-layer times", "report"],
+        "reused": entry.meta.get(
+            "reused", ["engine check", "analysis", "per-layer times", "report"]
+        ),
     }
     report["built_seconds"] = report.get("stage_seconds")
     # This run's stages; "reuse" so far (restoring and checking the files).

@@ -229,6 +229,17 @@ def require_transformers() -> None:
         )
 
 
+def validate(opts: Any, profile: Any, backend: Any) -> tuple[dict[str, str], str | None]:
+    """What is refused before any work (one line each): the per-graph precisions and the
+    OpenVINO activation precision."""
+    from robopt_compile.graph_bundle import check_activations, check_backend
+
+    require_transformers()
+    plan = _graph_precision(opts.precision)
+    check_backend(backend, "VLA")
+    return plan, check_activations(opts, backend, profile, opts.precision == "bf16")
+
+
 def compile_vla(
     source: str, out: Path, opts: Any, profile: Any, backend: Any, force: bool,
     progress: Progress, timings: dict[str, float],
@@ -238,22 +249,13 @@ def compile_vla(
     from robopt_compile import ir as rir
     from robopt_compile.bench.driver import VlaGreedyDriver
     from robopt_compile.bench.multigraph import token_fidelity
-    from robopt_compile.graph_bundle import (
-        build_graphs,
-        check_activations,
-        check_backend,
-        graph_entries,
-        manifest_common,
-    )
+    from robopt_compile.graph_bundle import build_graphs, graph_entries, manifest_common
     from robopt_compile.numerics import judge
     from robopt_compile.passes import get_pass_class
     from robopt_compile.pipeline import CompileResult, _stage, write_report
     from robopt_compile.zoo.vla import describe, load_folder, make_vla
 
-    require_transformers()
-    plan = _graph_precision(opts.precision)
-    check_backend(backend, "VLA")
-    activations = check_activations(opts, backend, profile, opts.precision == "bf16")
+    plan, activations = validate(opts, profile, backend)
     f32 = activations in (None, "f32")
 
     def exact(g: str) -> bool:  # fp32 weights computed in fp32 reproduce torch (else a bug)

@@ -67,6 +67,25 @@ def runtime_properties(cfg: dict[str, Any], threads: int | None) -> dict[str, An
     return props
 
 
+def trim_cache(root: Path, max_mb: float | None = None) -> None:
+    """Keep the compiled-blob cache under ``ROBOPT_OPENVINO_CACHE_MAX_MB`` (default 4096):
+    the least recently used blobs go first (each engine and property set has its own blob, so
+    a build machine compiling many bundles would otherwise fill its disk). Never raises."""
+    if max_mb is None:
+        max_mb = float(os.environ.get("ROBOPT_OPENVINO_CACHE_MAX_MB", "4096"))
+    limit = max_mb * 2**20
+    try:
+        blobs = [(p.stat(), p) for p in root.iterdir() if p.is_file()]
+        total = sum(st.st_size for st, _ in blobs)
+        for st, p in sorted(blobs, key=lambda b: max(b[0].st_atime, b[0].st_mtime)):
+            if total <= limit:
+                break
+            p.unlink(missing_ok=True)
+            total -= st.st_size
+    except OSError:
+        pass
+
+
 # The CPU plugin's message when its snippets code generator has no kernel for an operation.
 SNIPPETS_GAP = "Supported precisions set is not available for"
 
@@ -87,6 +106,8 @@ class OpenVinoRunner(Runner):
         self.compiled = core.compile_model(
             str(self.artifact.root / cfg["model"]), cfg.get("device", "CPU"), props
         )
+        if cfg.get("cache", True):
+            trim_cache(cache_dir())
         self.request = self.compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]

@@ -416,3 +416,27 @@ def test_bf16_activations_reach_every_engine_and_are_judged_by_the_actions(
     fid = d["parity"]["actions"]
     # bf16 is not exact (fp32 must match within 1e-3) but stays inside the 5% default bound.
     assert fid["passed"] and 0 < fid["relative_l2"] <= 0.05
+
+
+def test_unchanged_multi_graph_rebuild_restores_the_checked_bundle(tmp_path: Path) -> None:
+    """A second identical VLA compile restores the stored bundle from the build cache (every
+    file's hash verified) instead of exporting, building and checking again; a changed
+    option is a new build."""
+    import time
+
+    args = ("--precision", "int8-weight", "--seed", "7", "--max-accuracy-drop", "0.6")
+    first = _compile(tmp_path / "a", *args)
+    assert "cache" not in json.loads((tmp_path / "a" / "report.json").read_text())
+    t = time.perf_counter()
+    again = _compile(tmp_path / "b", *args)
+    took = time.perf_counter() - t
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert rep["cache"]["bundle"]["cache"] == "hit", rep.get("cache")
+    assert rep["cache"]["bundle"]["reused"] == ["graph checks", "action fidelity", "report"]
+    assert "export" not in rep["stage_seconds"] and "reuse" in rep["stage_seconds"]
+    assert took < 10, took  # a cold tiny compile exports two graphs (~15 s here)
+    same = {k: v for k, v in first["files"].items() if k != "report.json"}
+    assert {k: v for k, v in again["files"].items() if k != "report.json"} == same
+    load_manifest(tmp_path / "b", verify=True)  # the restored files hash right
+    _compile(tmp_path / "c", *args[:-1], "0.7")  # another bound: built afresh
+    assert "cache" not in json.loads((tmp_path / "c" / "report.json").read_text())
