@@ -278,6 +278,11 @@ def bench_diffusion(work: Path, log: Callable[[str], None], runs: int) -> dict[s
     return {"model": describe(DIFFUSION), "eager_ms": eager_ms, "rows": rows, "runs": runs * 2}
 
 
+def _failed_row(r: dict[str, Any], columns: int) -> str:
+    """A table row for a build that failed: backend, precision, why; the rest empty."""
+    return f"| {r['backend']} | {r['precision']} | | failed: {r['error']} |" + " |" * (columns - 4)
+
+
 def _mib(n: int | None, digits: int) -> str:
     return "-" if n is None else f"{n / 2**20:.{digits}f}"
 
@@ -307,8 +312,7 @@ def diffusion_lines(d: dict[str, Any]) -> list[str]:
     ]
     for r in d["rows"]:
         if "error" in r:
-            lines.append(f"| {r['backend']} | {r['precision']} | | failed: {r['error']} "
-                         "| | | | |")  # fmt: skip
+            lines.append(_failed_row(r, 8))
             continue
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['activations']} | {r['p50_ms']:.1f} | "
@@ -349,8 +353,7 @@ def report_lines(d: dict[str, Any]) -> list[str]:
     ]
     for r in d["rows"]:
         if "error" in r:
-            lines.append(f"| {r['backend']} | {r['precision']} | | failed: {r['error']} |"
-                         " | | | | | | |")  # fmt: skip
+            lines.append(_failed_row(r, 11))
             continue
         g = r["graph_ms_p50"]
         ratio = "" if r["weight_bytes"] is None else f" ({r['weights_vs_fp32']:.2f}x)"

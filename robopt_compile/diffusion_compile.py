@@ -96,7 +96,7 @@ def compile_diffusion(
     from robopt_compile import ir as rir
     from robopt_compile.bench.driver import DdimDriver
     from robopt_compile.bench.multigraph import chunk_fidelity
-    from robopt_compile.graph_bundle import build_graphs, graph_entries, manifest_common
+    from robopt_compile.graph_bundle import build_graphs, graph_entries, manifest_common, seal
     from robopt_compile.passes.base import PassRunner
     from robopt_compile.pipeline import CompileResult, _stage, write_report
     from robopt_compile.quantize import quantize
@@ -172,7 +172,7 @@ def compile_diffusion(
             **manifest_common(
                 {"name": name, "source": source, "source_kind": "zoo", "kind": "diffusion"},
                 profile, backend, "int8" if quantized else precision["denoiser"], opts.precision,
-                opts.threads,
+                opts.threads, activations or "f32",
             ),
             "graphs": graph_entries(built, graphs, precision),
             "driver": {"kind": "ddim", "config": eager.config},
@@ -185,9 +185,7 @@ def compile_diffusion(
                           "heldout_seed": HELDOUT_SEED},
             "parity": {"actions": fid},
         }  # fmt: skip
-        manifest["build"]["activations"] = activations or "f32"
-        manifest["files"] = bundle.hash_tree(tmp)
-        bundle.write_json(tmp / bundle.MANIFEST, manifest)
+        seal(tmp, manifest)
     with _stage(progress, "report", timings):
         write_report(out, progress)
     return CompileResult(out=out, manifest=manifest, report=report, facts={})

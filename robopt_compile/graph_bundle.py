@@ -98,9 +98,10 @@ def graph_entries(
 
 def manifest_common(
     model: dict[str, Any], profile: Any, backend: Any, precision: str, requested: str,
-    threads: int | None,
+    threads: int | None, activations: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The fields every bundle manifest starts with (``files`` is added last)."""
+    """The fields every bundle manifest starts with (``files`` is added last); multi-graph
+    bundles pass the precision their engines compute in (``build.activations``)."""
     from robopt_compile import bundle
 
     return {
@@ -116,9 +117,18 @@ def manifest_common(
         "backend": backend.name,
         "precision": precision,
         "requested_precision": requested,
-        "build": {"threads": threads},
+        "build": {"threads": threads, **({"activations": activations} if activations else {})},
         "tool_versions": bundle.tool_versions(),
     }
+
+
+def seal(tmp: Path, manifest: dict[str, Any]) -> None:
+    """Hash every file written so far into the manifest and write it (the bundle's last file
+    before the reports)."""
+    from robopt_compile import bundle
+
+    manifest["files"] = bundle.hash_tree(tmp)
+    bundle.write_json(tmp / bundle.MANIFEST, manifest)
 
 
 # What a restored multi-graph bundle carries over from the build that made it.

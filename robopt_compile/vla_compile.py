@@ -249,7 +249,7 @@ def compile_vla(
     from robopt_compile import ir as rir
     from robopt_compile.bench.driver import VlaGreedyDriver
     from robopt_compile.bench.multigraph import token_fidelity
-    from robopt_compile.graph_bundle import build_graphs, graph_entries, manifest_common
+    from robopt_compile.graph_bundle import build_graphs, graph_entries, manifest_common, seal
     from robopt_compile.numerics import judge
     from robopt_compile.passes import get_pass_class
     from robopt_compile.pipeline import CompileResult, _stage, write_report
@@ -361,6 +361,7 @@ def compile_vla(
             **manifest_common(
                 {"name": name, "source": source, "source_kind": source_kind, "kind": "vla"},
                 profile, backend, opts.precision, opts.precision, opts.threads,
+                activations or "f32",
             ),
             "graphs": graph_entries(built, graphs, plan),
             "driver": {"kind": "vla-greedy", "config": c.driver_config()},
@@ -374,9 +375,7 @@ def compile_vla(
             "parity": {"graphs": {g: {"passed": checks[g]["passed"]} for g in checks},
                        "actions": fid},
         }  # fmt: skip
-        manifest["build"]["activations"] = activations or "f32"
-        manifest["files"] = bundle.hash_tree(tmp)
-        bundle.write_json(tmp / bundle.MANIFEST, manifest)
+        seal(tmp, manifest)
     with _stage(progress, "report", timings):
         write_report(out, progress)
     return CompileResult(out=out, manifest=manifest, report=report, facts={})
