@@ -13,7 +13,9 @@ the loop that turns an observation into an action. The loops live here, on the r
    key/value cache ``past.{i}.k|v (1,KV,0,hd)`` -> ``logits (1,256)`` for the next token and
    the cache ``present.{i}.k|v``;
 4. ``llm`` again for each remaining action dimension: the last token's embedding and the cache
-   -> the next token's logits and the grown cache.
+   -> the next token's logits and the grown cache. A bundle may carry ``llm-decode``, the same
+   graph built by another runtime (``--decode-backend``: a kernel that is fast at one token is
+   not always the one that is fast at hundreds); the decode steps then run it instead.
 
 Decoding is greedy and constrained to the 256 action tokens (the last 256 ids of the
 vocabulary, as in OpenVLA): the language model's head is cut to those rows, so ``logits``
@@ -36,6 +38,7 @@ from robopt_compile.errors import InputError
 Runner = Any  # targets.base.Runner: .infer(feeds) -> {name: array}
 DRIVERS = ("vla-greedy", "ddim")
 VLA_GRAPHS = ("vision", "embed", "llm")
+DECODE_GRAPH = "llm-decode"  # optional: the llm's decode steps on another runtime
 
 
 def bin_centers(n_bins: int) -> np.ndarray:
@@ -83,6 +86,7 @@ class VlaGreedyDriver:
         if missing:
             raise InputError(f"the vla-greedy driver needs graphs {sorted(missing)} too.")
         self.runners = runners
+        self.decode = DECODE_GRAPH if DECODE_GRAPH in runners else "llm"
         self.config = dict(config)
         self.layers = int(config["layers"])
         self.dims = int(config["action_dims"])
@@ -92,7 +96,7 @@ class VlaGreedyDriver:
 
     def step(self, obs: Mapping[str, np.ndarray]) -> StepResult:
         """Observation (``pixel_values``, ``input_ids``) -> actions, batch 1."""
-        ms: dict[str, float] = dict.fromkeys(VLA_GRAPHS, 0.0)
+        ms: dict[str, float] = dict.fromkeys((*VLA_GRAPHS, self.decode), 0.0)
 
         def run(name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             t = time.perf_counter()
@@ -110,7 +114,7 @@ class VlaGreedyDriver:
             e = run("embed", {"input_ids": token})["token_embeds"]
             cache = {f"past.{i}.{k}": out[f"present.{i}.{k}"] for i in range(self.layers)
                      for k in "kv"}  # fmt: skip
-            out = run("llm", {"inputs_embeds": e, **cache})
+            out = run(self.decode, {"inputs_embeds": e, **cache})
             bins.append(int(np.argmax(out["logits"][0])))
         tokens = bins_to_tokens(np.asarray(bins), self.config)
         return StepResult(tokens_to_actions(tokens, self.config), tokens, ms)

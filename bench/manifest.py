@@ -14,6 +14,10 @@ from typing import Any
 
 from robopt_compile.errors import InputError
 
+# The runtimes a graph may name: targets.TARGETS's keys, spelled out here because this module
+# imports only the standard library (tests/test_vla.py keeps the two equal).
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "tvm")
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20  # 1 MiB: hashing a multi-GB weights file stays flat in memory
@@ -83,7 +87,10 @@ def _check_graphs(root: Path, manifest: dict[str, Any], backend: str, where: str
         by_name[name] = g
         gw = f"{where} graph {name!r}"
         engine = _require(g, "engine", dict, gw)
-        _check_engine(root, engine, backend, f"{gw} engine", f"graph {name!r}: ")
+        gb = g.get("backend", backend)  # a graph may run on another runtime (llm-decode)
+        if gb not in RUNTIMES:
+            raise InputError(f"{bad} graph {name!r} names an unknown backend {gb!r}.")
+        _check_engine(root, engine, gb, f"{gw} engine", f"graph {name!r}: ")
         for key in ("inputs", "outputs"):
             _require(g, key, list, gw)
     driver = _require(manifest, "driver", dict, where)
@@ -157,6 +164,10 @@ def _check_vla(graphs: dict[str, dict[str, Any]], config: dict[str, Any], bad: s
     extra = [n for n in llm_in if n.startswith("past.") and int(n.split(".")[1]) >= layers]
     if extra:
         raise InputError(f"{bad} llm takes {extra[0]!r} but driver.config.layers is {layers}.")
+    if "llm-decode" in graphs:  # the same graph on another runtime: the same interface
+        for key, names in (("inputs", llm_in), ("outputs", llm_out)):
+            if set(_names(graphs["llm-decode"], key)) != set(names):
+                raise InputError(f"{bad} graph 'llm-decode' has other {key} than 'llm'.")
 
 
 def load_manifest(bundle_dir: str | Path, verify: bool = True) -> dict[str, Any]:

@@ -78,12 +78,16 @@ def open_driver(
     root: Path, manifest: dict[str, Any], threads: int | None, stack: contextlib.ExitStack
 ) -> Any:
     """The bundle's driver over a runner per graph; the runners live as long as ``stack``."""
-    backend = get_backend(manifest["backend"])
-    backend.require()
+    backends = {}
     runners = {}
     for g in manifest["graphs"]:
+        name = g.get("backend", manifest["backend"])  # llm-decode may run on another runtime
+        if name not in backends:
+            backends[name] = get_backend(name)
+            backends[name].require()
+        backend = backends[name]
         eng = g["engine"]
-        art = Artifact.from_json({"backend": manifest["backend"], **eng}, root / eng["dir"])
+        art = Artifact.from_json({"backend": name, **eng}, root / eng["dir"])
         try:
             runners[g["name"]] = stack.enter_context(backend.runner(art, threads))
         except RoboptError:

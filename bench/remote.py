@@ -356,12 +356,15 @@ def remote_benchmark(
 
     health = retried(lambda: server.request("GET", f"{API}/health", "health"), "health check")
     host = str(health.get("host", server.host))
-    runtime = (health.get("runtimes") or {}).get(manifest["backend"])
-    if isinstance(runtime, dict) and runtime.get("available") is False:
-        raise BackendUnavailableError(
-            f"{host} ({server.url}) cannot run backend {manifest['backend']!r}: "
-            f"{runtime.get('reason', 'its runtime is missing')}."
-        )
+    needed = [manifest["backend"]] + [  # a multi-graph bundle's graphs may name another
+        g["backend"] for g in manifest.get("graphs", []) if g.get("backend")]  # fmt: skip
+    for name in dict.fromkeys(needed):
+        runtime = (health.get("runtimes") or {}).get(name)
+        if isinstance(runtime, dict) and runtime.get("available") is False:
+            raise BackendUnavailableError(
+                f"{host} ({server.url}) cannot run backend {name!r}: "
+                f"{runtime.get('reason', 'its runtime is missing')}."
+            )
     limit = health.get("max_upload_bytes")
 
     with tempfile.TemporaryDirectory(prefix="robopt-remote-") as tmp:

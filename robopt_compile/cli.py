@@ -216,6 +216,14 @@ class _StageLog:
     "weights, bf16 arithmetic on AMX / AVX-512 BF16). Default: that of --precision.",
 )
 @click.option(
+    "--decode-backend",
+    type=click.Choice(["onnxruntime", "openvino"]),
+    help="VLA bundles: run the language model's decode steps (one token each) on this "
+    "runtime and the prefill on --backend (-b openvino --precision int4-weight "
+    "--decode-backend onnxruntime: OpenVINO's AMX prefill, ONNX Runtime's MatMulNBits decode). "
+    "Default: --backend for both.",
+)
+@click.option(
     "--calibration",
     help="Calibration data: a folder of .npy/.npz samples, one .npz with a leading sample "
     "axis, package.module:iterator, or 'random' (accuracy figures then meaningless). A "
@@ -379,6 +387,7 @@ def compile_cmd(
     backend: str | None,
     precision: str,
     activations: str | None,
+    decode_backend: str | None,
     calibration: str | None,
     calib_method: str | None,
     max_accuracy_drop: float | None,
@@ -451,6 +460,7 @@ def compile_cmd(
         eval_criteria=Criteria(max_return_drop, max_success_drop),
         cache=not no_cache,
         activations=activations,
+        decode_backend=decode_backend,
     )
     if (max_return_drop is not None or max_success_drop is not None) and not eval_spec:
         raise InputError("--max-return-drop/--max-success-drop need --eval task[:...].")
@@ -569,7 +579,9 @@ def _print_graph_bundle(out: Path, m: dict[str, Any], report: dict[str, Any]) ->
         chk = checks.get(g["name"])
         how = ("checked through the actions" if chk is None
                else f"cosine vs torch {chk.get('cosine', float('nan')):.6f}")  # fmt: skip
-        rows.append((f"graph {g['name']}", f"{g['precision']}, weights "
+        on = g.get("backend", m["backend"])
+        rows.append((f"graph {g['name']}", f"{g['precision']}"
+                     f"{'' if on == m['backend'] else ' on ' + on}, weights "
                      f"{g['weight_bytes'] / 2**20:.1f} MiB, {how}"))  # fmt: skip
     if "token_agreement" in f:
         rows.append(("action tokens", f"{f['token_agreement']:.1%} agree with torch fp32 on "

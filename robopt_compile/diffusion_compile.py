@@ -83,6 +83,11 @@ def validate(opts: Any, profile: Any, backend: Any) -> str | None:
             "untouched)."
         )
     check_backend(backend, "diffusion-policy")
+    if opts.decode_backend is not None:
+        raise InputError(
+            "--decode-backend is for VLA bundles (token-by-token decoding); a diffusion "
+            "policy has no decode steps: drop it."
+        )
     return check_activations(opts, backend, profile, opts.precision == "bf16")
 
 

@@ -85,6 +85,7 @@ def graph_entries(
     return [
         {
             "name": b.name,
+            "backend": b.artifact.backend,  # llm-decode may run on another runtime
             "precision": precisions[b.name],
             "model_files": [f"graphs/{b.name}/{f.name}" for f in b.files],
             "engine": {"dir": f"graphs/{b.name}/engine", **b.artifact.to_json()},
@@ -173,6 +174,7 @@ def multigraph_key(
         "options": {
             "precision": opts.precision,
             "activations": opts.activations,
+            "decode_backend": opts.decode_backend,
             "threads": opts.threads,
             "seed": opts.seed,
             "max_drop": opts.quant.max_drop,

@@ -61,6 +61,9 @@ class CompileOptions:
     # Multi-graph bundles on OpenVINO: compute activations in "fp32" or "bf16" (None: the
     # precision's own); see graph_bundle.check_activations.
     activations: str | None = None
+    # VLA bundles: the runtime of the language model's decode steps when it is not --backend's
+    # (an ``llm-decode`` graph; see vla_compile.validate).
+    decode_backend: str | None = None
 
 
 @dataclass
@@ -256,6 +259,11 @@ def compile_model(
         raise InputError(
             "--activations is for multi-graph bundles (VLA, diffusion policy); for a "
             "single-graph policy on OpenVINO use --precision bf16."
+        )
+    if opts.decode_backend is not None:
+        raise InputError(
+            "--decode-backend is for VLA bundles (a language model decoding action tokens); "
+            "drop it for a single-graph policy."
         )
 
     cache = None

@@ -169,7 +169,16 @@ def test_manifest_rejects_an_inconsistent_multi_graph_bundle(
     def unknown_driver(m):
         m["driver"]["kind"] = "beam-search"
 
+    def odd_decode(m):  # an llm-decode graph that does not take what the llm takes
+        llm = next(g for g in m["graphs"] if g["name"] == "llm")
+        m["graphs"].append({**llm, "name": "llm-decode", "inputs": llm["inputs"][:1]})
+
+    def unknown_runtime(m):
+        m["graphs"][0]["backend"] = "coreml"
+
     cases = {
+        "decode": (odd_decode, "graph 'llm-decode' has other inputs than 'llm'"),
+        "runtime": (unknown_runtime, "graph 'vision' names an unknown backend 'coreml'"),
         "layers": (more_layers, "llm input 'past.2.k' is missing (driver.config.layers is 3)"),
         "embed": (no_embed, "needs graph(s) ['embed']"),
         "width": (wide_vision, "embedding widths differ"),
@@ -194,6 +203,8 @@ def test_vla_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
                        (["-b", "tvm"], "onnxruntime or openvino"),
                        (["-b", "onnxruntime", "--activations", "bf16"], "pass -b openvino"),
                        (["-b", "onnxruntime", "--precision", "bf16"], "does not build 'bf16'"),
+                       (["-b", "openvino", "--precision", "bf16", "--decode-backend",
+                         "onnxruntime"], "not bf16: drop --decode-backend"),
                        ):  # fmt: skip
         code, _, err = run_cli(["zoo:openvla-tiny", "-o", str(tmp_path / "x"), *extra], capsys)
         assert code == EXIT_BAD_INPUT and msg in err, err
@@ -205,6 +216,13 @@ def test_vla_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == EXIT_BAD_INPUT and "use --precision bf16" in err, err
     assert_one_error_line(err)
     assert not (tmp_path / "y").exists()
+    for source, msg in (("zoo:state-mlp", "drop it for a single-graph policy"),
+                        ("zoo:diffusion-policy", "has no decode steps")):  # fmt: skip
+        code, _, err = run_cli([source, "--decode-backend", "onnxruntime", "-o",
+                                str(tmp_path / "z")], capsys)  # fmt: skip
+        assert code == EXIT_BAD_INPUT and msg in err, err
+        assert_one_error_line(err)
+        assert not (tmp_path / "z").exists()
     from robopt_compile.zoo import load_zoo
 
     with pytest.raises(InputError, match="multi-graph vla model"):
@@ -440,3 +458,71 @@ def test_unchanged_multi_graph_rebuild_restores_the_checked_bundle(tmp_path: Pat
     load_manifest(tmp_path / "b", verify=True)  # the restored files hash right
     _compile(tmp_path / "c", *args[:-1], "0.7")  # another bound: built afresh
     assert "cache" not in json.loads((tmp_path / "c" / "report.json").read_text())
+
+
+def test_manifest_knows_every_runtime() -> None:
+    from robopt_compile.bench.manifest import RUNTIMES
+    from robopt_compile.targets import TARGETS
+
+    assert set(RUNTIMES) == set(TARGETS)
+
+
+def test_decode_steps_on_a_second_runtime(tmp_path: Path) -> None:
+    """--decode-backend: the prefill on OpenVINO, the decode steps on an ONNX Runtime build of
+    the same llm graph (llm-decode). At fp32 both reproduce torch: every token, every graph
+    check; robopt-bench loads each graph with its own runtime and runs the decode on it."""
+    from robopt_compile.bench.harness import run_benchmark
+
+    out = tmp_path / "hybrid"
+    m = _compile(out, "-b", "openvino", "--decode-backend", "onnxruntime")
+    graphs = {g["name"]: g for g in m["graphs"]}
+    assert list(graphs) == ["vision", "embed", "llm", "llm-decode"]
+    assert {g: graphs[g]["backend"] for g in graphs} == {
+        "vision": "openvino", "embed": "openvino", "llm": "openvino",
+        "llm-decode": "onnxruntime"}  # fmt: skip
+    assert graphs["llm-decode"]["engine"]["backend"] == "onnxruntime"
+    assert graphs["llm-decode"]["inputs"] == graphs["llm"]["inputs"]
+    assert m["parity"]["actions"]["token_agreement"] == 1.0
+    report = json.loads((out / "report.json").read_text())
+    assert all(c["passed"] for c in report["graph_checks"].values())
+    assert report["graphs"]["llm-decode"]["backend"] == "onnxruntime"
+    r = run_benchmark(out, runs=3, warmup=1, threads=1)
+    assert r["fidelity"]["passed"] and r["fidelity"]["token_agreement"] == 1.0
+    assert set(r["graph_ms_p50"]) == {"vision", "embed", "llm", "llm-decode"}
+    assert r["graph_ms_p50"]["llm-decode"] > 0
+    # A robot without the decode graph's runtime is told so before the upload.
+    import time
+
+    from robopt_compile.bench.remote import remote_benchmark
+    from robopt_compile.bench.serve import BenchServer
+    from robopt_compile.errors import BackendUnavailableError
+
+    token = "vla-test-token-0123456789abcdef"
+    srv = BenchServer(token, port=0, work_dir=tmp_path / "work", log=lambda line: None).start()
+    try:
+        srv._runtimes = (
+            time.monotonic(),
+            {
+                "openvino": {"available": True},
+                "onnxruntime": {"available": False, "reason": "onnxruntime is not installed"},
+            },
+        )
+        with pytest.raises(BackendUnavailableError, match="cannot run backend 'onnxruntime'"):
+            remote_benchmark(out, srv.url, token, runs=2, retries=0)
+    finally:
+        srv.close(grace_s=5)
+    # Weight-only: the decode graph gets ONNX Runtime's MatMulNBits (accuracy level 4).
+    q = _compile(tmp_path / "int4", "-b", "openvino", "--decode-backend", "onnxruntime",
+                 "--precision", "int4-weight", "--max-accuracy-drop", "1")  # fmt: skip
+    rep = json.loads((tmp_path / "int4" / "report.json").read_text())
+    dec = rep["graphs"]["llm-decode"]
+    assert dec["pass"] == "weight-only-ort" and dec["precision"] == "int4-weight"
+    assert rep["graphs"]["llm"]["pass"] == "weight-only-nncf"
+    import onnx
+
+    nodes = onnx.load(str(tmp_path / "int4" / "graphs" / "llm-decode" / "model.onnx")).graph.node
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    assert nbits and all(onnx.helper.get_attribute_value(a) == 4 for n in nbits
+                         for a in n.attribute if a.name == "accuracy_level")  # fmt: skip
+    assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nbits)
+    assert {g["name"]: g["backend"] for g in q["graphs"]}["llm-decode"] == "onnxruntime"
