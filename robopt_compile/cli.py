@@ -168,6 +168,9 @@ class _StageLog:
             return
         if not self.enabled:
             return
+        if event == "info":  # a choice robopt made for the user (not in --json mode)
+            click.echo(f"{PROG}: {stage}", err=True)
+            return
         if event == "tick":  # progress inside a long stage; ``seconds`` is the done fraction
             if self.tty:
                 click.echo(f"\r  {stage:<60}", err=True, nl=False)

@@ -38,9 +38,9 @@ PRECISIONS = ("fp32", "int8", "bf16")  # bf16: OpenVINO, fp32 weights, bf16 arit
 
 
 def export_graphs(model: Any) -> dict[str, Any]:
-    import warnings
-
     import torch
+
+    from robopt_compile.frontend import quiet_exporter
 
     c = model.config
     ex = model.example_inputs(0)
@@ -53,8 +53,7 @@ def export_graphs(model: Any) -> dict[str, Any]:
     }
     out = {}
     for name, (mod, args, ins, outs) in jobs.items():
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with quiet_exporter(), torch.no_grad():
             prog = torch.onnx.export(mod, args, dynamo=True, input_names=ins, output_names=outs,
                                      optimize=True, verbose=False)  # fmt: skip
         out[name] = prog.model

@@ -348,7 +348,7 @@ def _fresh_like(named: dict[str, Any], seed: int, batch: int | None = None) -> d
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_exporter():
     """The exporters print progress and warnings; keep the user's terminal clean."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -390,7 +390,7 @@ def export_torch(
             }
         if opset is not None:
             kwargs["opset_version"] = opset
-        with _quiet(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 module,
                 args=(),
@@ -408,7 +408,7 @@ def export_torch(
         notes.append(f"dynamo exporter failed ({errors[-1]}); used the TorchScript exporter")
     try:
         buf = io.BytesIO()
-        with _quiet(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             torch.onnx.export(
                 module,
                 tuple(example.values()),
@@ -527,7 +527,7 @@ def _load_pt2(
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}. Check the path.")
     try:
-        with _quiet():
+        with quiet_exporter():
             ep = torch.export.load(str(path))
     except Exception as exc:
         raise ModelLoadError(
@@ -553,7 +553,7 @@ def _load_pt2(
             "applies only where the program itself has a dynamic batch dim"
         )
     try:
-        with _quiet(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 ep,
                 args=tuple(args),

@@ -76,10 +76,9 @@ DECODE_WEIGHT_PASS = {
 def export_graphs(model: Any) -> dict[str, Any]:
     """``vision`` and ``llm`` as onnx-ir models (torch.export + ONNX; the llm's sequence and
     cache lengths are dynamic)."""
-    import warnings
-
     import torch
 
+    from robopt_compile.frontend import quiet_exporter
     from robopt_compile.zoo.vla import LlmStep, prompt_embeds
 
     c = model.config
@@ -101,8 +100,7 @@ def export_graphs(model: Any) -> dict[str, Any]:
     }  # fmt: skip
     out: dict[str, Any] = {}
     for name, (mod, args, dyn, ins, outs) in jobs.items():
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        with quiet_exporter(), torch.no_grad():
             prog = torch.onnx.export(
                 mod, args, dynamo=True, dynamic_shapes=dyn, input_names=ins,
                 output_names=outs, optimize=True, verbose=False,
@@ -237,6 +235,43 @@ def require_transformers() -> None:
             "an OpenVLA-style model needs transformers 5 (DINOv2, SigLIP, Llama): "
             "pip install 'robopt-compile[vla]'."
         )
+
+
+# Without -b, a weight-compressed VLA gets the build measured fastest on this kind of CPU
+# (docs/VLA.md, "Measured", run 3: openvla-mini int4-weight 3.03x eager with OpenVINO's bf16
+# prefill and ONNX Runtime's decode, vs 1.03x on ONNX Runtime, the host's first backend).
+RECIPE_PRECISIONS = ("int8-weight", "int4-weight")
+
+
+def default_recipe(opts: Any, profile: Any, backend: Any) -> tuple[Any, Any, str | None]:
+    """``(opts, backend, note)``: when the user named no backend and asked for a weight-only
+    precision, OpenVINO (where the target lists it and it runs here), bf16 arithmetic where the
+    target has it, and the decode steps on ONNX Runtime where it is available; whatever the
+    user set (``--activations``, ``--decode-backend``) is kept. Otherwise unchanged."""
+    from dataclasses import replace
+
+    from robopt_compile.targets import get_backend
+
+    if opts.backend is not None or opts.precision not in RECIPE_PRECISIONS:
+        return opts, backend, None
+
+    def usable(name: str) -> Any:
+        if name not in profile.backends:
+            return None
+        b = get_backend(name)
+        return b if b.availability()[0] else None
+
+    ov = usable("openvino")
+    if ov is None:
+        return opts, backend, None
+    acts = opts.activations or ("bf16" if "bf16" in profile.precisions else None)
+    decode = opts.decode_backend or ("onnxruntime" if usable("onnxruntime") else None)
+    note = (
+        f"VLA {opts.precision} on {profile.name}: openvino, {acts or 'fp32'} arithmetic, "
+        f"decode steps on {decode or 'openvino'} (the fastest measured combination; -b, "
+        "--activations and --decode-backend choose otherwise)"
+    )
+    return replace(opts, backend="openvino", activations=acts, decode_backend=decode), ov, note
 
 
 def validate(opts: Any, profile: Any, backend: Any) -> tuple[dict[str, str], str | None, Any]:

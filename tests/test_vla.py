@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +127,8 @@ def test_int8_weight_bundle_is_smaller_and_its_token_bound_holds(
 ) -> None:
     """INT8 weights shrink every graph; the bundle is written only when the action tokens
     agree with fp32 at least 1 - --max-accuracy-drop (default 95%), else one line, exit 4."""
-    code, _, err = run_cli(["zoo:openvla-tiny", "--threads", "1", "--precision", "int8-weight",
-                            "-o", str(tmp_path / "strict")], capsys)  # fmt: skip
+    args = ["zoo:openvla-tiny", "--threads", "1", "--precision", "int8-weight", "-b", "onnxruntime"]
+    code, _, err = run_cli([*args, "-o", str(tmp_path / "strict")], capsys)
     if code == 0:
         rep = json.loads((tmp_path / "strict" / "report.json").read_text())
         assert rep["fidelity"]["token_agreement"] >= 0.95
@@ -135,7 +136,8 @@ def test_int8_weight_bundle_is_smaller_and_its_token_bound_holds(
         assert code == 4 and "of the action tokens agree" in err, err
         assert_one_error_line(err)
         assert not (tmp_path / "strict").exists()
-    m = _compile(tmp_path / "q", "--precision", "int8-weight", "--max-accuracy-drop", "0.5")
+    m = _compile(tmp_path / "q", "-b", "onnxruntime", "--precision", "int8-weight",
+                 "--max-accuracy-drop", "0.5")  # fmt: skip
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     fp = {g: report["graphs"][g]["weight_bytes_fp32"] for g in ("vision", "embed", "llm")}
     got = {g["name"]: g["weight_bytes"] for g in m["graphs"]}
@@ -526,3 +528,40 @@ def test_decode_steps_on_a_second_runtime(tmp_path: Path) -> None:
                          for a in n.attribute if a.name == "accuracy_level")  # fmt: skip
     assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nbits)
     assert {g["name"]: g["backend"] for g in q["graphs"]}["llm-decode"] == "onnxruntime"
+
+
+def test_without_a_backend_a_compressed_vla_gets_the_measured_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No -b and a weight-only precision: OpenVINO, bf16 arithmetic where the target has it,
+    the decode steps on ONNX Runtime, said in a note; what the user chose is kept, and fp32
+    or an explicit backend is left alone."""
+    from robopt_compile.hwprofiles import load_profile
+    from robopt_compile.pipeline import CompileOptions, resolve_backend
+    from robopt_compile.vla_compile import default_recipe
+
+    host = load_profile("host")
+    ort = resolve_backend(host, "onnxruntime")
+    bf16 = "bf16" if "bf16" in host.precisions else None
+    opts, backend, note = default_recipe(CompileOptions(precision="int4-weight"), host, ort)
+    assert (backend.name, opts.backend, opts.activations, opts.decode_backend) == (
+        "openvino", "openvino", bf16, "onnxruntime")  # fmt: skip
+    assert "decode steps on onnxruntime" in note
+    kept, _, _ = default_recipe(
+        CompileOptions(precision="int8-weight", activations="fp32", decode_backend="openvino"),
+        host, ort)  # fmt: skip
+    assert (kept.backend, kept.activations, kept.decode_backend) == ("openvino", "fp32",
+                                                                      "openvino")  # fmt: skip
+    for untouched in (CompileOptions(precision="fp32"),
+                      CompileOptions(precision="int4-weight", backend="onnxruntime")):  # fmt: skip
+        assert default_recipe(untouched, host, ort) == (untouched, ort, None)
+    no_ov = replace(host, backends=("onnxruntime",))
+    assert default_recipe(CompileOptions(precision="int4-weight"), no_ov, ort)[2] is None
+    # From the command line: the bundle is what the note says.
+    args = ["zoo:openvla-tiny", "--threads", "1", "--precision", "int4-weight"]
+    code, _, err = run_cli([*args, "--max-accuracy-drop", "1", "-o", str(tmp_path / "v")], capsys)
+    assert code == 0, err
+    assert "decode steps on onnxruntime" in err
+    m = load_manifest(tmp_path / "v")
+    assert m["backend"] == "openvino" and m["build"].get("activations") == (bf16 or "f32")
+    assert {g["name"]: g["backend"] for g in m["graphs"]}["llm-decode"] == "onnxruntime"
