@@ -103,7 +103,8 @@ def format_graph_result(r: dict[str, Any]) -> str:
         f"model       {r['model']} ({r['backend']}, {r['precision']}, target {r['target']}), "
         f"driver {r['driver']}",
         f"machine     {m['cpu_model']}, {m['cores_available']}/{m['cores_logical']} cores, "
-        f"{m['runtime']} {m['runtime_version']}",
+        f"{m['runtime']} {m['runtime_version']}"
+        + "".join(f", {k} {v}" for k, v in (m.get("other_runtimes") or {}).items()),
         f"settings    {s['runs']} control steps after {s['warmup']} warm-up, threads {threads}",
         f"start-up    bundle check {_f(t['bundle_check_ms'], '.1f')} ms, engines load "
         f"{_f(t['engine_load_ms'], '.1f')} ms",

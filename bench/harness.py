@@ -318,6 +318,11 @@ def run_benchmark(
                                   control_rate, progress, keep_samples)  # fmt: skip
         res["timing"]["bundle_check_ms"] = check_ms
         res["machine"] = machine_summary(get_backend(manifest["backend"]).runtime_module)
+        others = sorted({g.get("backend") for g in manifest["graphs"]} - {manifest["backend"],
+                                                                            None})  # fmt: skip
+        if others:  # e.g. a VLA whose decode steps run on a second runtime
+            mods = [get_backend(b).runtime_module for b in others]
+            res["machine"]["other_runtimes"] = {m: _runtime_version(m) for m in mods}
         return res
     b = _open_bundle(bundle_dir, verify=False)
     check_ms = (time.perf_counter() - t0) * 1e3 - (b.unpack_ms or 0.0) - (b.build_ms or 0.0)

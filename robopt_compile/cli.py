@@ -220,11 +220,12 @@ class _StageLog:
 )
 @click.option(
     "--decode-backend",
-    type=click.Choice(["onnxruntime", "openvino"]),
+    type=click.Choice(["onnxruntime", "openvino", "auto"]),
     help="VLA bundles: run the language model's decode steps (one token each) on this "
     "runtime and the prefill on --backend (-b openvino --precision int4-weight "
-    "--decode-backend onnxruntime: OpenVINO's AMX prefill, ONNX Runtime's MatMulNBits decode). "
-    "Default: --backend for both.",
+    "--decode-backend onnxruntime: OpenVINO's AMX prefill, ONNX Runtime's MatMulNBits decode); "
+    "auto: the other runtime only if its decode step measures at most 0.9x here. Default: "
+    "--backend for both, or auto for an int8-/int4-weight VLA compiled without -b.",
 )
 @click.option(
     "--calibration",

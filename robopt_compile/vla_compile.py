@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,34 @@ DECODE_WEIGHT_PASS = {
     **WEIGHT_PASS,
     ("onnxruntime", "int4-weight"): ("weight-only-ort", {"bits": 4, "accuracy_level": 4}),
 }
+# --decode-backend auto keeps llm-decode only when its decode step takes at most this share of
+# the main runtime's (it doubles the language model's weights).
+DECODE_KEEP_RATIO = 0.9
+DECODE_ROUNDS = 7
+
+
+def choose_decode(runners: dict[str, Any], feeds: dict[str, np.ndarray],
+                  rounds: int = DECODE_ROUNDS) -> dict[str, Any]:  # fmt: skip
+    """Time one decode step (``feeds``: a token and the prefill's cache) on the main ``llm``
+    runner and on ``llm-decode``, interleaved, one warm-up each; ``kept`` when llm-decode's
+    median is at most :data:`DECODE_KEEP_RATIO` of the llm's."""
+    import statistics
+
+    ms: dict[str, list[float]] = {"llm": [], DECODE: []}
+    for g in ms:
+        runners[g].infer(feeds)
+    for _ in range(rounds):
+        for g, times in ms.items():
+            t = time.perf_counter()
+            runners[g].infer(feeds)
+            times.append((time.perf_counter() - t) * 1e3)
+    med = {g: statistics.median(v) for g, v in ms.items()}
+    return {
+        "ms_per_step": med,
+        "rounds": rounds,
+        "kept": med[DECODE] <= DECODE_KEEP_RATIO * med["llm"],
+        "rule": f"llm-decode kept when its median step is <= {DECODE_KEEP_RATIO}x the llm's",
+    }
 
 
 def export_graphs(model: Any) -> dict[str, Any]:
@@ -246,7 +275,7 @@ RECIPE_PRECISIONS = ("int8-weight", "int4-weight")
 def default_recipe(opts: Any, profile: Any, backend: Any) -> tuple[Any, Any, str | None]:
     """``(opts, backend, note)``: when the user named no backend and asked for a weight-only
     precision, OpenVINO (where the target lists it and it runs here), bf16 arithmetic where the
-    target has it, and the decode steps on ONNX Runtime where it is available; whatever the
+    target has it, and ``--decode-backend auto`` where ONNX Runtime is available; whatever the
     user set (``--activations``, ``--decode-backend``) is kept. Otherwise unchanged."""
     from dataclasses import replace
 
@@ -265,12 +294,13 @@ def default_recipe(opts: Any, profile: Any, backend: Any) -> tuple[Any, Any, str
     if ov is None:
         return opts, backend, None
     acts = opts.activations or ("bf16" if "bf16" in profile.precisions else None)
-    decode = opts.decode_backend or ("onnxruntime" if usable("onnxruntime") else None)
+    decode = opts.decode_backend or ("auto" if usable("onnxruntime") else None)
     note = (
-        f"VLA {opts.precision} on {profile.name}: openvino, {acts or 'fp32'} arithmetic, "
-        f"decode steps on {decode or 'openvino'} (the fastest measured combination; -b, "
-        "--activations and --decode-backend choose otherwise)"
-    )
+        f"VLA {opts.precision} on {profile.name}: openvino, {acts or 'fp32'} arithmetic"
+        + (", decode steps on onnxruntime if they measure faster here" if decode == "auto"
+           else f", decode steps on {decode or 'openvino'}")
+        + " (-b, --activations and --decode-backend choose otherwise)"
+    )  # fmt: skip
     return replace(opts, backend="openvino", activations=acts, decode_backend=decode), ov, note
 
 
@@ -286,6 +316,15 @@ def validate(opts: Any, profile: Any, backend: Any) -> tuple[dict[str, str], str
     check_backend(backend, "VLA")
     activations = check_activations(opts, backend, profile, opts.precision == "bf16")
     name = opts.decode_backend
+    if name == "auto":  # the other runtime, when it can be built and timed here
+        from robopt_compile.pipeline import target_status
+
+        name = "onnxruntime" if backend.name == "openvino" else "openvino"
+        other = get_backend(name)
+        if (name not in profile.backends or not other.availability()[0]
+                or plan["llm"] not in DECODE_PRECISIONS
+                or not target_status(profile, backend.name)["run"]):  # fmt: skip
+            return plan, activations, None
     if name is None or name == backend.name:
         return plan, activations, None
     if name not in BACKENDS:
@@ -386,6 +425,20 @@ def compile_vla(
                         (decode if b.name == DECODE else backend).runner(b.artifact, opts.threads))
                     for b in built
                 }  # fmt: skip
+                if decode is not None and opts.decode_backend == "auto":  # measured here
+                    choice = choose_decode(runners, refs[DECODE]["in"])
+                    choice["runtimes"] = {"llm": backend.name, DECODE: decode.name}
+                    report["decode_choice"] = choice
+                    ms = choice["ms_per_step"]
+                    verdict = (f"the decode steps run on {decode.name}" if choice["kept"]
+                               else f"{decode.name}'s decode graph dropped")  # fmt: skip
+                    said = (f"decode step here: {decode.name} {ms[DECODE]:.1f} ms, "
+                            f"{backend.name} {ms['llm']:.1f} ms: {verdict}")  # fmt: skip
+                    progress(said, "info", 0.0)
+                    if not choice["kept"]:
+                        del runners[DECODE]
+                        built = [b for b in built if b.name != DECODE]
+                        report["graphs"].pop(DECODE)
                 # Each graph on the step it runs: the llm's prefill, and the decode step on
                 # llm-decode when the bundle has one.
                 for check in (*GRAPHS, DECODE):
@@ -398,6 +451,8 @@ def compile_vla(
                 t0 = time.perf_counter()
                 steps = [drv.step({k: v.numpy() for k, v in o.items()}) for o in held]
                 loop_s = time.perf_counter() - t0
+            if not report.get("decode_choice", {}).get("kept", True):  # its runner is closed
+                shutil.rmtree(tmp / "graphs" / DECODE)
             tokens = np.stack([s.tokens for s in steps])
             actions = np.stack([s.actions for s in steps])
             fid = token_fidelity(ref_tokens, ref_actions, tokens, actions)

@@ -492,6 +492,7 @@ def test_decode_steps_on_a_second_runtime(tmp_path: Path) -> None:
     assert r["fidelity"]["passed"] and r["fidelity"]["token_agreement"] == 1.0
     assert set(r["graph_ms_p50"]) == {"vision", "embed", "llm", "llm-decode"}
     assert r["graph_ms_p50"]["llm-decode"] > 0
+    assert r["machine"]["runtime"] == "openvino" and "onnxruntime" in r["machine"]["other_runtimes"]
     # A robot without the decode graph's runtime is told so before the upload.
     import time
 
@@ -545,8 +546,8 @@ def test_without_a_backend_a_compressed_vla_gets_the_measured_recipe(
     bf16 = "bf16" if "bf16" in host.precisions else None
     opts, backend, note = default_recipe(CompileOptions(precision="int4-weight"), host, ort)
     assert (backend.name, opts.backend, opts.activations, opts.decode_backend) == (
-        "openvino", "openvino", bf16, "onnxruntime")  # fmt: skip
-    assert "decode steps on onnxruntime" in note
+        "openvino", "openvino", bf16, "auto")  # fmt: skip
+    assert "decode steps on onnxruntime if they measure faster here" in note
     kept, _, _ = default_recipe(
         CompileOptions(precision="int8-weight", activations="fp32", decode_backend="openvino"),
         host, ort)  # fmt: skip
@@ -561,7 +562,49 @@ def test_without_a_backend_a_compressed_vla_gets_the_measured_recipe(
     args = ["zoo:openvla-tiny", "--threads", "1", "--precision", "int4-weight"]
     code, _, err = run_cli([*args, "--max-accuracy-drop", "1", "-o", str(tmp_path / "v")], capsys)
     assert code == 0, err
-    assert "decode steps on onnxruntime" in err
+    assert "if they measure faster here" in err and "decode step here: onnxruntime" in err
     m = load_manifest(tmp_path / "v")
     assert m["backend"] == "openvino" and m["build"].get("activations") == (bf16 or "f32")
-    assert {g["name"]: g["backend"] for g in m["graphs"]}["llm-decode"] == "onnxruntime"
+    choice = json.loads((tmp_path / "v" / "report.json").read_text())["decode_choice"]
+    assert set(choice["ms_per_step"]) == {"llm", "llm-decode"} and choice["rounds"] >= 5
+    names = [g["name"] for g in m["graphs"]]
+    assert ("llm-decode" in names) == choice["kept"]
+    assert (tmp_path / "v" / "graphs" / "llm-decode").exists() == choice["kept"]
+
+
+class _Sleeper:
+    def __init__(self, ms: float) -> None:
+        self.ms, self.calls = ms, 0
+
+    def infer(self, feeds: dict) -> dict:
+        import time
+
+        self.calls += 1
+        time.sleep(self.ms / 1e3)
+        return {}
+
+
+def test_decode_auto_keeps_the_second_runtime_only_when_it_pays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """choose_decode times both runners interleaved (one warm-up each) and keeps llm-decode
+    at <= 0.9x the llm's step; a dropped decode graph leaves no file and no manifest entry."""
+    from robopt_compile import vla_compile
+    from robopt_compile.vla_compile import choose_decode
+
+    fast, slow = _Sleeper(2), _Sleeper(12)
+    got = choose_decode({"llm": slow, "llm-decode": fast}, {}, rounds=3)
+    assert got["kept"] and fast.calls == slow.calls == 4
+    assert got["ms_per_step"]["llm-decode"] < got["ms_per_step"]["llm"]
+    assert not choose_decode({"llm": fast, "llm-decode": slow}, {}, rounds=3)["kept"]
+    same = _Sleeper(5)
+    assert not choose_decode({"llm": same, "llm-decode": same}, {}, rounds=3)["kept"]
+    # Through the compiler: a second runtime that never pays is dropped after measuring.
+    monkeypatch.setattr(vla_compile, "DECODE_KEEP_RATIO", 0.0)
+    m = _compile(tmp_path / "d", "-b", "openvino", "--decode-backend", "auto")
+    assert [g["name"] for g in m["graphs"]] == ["vision", "embed", "llm"]
+    assert not (tmp_path / "d" / "graphs" / "llm-decode").exists()
+    rep = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert rep["decode_choice"]["kept"] is False and "llm-decode" not in rep["graphs"]
+    assert m["parity"]["actions"]["token_agreement"] == 1.0
+    load_manifest(tmp_path / "d", verify=True)  # the hashed files are the bundle's
