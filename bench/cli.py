@@ -116,6 +116,12 @@ def format_graph_result(r: dict[str, Any]) -> str:
         f"per graph   p50 ms within a step: {graphs}",
         f"weights     {weights:.1f} MiB in all graphs",
     ]
+    mem = r.get("memory")
+    if mem:
+        lines.append(
+            f"memory      peak RSS {_f(mem['peak_rss_mib'], '.1f')} MiB, "
+            f"{_f(mem['rss_increase_mib'], '+.1f')} MiB over the RSS before the engines loaded"
+        )
     c = r.get("control")
     if c is not None:
         lines.append(

@@ -116,10 +116,14 @@ def run_graph_benchmark(
     obs = load_arrays(root / ref["inputs"])
     want = load_arrays(root / ref["outputs"])
     n = next(iter(obs.values())).shape[0]
+    from .harness import _mib, _peak_rss_bytes, _rss_bytes
+
+    rss0 = _rss_bytes()
     with contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
         driver = open_driver(root, manifest, threads, stack)
         load_ms = (time.perf_counter() - t0) * 1e3
+        rss_loaded = _rss_bytes()
         t0 = time.perf_counter()
         steps = [driver.step({k: v[i] for k, v in obs.items()}) for i in range(n)]
         first_ms = (time.perf_counter() - t0) * 1e3 / n
@@ -143,6 +147,8 @@ def run_graph_benchmark(
                 graph_ms.setdefault(k, []).append(v)
             if progress is not None:
                 progress(1)
+        rss_runs = _rss_bytes()
+        grown = None if rss0 is None or rss_runs is None else rss_runs - rss0
         paced = None
         if control_rate is not None:
             paced = paced_loop(lambda: driver.step(first), control_rate, runs, lambda: None)
@@ -171,5 +177,12 @@ def run_graph_benchmark(
         if control_rate is None
         else {**control_loop_stats(samples, control_rate), "paced": paced},
         "fidelity": fid,
+        "memory": {  # every engine of the bundle in one process (both runtimes, if two)
+            "peak_rss_mib": _mib(_peak_rss_bytes()),
+            "rss_before_load_mib": _mib(rss0),
+            "rss_after_load_mib": _mib(rss_loaded),
+            "rss_after_runs_mib": _mib(rss_runs),
+            "rss_increase_mib": _mib(grown),
+        },
         "weight_bytes": {g["name"]: g.get("weight_bytes") for g in manifest["graphs"]},
     }

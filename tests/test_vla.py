@@ -120,6 +120,11 @@ def test_bundle_driver_reproduces_torch_actions(fp32_bundle: Path, tiny) -> None
     r = run_benchmark(fp32_bundle, runs=5, warmup=1, threads=1)
     assert r["fidelity"]["passed"] and r["fidelity"]["token_agreement"] == 1.0
     assert r["actions_per_s"] > 0 and set(r["graph_ms_p50"]) == {"vision", "embed", "llm"}
+    mem = r["memory"]
+    if mem["rss_before_load_mib"] is not None:  # Linux: /proc/self/statm
+        assert mem["rss_after_load_mib"] > mem["rss_before_load_mib"]
+        # The kernel's high-water mark lags the current RSS by a few pages.
+        assert mem["peak_rss_mib"] >= 0.95 * mem["rss_after_runs_mib"] > 0
 
 
 def test_int8_weight_bundle_is_smaller_and_its_token_bound_holds(
