@@ -91,6 +91,12 @@ def _f(v: float | None, spec: str = ".3f") -> str:
 _COLS = ("p50", "p90", "p99", "mean", "min", "max")
 
 
+def _memory_line(mem: dict[str, Any], what: str) -> str:
+    return (f"memory      peak RSS {_f(mem['peak_rss_mib'], '.1f')} MiB, "
+            f"{_f(mem['rss_increase_mib'], '+.1f')} MiB over the RSS before the {what} "
+            "loaded")  # fmt: skip
+
+
 def format_graph_result(r: dict[str, Any]) -> str:
     """A multi-graph bundle's result: time per control step (one action), actions/s, the time
     of each graph within a step, and fidelity in action terms."""
@@ -116,12 +122,8 @@ def format_graph_result(r: dict[str, Any]) -> str:
         f"per graph   p50 ms within a step: {graphs}",
         f"weights     {weights:.1f} MiB in all graphs",
     ]
-    mem = r.get("memory")
-    if mem:
-        lines.append(
-            f"memory      peak RSS {_f(mem['peak_rss_mib'], '.1f')} MiB, "
-            f"{_f(mem['rss_increase_mib'], '+.1f')} MiB over the RSS before the engines loaded"
-        )
+    if r.get("memory"):
+        lines.append(_memory_line(r["memory"], "engines"))
     c = r.get("control")
     if c is not None:
         lines.append(
@@ -193,11 +195,7 @@ def format_result(r: dict[str, Any]) -> str:
                 f"warm first run {pc['warm_first_ms']:.3f} ms, RSS growth "
                 f"{_f(mem['growth'], '+.2f')} MiB over the loop",
             ]
-    mem = r["memory"]
-    lines.append(
-        f"memory      peak RSS {_f(mem['peak_rss_mib'], '.1f')} MiB, "
-        f"{_f(mem['rss_increase_mib'], '+.1f')} MiB over the RSS before the engine loaded"
-    )
+    lines.append(_memory_line(r["memory"], "engine"))
     fid = r["fidelity"]
     tol = fid["tolerance"]
     lines += [

@@ -29,7 +29,7 @@ from robopt_compile.targets import Artifact, Backend, Runner, get_backend
 from .compress import materialize_engine
 from .control import paced_loop
 from .deferred import complete_deferred, is_deferred, require_device_build
-from .manifest import load_manifest
+from .manifest import load_manifest, runtimes
 from .stats import control_loop_stats, latency_stats
 
 Progress = Callable[[int], None]  # called with the number of runs just finished
@@ -86,7 +86,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 # --- memory and machine ---------------------------------------------------------------------
 
 
-def _rss_bytes() -> int | None:
+def rss_bytes() -> int | None:
     """Current resident set size from /proc/self/statm (Linux); None elsewhere."""
     try:
         with open("/proc/self/statm") as f:
@@ -107,6 +107,18 @@ def _peak_rss_bytes() -> int | None:
 
 def _mib(n: int | None) -> float | None:
     return None if n is None else n / (1 << 20)
+
+
+def memory_summary(rss0: int | None, rss_loaded: int | None, rss_runs: int | None) -> dict:
+    """A result's ``memory``: the process's peak RSS and its RSS before the engine(s) load,
+    after they load and after the timed runs, in MiB (None where the OS does not say)."""
+    return {
+        "peak_rss_mib": _mib(_peak_rss_bytes()),
+        "rss_before_load_mib": _mib(rss0),
+        "rss_after_load_mib": _mib(rss_loaded),
+        "rss_after_runs_mib": _mib(rss_runs),
+        "rss_increase_mib": _mib(None if rss0 is None or rss_runs is None else rss_runs - rss0),
+    }
 
 
 def _cpu_model() -> str:
@@ -318,24 +330,22 @@ def run_benchmark(
                                   control_rate, progress, keep_samples)  # fmt: skip
         res["timing"]["bundle_check_ms"] = check_ms
         res["machine"] = machine_summary(get_backend(manifest["backend"]).runtime_module)
-        others = sorted({g.get("backend") for g in manifest["graphs"]} - {manifest["backend"],
-                                                                            None})  # fmt: skip
+        others = [get_backend(b).runtime_module for b in runtimes(manifest)[1:]]
         if others:  # e.g. a VLA whose decode steps run on a second runtime
-            mods = [get_backend(b).runtime_module for b in others]
-            res["machine"]["other_runtimes"] = {m: _runtime_version(m) for m in mods}
+            res["machine"]["other_runtimes"] = {m: _runtime_version(m) for m in others}
         return res
     b = _open_bundle(bundle_dir, verify=False)
     check_ms = (time.perf_counter() - t0) * 1e3 - (b.unpack_ms or 0.0) - (b.build_ms or 0.0)
     ref = b.manifest["reference"]
     ref_in = _load_npz(b.root / ref["inputs"])
     ref_out = _load_npz(b.root / ref["outputs"])
-    rss0 = _rss_bytes()
+    rss0 = rss_bytes()
 
     with contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
         runner = _enter_runner(stack, b, threads)
         load_ms = (time.perf_counter() - t0) * 1e3
-        rss_loaded = _rss_bytes()
+        rss_loaded = rss_bytes()
 
         feeds = _check_feeds(runner, ref_in, "reference/inputs.npz")
         t0 = time.perf_counter()
@@ -352,18 +362,16 @@ def run_benchmark(
             for _ in range(warmup):
                 fn()
         samples = _timed_loop(fn, runs, progress)
-        rss_runs = _rss_bytes()
+        rss_runs = rss_bytes()
         paced = None
         if control_rate is not None:
             # A real loop at the rate (bench/control.py): jitter, misses, steady-state memory.
             with _gc_paused():
-                paced = paced_loop(fn, control_rate, control_ticks or runs, _rss_bytes)
+                paced = paced_loop(fn, control_rate, control_ticks or runs, rss_bytes)
             paced["cold_start_ms"] = load_ms + first_ms
             paced["warm_first_ms"] = samples[0] / 1e6
 
     batch = _batch(timed)
-    peak = _peak_rss_bytes()
-    inc = None if rss0 is None or rss_runs is None else rss_runs - rss0
     manifest = b.manifest
     return {
         "result_version": 1,
@@ -394,13 +402,7 @@ def run_benchmark(
         if control_rate is None
         else {**control_loop_stats(samples, control_rate), "paced": paced},
         "fidelity": fidelity,
-        "memory": {
-            "peak_rss_mib": _mib(peak),
-            "rss_before_load_mib": _mib(rss0),
-            "rss_after_load_mib": _mib(rss_loaded),
-            "rss_after_runs_mib": _mib(rss_runs),
-            "rss_increase_mib": _mib(inc),
-        },
+        "memory": memory_summary(rss0, rss_loaded, rss_runs),
         "machine": {
             **machine_summary(b.backend.runtime_module),
             "runtime_version_at_build": b.artifact.config.get(

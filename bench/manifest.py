@@ -70,6 +70,14 @@ def verify_files(root: Path, files: dict[str, str]) -> None:
             )
 
 
+def runtimes(manifest: dict[str, Any]) -> list[str]:
+    """Every runtime a bundle needs: its ``backend`` first, then any other its graphs name
+    (a VLA whose decode steps run on a second runtime)."""
+    main = manifest["backend"]
+    return list(dict.fromkeys([main, *(g.get("backend", main) for g in
+                                       manifest.get("graphs", []))]))  # fmt: skip
+
+
 def _check_graphs(root: Path, manifest: dict[str, Any], backend: str, where: str) -> None:
     """A multi-graph manifest: every graph's engine files, the driver, and that the graphs fit
     together (what one produces is what the next consumes); one-line InputError otherwise."""

@@ -74,6 +74,24 @@ def chunk_fidelity(ref: np.ndarray, got: np.ndarray, atol: float | None = None) 
     return out
 
 
+def driver_fidelity(
+    driver: Any, obs: dict[str, np.ndarray], want: dict[str, np.ndarray],
+    ref: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run ``driver`` on every reference observation (``obs``, stacked) and judge its actions
+    against the stored ones (``want``): token fidelity for a VLA, chunk fidelity otherwise;
+    with the manifest's ``ref``, ``passed`` against its bound."""
+    n = next(iter(obs.values())).shape[0]
+    steps = [driver.step({k: v[i] for k, v in obs.items()}) for i in range(n)]
+    actions = np.stack([s.actions for s in steps])
+    if "tokens" in want:
+        bound = None if ref is None else float(ref.get("min_token_agreement", 1.0))
+        return token_fidelity(want["tokens"], want["actions"],
+                              np.stack([s.tokens for s in steps]), actions, bound)  # fmt: skip
+    atol = None if ref is None else float(ref.get("action_atol", 1e-3))
+    return chunk_fidelity(want["actions"], actions, atol)
+
+
 def open_driver(
     root: Path, manifest: dict[str, Any], threads: int | None, stack: contextlib.ExitStack
 ) -> Any:
@@ -111,30 +129,21 @@ def run_graph_benchmark(
     keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Fidelity of the driver loop on the reference observations, then ``runs`` timed steps."""
-    backend = get_backend(manifest["backend"])
+    from .harness import memory_summary, rss_bytes
+
     ref = manifest["reference"]
     obs = load_arrays(root / ref["inputs"])
     want = load_arrays(root / ref["outputs"])
     n = next(iter(obs.values())).shape[0]
-    from .harness import _mib, _peak_rss_bytes, _rss_bytes
-
-    rss0 = _rss_bytes()
+    rss0 = rss_bytes()
     with contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
         driver = open_driver(root, manifest, threads, stack)
         load_ms = (time.perf_counter() - t0) * 1e3
-        rss_loaded = _rss_bytes()
+        rss_loaded = rss_bytes()
         t0 = time.perf_counter()
-        steps = [driver.step({k: v[i] for k, v in obs.items()}) for i in range(n)]
+        fid = driver_fidelity(driver, obs, want, ref)
         first_ms = (time.perf_counter() - t0) * 1e3 / n
-        actions = np.stack([s.actions for s in steps])
-        if "tokens" in want:
-            fid = token_fidelity(
-                want["tokens"], want["actions"], np.stack([s.tokens for s in steps]), actions,
-                float(ref.get("min_token_agreement", 1.0)),
-            )  # fmt: skip
-        else:
-            fid = chunk_fidelity(want["actions"], actions, float(ref.get("action_atol", 1e-3)))
         first = {k: v[0] for k, v in obs.items()}
         for _ in range(warmup):
             driver.step(first)
@@ -147,8 +156,7 @@ def run_graph_benchmark(
                 graph_ms.setdefault(k, []).append(v)
             if progress is not None:
                 progress(1)
-        rss_runs = _rss_bytes()
-        grown = None if rss0 is None or rss_runs is None else rss_runs - rss0
+        rss_runs = rss_bytes()
         paced = None
         if control_rate is not None:
             paced = paced_loop(lambda: driver.step(first), control_rate, runs, lambda: None)
@@ -159,7 +167,7 @@ def run_graph_benchmark(
         "result_version": 1,
         "bundle": str(root.resolve()),
         "model": manifest.get("model", {}).get("name"),
-        "backend": backend.name,
+        "backend": manifest["backend"],
         "precision": manifest.get("precision"),
         "target": manifest.get("target", {}).get("profile"),
         "driver": manifest["driver"]["kind"],
@@ -177,12 +185,7 @@ def run_graph_benchmark(
         if control_rate is None
         else {**control_loop_stats(samples, control_rate), "paced": paced},
         "fidelity": fid,
-        "memory": {  # every engine of the bundle in one process (both runtimes, if two)
-            "peak_rss_mib": _mib(_peak_rss_bytes()),
-            "rss_before_load_mib": _mib(rss0),
-            "rss_after_load_mib": _mib(rss_loaded),
-            "rss_after_runs_mib": _mib(rss_runs),
-            "rss_increase_mib": _mib(grown),
-        },
+        # every engine of the bundle in one process (both runtimes, if two)
+        "memory": memory_summary(rss0, rss_loaded, rss_runs),
         "weight_bytes": {g["name"]: g.get("weight_bytes") for g in manifest["graphs"]},
     }

@@ -38,7 +38,7 @@ from robopt_compile.errors import (
     RoboptError,
 )
 
-from .manifest import load_manifest
+from .manifest import load_manifest, runtimes
 from .retry import DEFAULT_ATTEMPTS, TransientError, with_retries
 
 API = "/v1"
@@ -356,9 +356,7 @@ def remote_benchmark(
 
     health = retried(lambda: server.request("GET", f"{API}/health", "health"), "health check")
     host = str(health.get("host", server.host))
-    needed = [manifest["backend"]] + [  # a multi-graph bundle's graphs may name another
-        g["backend"] for g in manifest.get("graphs", []) if g.get("backend")]  # fmt: skip
-    for name in dict.fromkeys(needed):
+    for name in runtimes(manifest):  # a multi-graph bundle's graphs may name another
         runtime = (health.get("runtimes") or {}).get(name)
         if isinstance(runtime, dict) and runtime.get("available") is False:
             raise BackendUnavailableError(

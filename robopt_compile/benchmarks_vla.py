@@ -74,11 +74,10 @@ def vendor_drivers(fp32: Any, llm_graph: str | None) -> dict[str, tuple[Any, Any
     """What a user gets from the vendor's defaults with robopt's own fp32 graphs and driver:
     OpenVINO with no properties but one thread, and (with ``llm_graph``) NNCF's default INT4
     weight compression of that graph. key -> (driver, the reference observations' results)."""
-    import numpy as np
     import openvino as ov
 
     from robopt_compile.bench.driver import make_driver
-    from robopt_compile.bench.multigraph import chunk_fidelity, load_arrays, token_fidelity
+    from robopt_compile.bench.multigraph import driver_fidelity, load_arrays
 
     core = ov.Core()
     m = fp32.manifest
@@ -102,15 +101,7 @@ def vendor_drivers(fp32: Any, llm_graph: str | None) -> dict[str, tuple[Any, Any
             out[key] = (None, None, {"error": " ".join(str(exc).split())[:160]})
             continue
         drv = make_driver(m["driver"]["kind"], runners, m["driver"]["config"])
-        n = len(next(iter(obs.values())))
-        steps = [drv.step({k: v[i] for k, v in obs.items()}) for i in range(n)]
-        actions = np.stack([s.actions for s in steps])
-        if "tokens" in want:
-            fid = token_fidelity(want["tokens"], want["actions"],
-                                 np.stack([s.tokens for s in steps]), actions)  # fmt: skip
-        else:
-            fid = chunk_fidelity(want["actions"], actions)
-        out[key] = (drv, {k: v[0] for k, v in obs.items()}, fid)
+        out[key] = (drv, {k: v[0] for k, v in obs.items()}, driver_fidelity(drv, obs, want))
     return out
 
 

@@ -418,6 +418,7 @@ def compile_vla(
                 built += build_graphs(graphs, {DECODE: plan["llm"]}, decode, profile,
                                       opts.threads, tmp)  # fmt: skip
         checks: dict[str, Any] = {}
+        dropped = False  # --decode-backend auto measured the second runtime no faster
         with _stage(progress, "verify", timings):
             with contextlib.ExitStack() as stack:
                 runners = {
@@ -436,6 +437,7 @@ def compile_vla(
                             f"{backend.name} {ms['llm']:.1f} ms: {verdict}")  # fmt: skip
                     progress(said, "info", 0.0)
                     if not choice["kept"]:
+                        dropped = True
                         del runners[DECODE]
                         built = [b for b in built if b.name != DECODE]
                         report["graphs"].pop(DECODE)
@@ -451,7 +453,7 @@ def compile_vla(
                 t0 = time.perf_counter()
                 steps = [drv.step({k: v.numpy() for k, v in o.items()}) for o in held]
                 loop_s = time.perf_counter() - t0
-            if not report.get("decode_choice", {}).get("kept", True):  # its runner is closed
+            if dropped:  # after its runner closed
                 shutil.rmtree(tmp / "graphs" / DECODE)
             tokens = np.stack([s.tokens for s in steps])
             actions = np.stack([s.actions for s in steps])
