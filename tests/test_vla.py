@@ -212,6 +212,9 @@ def test_vla_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
                        (["-b", "onnxruntime", "--precision", "bf16"], "does not build 'bf16'"),
                        (["-b", "openvino", "--precision", "bf16", "--decode-backend",
                          "onnxruntime"], "not bf16: drop --decode-backend"),
+                       (["--target", "jetson-orin-nano-8gb", "-b", "onnxruntime", "--precision",
+                         "int4-weight", "--decode-backend", "openvino"],
+                        "does not list openvino among its backends"),
                        ):  # fmt: skip
         code, _, err = run_cli(["zoo:openvla-tiny", "-o", str(tmp_path / "x"), *extra], capsys)
         assert code == EXIT_BAD_INPUT and msg in err, err
@@ -563,6 +566,13 @@ def test_without_a_backend_a_compressed_vla_gets_the_measured_recipe(
         assert default_recipe(untouched, host, ort) == (untouched, ort, None)
     no_ov = replace(host, backends=("onnxruntime",))
     assert default_recipe(CompileOptions(precision="int4-weight"), no_ov, ort)[2] is None
+    # auto adds the second runtime only where it can be timed: this machine, not a Jetson.
+    from robopt_compile.vla_compile import validate
+
+    auto = CompileOptions(precision="int4-weight", decode_backend="auto")
+    assert validate(auto, host, resolve_backend(host, "openvino"))[2].name == "onnxruntime"
+    nano = load_profile("jetson-orin-nano-8gb")
+    assert validate(auto, nano, resolve_backend(nano, "onnxruntime"))[2] is None
     # From the command line: the bundle is what the note says.
     args = ["zoo:openvla-tiny", "--threads", "1", "--precision", "int4-weight"]
     code, _, err = run_cli([*args, "--max-accuracy-drop", "1", "-o", str(tmp_path / "v")], capsys)
