@@ -367,6 +367,12 @@ class _StageLog:
     "broken); the bundle is still written. For CI.",
 )
 @click.option(
+    "--require-engine-check",
+    is_flag=True,
+    help="Exit 4 when the engine itself could not be checked here (a deferred TensorRT build "
+    "or a cross-compiled engine: only its ONNX was checked); the bundle is still written.",
+)
+@click.option(
     "--device",
     metavar="URL",
     default=None,
@@ -420,6 +426,7 @@ def compile_cmd(
     resume_id: str | None,
     store_spec: str | None,
     fail_on_criteria: bool,
+    require_engine_check: bool,
     device: str | None,
     token_file: Path | None,
     no_cache: bool,
@@ -498,11 +505,16 @@ def compile_cmd(
         recorder.finished(result)
     m = result.manifest
     failures = criteria_failures(result.report, result.evaluation)
+    checked = engine_verdict(m)
+    if require_engine_check and not checked["engine_checked"] and device is None:
+        failures.append(f"engine not checked: {checked['checked']} (--require-engine-check)")
+        fail_on_criteria = True
     if kw["as_json"]:
         click.echo(
             json.dumps(
                 {
                     "bundle": str(out),
+                    "verdict": checked,
                     "manifest": m,
                     "report": result.report,
                     "evaluation": result.evaluation,
@@ -538,15 +550,15 @@ def compile_cmd(
                 f"({result.report['exporter']})",
             )
         )
-    checked_here = eng.get("engine_checked", True)
+    checked_here = checked["engine_checked"]
     rows.append(
         (
             "engine fidelity" if checked_here else "ONNX fidelity",
             f"cosine {eng['cosine']:.7f}, max abs err {eng['max_abs']:.2e} "
-            f"({'pass' if eng['passed'] else 'FAIL'})"
-            + ("" if checked_here else "; engine not run here, robopt-bench checks it on device"),
+            f"({'pass' if eng['passed'] else 'FAIL'})",
         )
     )
+    rows.append(("verdict", f"{checked['status'].upper()}: {checked['checked']}"))
     if s:
         rows.append(("model", _summary_line(s)))
     c = result.report.get("compression")
@@ -618,7 +630,8 @@ def _run_planner(
     """Planner mode: propose plans, build and measure the promising ones, keep the best."""
     from dataclasses import replace
 
-    from robopt_compile.planner import OptimizationCriteria, load_recipe
+    from robopt_compile.planner import OptimizationCriteria
+    from robopt_compile.recipe import load_recipe
     from robopt_compile.search import plan_and_search
 
     given = {k: v for k, v in args.items() if v is not None}
@@ -817,6 +830,18 @@ def _remote_after_build(
             f"the engine failed its fidelity check on {host} (result in {saved}). {kept}"
         )
     return {"remote_benchmark": r, "remote_result_file": str(saved)}
+
+
+def engine_verdict(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the compile checked: ``pass`` when the engine itself ran and matched the source,
+    ``pending-device`` when only its ONNX could be checked here (the engine is built or run on
+    the device, where robopt-bench checks it). A failed check never gets this far (exit 4)."""
+    eng = (manifest.get("parity") or {}).get("engine") or {}
+    if "graphs" in manifest or eng.get("engine_checked", True):
+        text = eng.get("checked") or f"{manifest['backend']} engine(s) checked here"
+        return {"status": "pass", "engine_checked": True, "checked": text}
+    text = eng.get("checked") or "ONNX checked in ONNX Runtime; engine checked on the device"
+    return {"status": "pending-device", "engine_checked": False, "checked": text}
 
 
 def criteria_failures(report: dict[str, Any], evaluation: dict[str, Any] | None) -> list[str]:
@@ -1092,7 +1117,7 @@ def report_cmd(
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def targets_cmd(as_json: bool, debug: bool) -> None:
     """List board profiles, their backends and whether each runs on this machine."""
-    from robopt_compile.hwprofiles import load_profile, profile_names
+    from robopt_compile.hwprofiles import load_profile, profile_aliases, profile_names
     from robopt_compile.pipeline import target_status
     from robopt_compile.targets import TARGETS, get_backend
 
@@ -1101,11 +1126,13 @@ def targets_cmd(as_json: bool, debug: bool) -> None:
         ok, why = get_backend(b).availability()
         avail[b] = {"available": ok, "reason": why}
     rows = []
+    aliases = profile_aliases()
     for name in profile_names():
         p = load_profile(name)
         rows.append(
             {
                 "name": name,
+                "aliases": sorted(a for a, n in aliases.items() if n == name),
                 "description": p.description,
                 "arch": p.arch,
                 "backends": {b: target_status(p, b) for b in p.backends},
@@ -1122,6 +1149,8 @@ def targets_cmd(as_json: bool, debug: bool) -> None:
         )
         click.echo(f"{r['name']:<24} {r['arch']:<8} {'/'.join(r['precisions']):<18} {bs}")
         click.echo(f"{'':<24} {r['description']}")
+        if r["aliases"]:
+            click.echo(f"{'':<24} also: {', '.join(r['aliases'])}")
         for b, v in r["backends"].items():
             if not v["run"]:
                 click.echo(f"{'':<24}   {b}: {v['reason']}")

@@ -190,6 +190,6 @@ def compile_diffusion(
             "parity": {"actions": fid},
         }  # fmt: skip
         seal(tmp, manifest)
-    with _stage(progress, "report", timings):
-        write_report(out, progress)
+        with _stage(progress, "report", timings):  # before publishing: a bundle has its report
+            write_report(tmp, progress, out)
     return CompileResult(out=out, manifest=manifest, report=report, facts={})

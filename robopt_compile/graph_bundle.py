@@ -107,6 +107,7 @@ def manifest_common(
 
     return {
         "schema_version": bundle.SCHEMA_VERSION,
+        "producer": bundle.PRODUCER,
         "robopt_version": bundle.tool_versions()["robopt"],
         "created_utc": bundle.utc_now(),
         "model": model,

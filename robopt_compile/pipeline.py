@@ -352,17 +352,28 @@ def compile_model(
             opts = replace(
                 opts, quant=replace(opts.quant, closed_loop=ClosedLoopGuard(eval_task, opts.eval))
             )
-    try:
-        result = _compile_rest(
-            source, out, opts, force, progress, timings, profile, backend, src, cache, cache_info
-        )
+    evaluation: dict[str, Any] = {}
+
+    def finish(staged: Path) -> None:
+        """Evaluation and reports, written into the staged bundle before it is published."""
         if eval_task is not None:
+            assert eval_ref is not None
             with _stage(progress, "evaluate", timings):
-                result.evaluation = evaluate_bundle(
-                    out, eval_task, opts, eval_ref, progress=progress
+                evaluation.update(
+                    evaluate_bundle(
+                        staged, eval_task, opts, eval_ref, progress=progress, published=out
+                    )
                 )
         with _stage(progress, "report", timings):
-            write_report(out, progress)
+            write_report(staged, progress, out)
+
+    try:
+        result = _compile_rest(
+            source, out, opts, force, progress, timings, profile, backend, src, cache, cache_info,
+            finish,
+        )  # fmt: skip
+        if evaluation:
+            result.evaluation = evaluation
         if cache is not None and cache_info["bundle"]["cache"] == "miss":
             store_bundle(cache, out, requested, profile, backend, cache_info, progress)
         return result
@@ -411,13 +422,14 @@ def record_calibration(
     return {"task": name, "episodes": len(eps), "seeds": seeds, "samples": int(keep.size)}
 
 
-def write_report(out: Path, progress: Progress = _noop) -> None:
-    """report.html + report.md in the fresh bundle, with per-layer times where the engine
-    runs here. A report problem is a warning: the bundle itself is complete."""
+def write_report(staged: Path, progress: Progress = _noop, out: Path | None = None) -> None:
+    """report.html + report.md in the fresh bundle (staged, to be published at ``out``), with
+    per-layer times where the engine runs here. A report problem is a warning: the bundle
+    itself is complete."""
     try:
         from robopt_compile.report_html import refresh_reports
 
-        refresh_reports(out, warn=lambda m: progress(m, "note", 0.0))
+        refresh_reports(staged, warn=lambda m: progress(m, "note", 0.0), shown=out)
     except Exception as exc:
         progress(f"report.html not written: {type(exc).__name__}: {exc}", "note", 0.0)
 
@@ -446,12 +458,18 @@ def resolve_eval_task(spec: Any, source: str) -> str:
 
 
 def evaluate_bundle(
-    out: Path, task_name: str, opts: CompileOptions, reference: Path, progress: Progress = _noop
+    out: Path,
+    task_name: str,
+    opts: CompileOptions,
+    reference: Path,
+    progress: Progress = _noop,
+    published: Path | None = None,
 ) -> dict[str, Any]:
     """Closed-loop evaluation of a fresh bundle against the exported fp32 model.
 
     An engine that cannot run here (a deferred TensorRT build) is stood in for by its
-    optimized ONNX in ONNX Runtime, labelled as such.
+    optimized ONNX in ONNX Runtime, labelled as such. ``out`` may be the staged folder of a
+    bundle not yet published at ``published``, the path the result names.
     """
     import json as _json
 
@@ -470,6 +488,7 @@ def evaluate_bundle(
     with get_task(task_name) as task:
         ev.check_policy_fits(task, manifest["inputs"], str(out))
         meta = ev.bundle_meta(out)
+        meta["bundle"] = str((published or out).resolve())
         label = f"optimized {manifest['precision']} ({manifest['backend']})"
         with contextlib.ExitStack() as stack:
             ref = stack.enter_context(ev.onnx_policy(reference, opts.threads or 1))
@@ -489,7 +508,8 @@ def evaluate_bundle(
                 criteria=opts.eval_criteria,
                 progress=tick,
             )
-    result["path"] = str(save_result(out, f"eval-{task_name}", result))
+    saved = save_result(out, f"eval-{task_name}", result)
+    result["path"] = str((published or out) / saved.relative_to(out))
     return result
 
 
@@ -505,13 +525,17 @@ def _compile_rest(
     src: Any,
     cache: Any = None,
     cache_info: dict[str, dict[str, Any]] | None = None,
+    finish: Callable[[Path], None] | None = None,
 ) -> CompileResult:
+    """Transform, build, verify and write the bundle; ``finish(staged_folder)`` adds what
+    comes after the manifest (evaluation, reports) before the bundle is published."""
     from robopt_compile import analysis, bundle
     from robopt_compile import ir as rir
     from robopt_compile.passes.base import DumpIRInstrument, PassRunner, TimingInstrument
     from robopt_compile.targets import BuildOptions
 
     cache_info = cache_info if cache_info is not None else {}
+    dyn = dynamic_reference(src, opts.seed, progress)  # before any pass changes src.model
     # Graph outputs keep the source's type and shape: some quantizers drop them.
     out_types = {v.name: (v.type, v.shape) for v in src.model.graph.outputs}
     timing = TimingInstrument()
@@ -639,6 +663,10 @@ def _compile_rest(
                     f"the {backend.name} engine does not reproduce the source model on output "
                     f"{engine_fig['output']!r}: {bad['reason']} (tolerance {tol})."
                 )
+            dyn_fig = None
+            if dyn is not None:
+                dyn_fig = verify_dynamic(dyn, backend, artifact, tmp, opts.threads, tol,
+                                         compress_report, progress)  # fmt: skip
             if put_build is not None:  # cached only once it passed the engine check
                 put_build()
         engine_json = {"dir": "engine", **artifact.to_json()}
@@ -670,6 +698,8 @@ def _compile_rest(
         if simplify_report and simplify_report.get("parity"):
             parity["simplify"] = simplify_report["parity"]
         parity["engine"] = engine_fig
+        if dyn_fig is not None:
+            parity["engine_dynamic"] = dyn_fig
         from robopt_compile.graph_bundle import manifest_common
 
         manifest = {
@@ -704,6 +734,8 @@ def _compile_rest(
             },
         }
         bundle.write_json(tmp / bundle.MANIFEST, manifest)
+        if finish is not None:
+            finish(tmp)
     return CompileResult(out=out, manifest=manifest, report=report, facts=facts)
 
 
@@ -752,10 +784,105 @@ def verify_onnx(
     verdict["inputs"] = "bundle reference inputs (not used during export)"
     verdict["checked_in"] = "onnxruntime"
     verdict["engine_checked"] = False
+    verdict["checked"] = (
+        f"ONNX checked in ONNX Runtime; {artifact.backend} engine not built yet: built and "
+        "checked on the device by robopt-bench"
+        if artifact.config.get("deferred")
+        else f"ONNX checked in ONNX Runtime; the cross-compiled {artifact.backend} engine was "
+        "not run here: checked on the device by robopt-bench"
+    )
     verdict["note"] = (
         f"the {artifact.backend} engine cannot run here ({why}): the bundle's ONNX was checked "
         "in ONNX Runtime instead; robopt-bench checks the engine on the device"
     )
+    return verdict
+
+
+DYNAMIC_CHECK_SIZE = 3  # every symbolic dim is also checked at this size, not only at 1
+DYNAMIC_SEED_OFFSET = 7_000
+
+
+@dataclass(frozen=True)
+class DynamicReference:
+    """The source model's outputs on inputs whose symbolic dims are ``DYNAMIC_CHECK_SIZE``."""
+
+    dims: list[str]  # "input[axis]=name" of the non-batch symbolic dims
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
+def dynamic_reference(src: Any, seed: int, progress: Progress) -> DynamicReference | None:
+    """None when only the batch dim (axis 0) is symbolic; else a warning and the reference
+    outputs at the second size, so that the engine is checked where the robot may feed it.
+
+    A source that does not itself run at that size gets a warning and the size-1 check only.
+    """
+    from robopt_compile import ir as rir
+    from robopt_compile.numerics import random_feeds, run_onnx
+
+    specs = rir.input_specs(src.model)
+    dims = [f"{s.name}[{i}]={d}" for s in specs for i, d in enumerate(s.shape)
+            if i > 0 and not isinstance(d, int)]  # fmt: skip
+    if not dims:
+        return None
+    n = DYNAMIC_CHECK_SIZE
+    feeds = random_feeds(specs, seed=seed + DYNAMIC_SEED_OFFSET, batch=n)
+    try:
+        outputs = run_onnx(src.model, feeds)
+    except Exception as exc:  # the runtime's own error type; the dims are not really free
+        progress(f"dynamic dimension(s) {', '.join(dims)}: the source model does not run with "
+                 f"them at {n} ({str(exc).splitlines()[0][:160]}); the engine is checked at 1 "
+                 "only. Export with fixed sizes if the robot always feeds one size.",
+                 "note", 0.0)  # fmt: skip
+        return None
+    progress(f"dynamic dimension(s) {', '.join(dims)}: the engine is checked with every "
+             f"symbolic dimension at 1 and at {n}; export with fixed sizes if the robot always "
+             "feeds one size", "note", 0.0)  # fmt: skip
+    return DynamicReference(dims, feeds, outputs)
+
+
+def verify_dynamic(
+    dyn: DynamicReference,
+    backend: Any,
+    artifact: Any,
+    staged: Path,
+    threads: int | None,
+    tol: dict[str, float],
+    compress_report: dict[str, Any] | None,
+    progress: Progress,
+) -> dict[str, Any] | None:
+    """The engine (or, where it cannot run here, the bundle's ONNX) against the source at the
+    second size of its dynamic dims; CheckFailedError when it differs or cannot run."""
+    from robopt_compile.numerics import judge, run_onnx
+
+    if any(not s.get("rolled_back") for s in (compress_report or {}).get("steps", [])):
+        progress("dynamic dimensions: not checked at a second size after compression (the "
+                 "compressed model differs from the source by design)", "note", 0.0)  # fmt: skip
+        return None
+    n = DYNAMIC_CHECK_SIZE
+    where = f"the {backend.name} engine"
+    try:
+        if runs_here(artifact):
+            with backend.runner(artifact, threads=threads) as r:
+                got = r.infer(dyn.inputs)
+        else:
+            where = "the bundle's ONNX in ONNX Runtime"
+            got = run_onnx(staged / "model.onnx", dyn.inputs, threads)
+    except Exception as exc:  # a runtime's own error: the engine fixed the dims
+        raise CheckFailedError(
+            f"{where} does not run with dynamic dimension(s) {', '.join(dyn.dims)} at {n} "
+            f"({str(exc).splitlines()[0][:160]}); export the model with fixed sizes."
+        ) from exc
+    verdict = judge(dyn.outputs, got, tol)
+    verdict["inputs"] = f"seeded random inputs with every symbolic dimension at {n}"
+    verdict["dims"] = dyn.dims
+    if not verdict["passed"]:
+        bad = verdict["outputs"][verdict["output"]]
+        raise CheckFailedError(
+            f"{where} does not reproduce the source model with dynamic dimension(s) "
+            f"{', '.join(dyn.dims)} at {n}: output {verdict['output']!r} {bad['reason']} "
+            f"(tolerance {tol}); export the model with fixed sizes."
+        )
     return verdict
 
 
@@ -772,6 +899,8 @@ def verify_engine(
         got = r.infer(src.reference_inputs)
     verdict = judge(src.reference_outputs, got, tol)
     verdict["inputs"] = "bundle reference inputs (not used during export)"
+    verdict["engine_checked"] = True
+    verdict["checked"] = f"{artifact.backend} engine checked here"
     return verdict
 
 

@@ -22,10 +22,8 @@ facts), and the search (``robopt_compile.search``) does the building and measuri
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import InputError
@@ -107,54 +105,6 @@ def parse_budget(text: str) -> float:
         return float(t[:-1]) * scale if scale else float(t)
     except ValueError:
         raise InputError(f"--search-budget {text!r}: give seconds, or 90s, 10m, 1.5h.") from None
-
-
-_RECIPE_KEYS = {
-    "max_latency_ms", "latency_percentile", "max_accuracy_drop", "max_size_mb", "max_memory_mb",
-    "objective", "techniques", "search_budget", "precisions",
-}  # fmt: skip
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Criteria from a recipe file CI can keep in a repository (TOML, or YAML with PyYAML).
-
-    The file holds the criteria keys at top level or under ``[criteria]``; flags given on the
-    command line override it. Returns the keyword arguments for ``OptimizationCriteria``.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such recipe file.")
-    text = p.read_text()
-    try:
-        if p.suffix.lower() in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise InputError(
-                    f"{p}: YAML recipes need PyYAML (pip install pyyaml); or write it as TOML."
-                ) from None
-            data = yaml.safe_load(text) or {}
-        else:
-            data = tomllib.loads(text)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{p}: cannot parse the recipe: {exc}".splitlines()[0]) from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{p}: the recipe must be a table of criteria.")
-    data = data.get("criteria", data)
-    unknown = sorted(set(data) - _RECIPE_KEYS)
-    if unknown:
-        raise InputError(f"{p}: unknown recipe keys {unknown}; known: {sorted(_RECIPE_KEYS)}.")
-    out = dict(data)
-    if "search_budget" in out:
-        b = out.pop("search_budget")
-        out["search_budget_s"] = parse_budget(str(b))
-    for key in ("techniques", "precisions"):
-        if key in out:
-            v = out[key]
-            out[key] = tuple(v.split(",")) if isinstance(v, str) else tuple(v)
-    return out
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ table.kv th{width:210px}
 .verdict{font-size:16px;padding:10px 14px;border-radius:6px;margin:10px 0}
 .verdict.ok{background:#e8f5ec;border:1px solid #9fd5ad}
 .verdict.bad{background:#fdecea;border:1px solid #f1a7a1}
+.verdict.pending{background:#fff6e0;border:1px solid #f0c36d}
 .missing{color:#5b6473;font-style:italic}.note{color:#5b6473;font-size:13px}
 .est{color:#9a6700;font-size:12px}
 figure{margin:6px 0 14px}figure svg{max-width:100%;height:auto}
@@ -103,6 +104,12 @@ class BundleData:
     analysis: dict[str, Any] | None
     results: dict[str, dict[str, Any]]
     problems: list[str] = field(default_factory=list)
+    shown: Path | None = None  # the path the report names (a staged bundle's final place)
+
+    @property
+    def where(self) -> Path:
+        """The bundle's path as the report's hints print it."""
+        return self.shown or self.root
 
     def results_of(self, *kinds: str) -> list[tuple[str, dict[str, Any]]]:
         """(name, data) of the results whose kind is one of ``kinds``, by name."""
@@ -123,7 +130,7 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
     return data
 
 
-def load_bundle(bundle_dir: Path | str) -> BundleData:
+def load_bundle(bundle_dir: Path | str, shown: Path | None = None) -> BundleData:
     """Read a bundle's JSON files and results; only a missing or broken manifest is an error.
 
     Raises:
@@ -148,7 +155,7 @@ def load_bundle(bundle_dir: Path | str) -> BundleData:
     problems += [f"results/{n}.json {why}" for n, why in sorted(errors.items())]
     report = _read_json(root / "report.json", problems)
     analysis = _read_json(root / "analysis.json", problems)
-    return BundleData(root, manifest, report, analysis, results, problems)
+    return BundleData(root, manifest, report, analysis, results, problems, shown)
 
 
 # --- values and formatting -------------------------------------------------------------------
@@ -460,7 +467,7 @@ def _accuracy_points(d: BundleData) -> dict[str, list[_Point]]:
     for name, r in _bench_results(d):
         path = Path(str(r.get("bundle") or root))
         path = path if path.is_absolute() else d.root / path
-        if path.resolve() == root:
+        if path.resolve() in (root, d.where.resolve()):
             acc = _bundle_accuracy(d.report, d.manifest.get("precision"))
         else:
             acc = _bundle_accuracy(_read_json(path / "report.json", []), r.get("precision"))
@@ -496,8 +503,10 @@ def _checks(d: BundleData) -> list[_Check]:
     checks: list[_Check] = []
     eng = _g(d.manifest, "parity.engine", {})
     if isinstance(eng.get("passed"), bool):
-        where = "engine" if eng.get("engine_checked", True) else "ONNX (engine not run here)"
-        checks.append(_Check("fidelity at compile time", eng["passed"],
+        checked = eng.get("engine_checked", True)
+        where = "engine" if checked else "ONNX in ONNX Runtime (the engine was not run)"
+        checks.append(_Check("engine fidelity at compile time" if checked
+                             else "ONNX fidelity at compile time", eng["passed"],
                              f"{where}: cosine {_f(eng.get('cosine'), '.6f')}, "
                              f"max abs {_f(eng.get('max_abs'), '.2e')}"))  # fmt: skip
     for name, r in _bench_results(d):
@@ -538,8 +547,21 @@ def _checks(d: BundleData) -> list[_Check]:
     return checks
 
 
-def verdict(d: BundleData) -> tuple[bool, str, list[_Check]]:
-    """(passed, one-line verdict without markup, checks). Passed means no check failed."""
+def pending_engine_check(d: BundleData) -> str | None:
+    """What is left to check on the device: the compile could not run the engine (a deferred
+    TensorRT build, a cross-compiled library) and no device result has checked it since."""
+    eng = _g(d.manifest, "parity.engine", {})
+    if eng.get("engine_checked", True) is not False:
+        return None
+    if any(isinstance(_g(r, "fidelity.passed"), bool) for _, r in _bench_results(d)):
+        return None  # robopt-bench checked the engine on the device since (results/)
+    return str(eng.get("checked") or "ONNX checked in ONNX Runtime; engine not run here: "
+               "checked on the device by robopt-bench")  # fmt: skip
+
+
+def verdict(d: BundleData) -> tuple[str, str, list[_Check]]:
+    """(status, one-line verdict without markup, checks). Status is FAIL when a check failed,
+    PENDING when none failed but the engine itself was not checked yet, else PASS."""
     checks = _checks(d)
     failed = [c for c in checks if c.ok is False]
     warnings = [c for c in checks if c.ok is None]
@@ -558,7 +580,11 @@ def verdict(d: BundleData) -> tuple[bool, str, list[_Check]]:
         bits.append(f"p50 {_f(_g(bench[0][1], 'latency.p50_ms'), '.3g')} ms ({bench[0][0]})")
     if warnings:
         bits.append(f"{len(warnings)} warning(s)")
-    return not failed, f"{'FAIL' if failed else 'PASS'} — {head}: " + "; ".join(bits), checks
+    pending = None if failed else pending_engine_check(d)
+    if pending:
+        bits.insert(0, pending)
+    status = "FAIL" if failed else "PENDING" if pending else "PASS"
+    return status, f"{status} — {head}: " + "; ".join(bits), checks
 
 
 # --- sections --------------------------------------------------------------------------------
@@ -566,8 +592,9 @@ def verdict(d: BundleData) -> tuple[bool, str, list[_Check]]:
 
 def _sec_summary(d: BundleData, plots: _Plots) -> str:
     m = d.manifest
-    ok, line, checks = verdict(d)
-    out = [f'<div class="verdict {"ok" if ok else "bad"}">{_e(line)}</div>']
+    status, line, checks = verdict(d)
+    cls = {"PASS": "ok", "PENDING": "pending"}.get(status, "bad")
+    out = [f'<div class="verdict {cls}">{_e(line)}</div>']
     if not plots.enabled:
         out.append(
             _note("Plots are left out: matplotlib is not installed (pip install matplotlib).")
@@ -599,9 +626,15 @@ def _sec_summary(d: BundleData, plots: _Plots) -> str:
                      f"{_f(exp.get('max_abs'), '.2e')} "
                      f"({_g(d.report, 'exporter', '?')} exporter)"))  # fmt: skip
     if eng:
-        where = "" if eng.get("engine_checked", True) else " (ONNX checked here; engine on device)"
+        checked = eng.get("engine_checked", True)
+        where = "" if checked else f" ({pending_engine_check(d) or 'ONNX checked here'})"
         text = f" cosine {_f(eng.get('cosine'), '.7f')}, max abs {_f(eng.get('max_abs'), '.2e')}"
-        rows.append(("engine fidelity", _Raw(_badge(eng.get("passed")) + _e(text + where))))
+        rows.append(
+            (
+                "engine fidelity" if checked else "ONNX fidelity",
+                _Raw(_badge(eng.get("passed")) + _e(text + where)),
+            )
+        )
     if s:
         rows.append(("compute", f"{_big(s.get('macs'))}MAC, {_big(s.get('params'))} params, "
                      f"{_f(s.get('weight_mb'), '.3g')} MB weights"))  # fmt: skip
@@ -920,8 +953,8 @@ def _sec_latency(d: BundleData, plots: _Plots) -> str:
     bench = _bench_results(d)
     if not bench:
         return _missing(
-            f"Not measured: run robopt-bench {d.root} --json and save the output as "
-            f"{d.root}/results/bench-NAME.json (robopt_compile.results.save_result)."
+            f"Not measured: run robopt-bench {d.where} --json and save the output as "
+            f"{d.where}/results/bench-NAME.json (robopt_compile.results.save_result)."
         )
     out = [_table(bench, [
         ("result", lambda x: x[0], ""),
@@ -985,7 +1018,7 @@ def _sec_acc_lat(d: BundleData, plots: _Plots) -> str:
     if not groups:
         return _missing(
             "Not measured: no candidate has both an accuracy figure and a measured latency. "
-            f"Run robopt-compile evaluate {d.root} (closed loop, with latency), or benchmark "
+            f"Run robopt-compile evaluate {d.where} (closed loop, with latency), or benchmark "
             "the bundle (results/bench-*.json) so its held-out accuracy gets a latency."
         )
     out = []
@@ -1018,7 +1051,7 @@ def _sec_layers(d: BundleData, plots: _Plots) -> str:
     res = d.results_of("layers")
     if not res:
         return _missing(
-            f"Not measured: run robopt-compile report {d.root} on a machine where the engine "
+            f"Not measured: run robopt-compile report {d.where} on a machine where the engine "
             "runs (it first profiles each layer with the backend's own profiler)."
         )
     est = {str(n.get("name")): n.get("time_ms") for n in _g(d.analysis, "roofline.nodes", [])}
@@ -1109,7 +1142,7 @@ def _sec_closed_loop(d: BundleData, plots: _Plots) -> str:
     res = d.results_of("closed_loop")
     if not res:
         return _missing(
-            f"Not measured: run robopt-compile evaluate {d.root} (seeded episodes of the "
+            f"Not measured: run robopt-compile evaluate {d.where} (seeded episodes of the "
             "model's task, original vs optimized)."
         )
     out = []
@@ -1187,7 +1220,7 @@ def _sec_open_loop(d: BundleData, plots: _Plots) -> str:
     res = d.results_of("open_loop")
     if not res:
         return _missing(
-            f"Not measured: run robopt-compile evaluate {d.root} --dataset OBSERVATIONS.npz "
+            f"Not measured: run robopt-compile evaluate {d.where} --dataset OBSERVATIONS.npz "
             "(recorded observations through the original and the optimized engine)."
         )
 
@@ -1251,7 +1284,7 @@ def _sec_control(d: BundleData, plots: _Plots) -> str:
     res = _control_results(d)
     if not res:
         return _missing(
-            f"Not measured: run robopt-bench {d.root} --control-rate HZ --json and save the "
+            f"Not measured: run robopt-bench {d.where} --control-rate HZ --json and save the "
             "result under results/ (deadline misses, release jitter, latency tail at a rate)."
         )
     out = []
@@ -1398,17 +1431,23 @@ def render_html(d: BundleData) -> str:
 
 def render_markdown(d: BundleData) -> str:
     """A concise summary for a PR comment: the verdict line first, then tables; no images."""
-    ok, line, checks = verdict(d)
+    status, line, checks = verdict(d)
     m = d.manifest
     eng = _g(m, "parity.engine", {})
     s = _g(d.analysis, "summary", {})
     head, _, rest = line.partition(" — ")
-    out = [f"{'✅' if ok else '❌'} **{head}** — {_md_text(rest)}", ""]
+    mark = {"PASS": "✅", "PENDING": "⏳"}.get(status, "❌")
+    out = [f"{mark} **{head}** — {_md_text(rest)}", ""]
     rows = [
         ("model", f"`{_g(m, 'model.name', '?')}` from {_g(m, 'model.source', '?')}"),
         ("target", _g(m, "target.profile", "?")),
         ("engine", f"{m.get('backend', '?')} {m.get('precision', '?')}"),
-        ("engine fidelity", f"{_md_ok(eng.get('passed'))} (cosine {_f(eng.get('cosine'), '.6f')})"),
+        (
+            "engine fidelity"
+            if eng.get("engine_checked", True)
+            else "ONNX fidelity (engine not run)",
+            f"{_md_ok(eng.get('passed'))} (cosine {_f(eng.get('cosine'), '.6f')})",
+        ),
         ("compute", f"{_big(s.get('macs'))}MAC, {_big(s.get('params'))} params"),
         ("roofline latency", f"{_f(s.get('estimated_latency_ms'), '.3g')} ms (estimate)"),
     ]
@@ -1472,7 +1511,7 @@ def render_markdown(d: BundleData) -> str:
 # --- entry point -----------------------------------------------------------------------------
 
 
-def write_reports(bundle_dir: Path | str) -> dict[str, Path]:
+def write_reports(bundle_dir: Path | str, shown: Path | None = None) -> dict[str, Path]:
     """Write ``report.html`` and ``report.md`` into the bundle folder, atomically.
 
     Returns:
@@ -1482,7 +1521,7 @@ def write_reports(bundle_dir: Path | str) -> dict[str, Path]:
         InputError: the folder is missing or is not a bundle (anything else that is missing
             becomes a "not measured" or "not present" note in the report).
     """
-    data = load_bundle(bundle_dir)
+    data = load_bundle(bundle_dir, shown)
     root = Path(bundle_dir)
     html_path = atomic_write_text(root / HTML_NAME, render_html(data))
     md_path = atomic_write_text(root / MD_NAME, render_markdown(data))
@@ -1494,6 +1533,7 @@ def refresh_reports(
     profile: bool = True,
     runs: int = 20,
     warn: Callable[[str], None] | None = None,
+    shown: Path | None = None,
 ) -> dict[str, Path]:
     """Measure per-layer times if they are missing (and the engine runs here), then write
     ``report.html`` and ``report.md``. What cannot be measured is a warning, not a failure.
@@ -1515,9 +1555,10 @@ def refresh_reports(
         try:
             layers = save_result(bundle_dir, "layers", measure(bundle_dir, runs, threads))
         except RoboptError as exc:  # a report without per-layer times is still a report
-            if warn:
-                warn(f"per-layer times not measured: {exc}")
-    paths = write_reports(bundle_dir)
+            if warn:  # naming the bundle where it will be, not its staging folder
+                text = str(exc).replace(str(bundle_dir), str(shown)) if shown else str(exc)
+                warn(f"per-layer times not measured: {text}")
+    paths = write_reports(bundle_dir, shown)
     if layers is not None:
         paths["layers"] = layers
     return paths

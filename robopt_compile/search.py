@@ -371,13 +371,13 @@ def plan_and_search(
             store.materialize_tree(best.artifact, dest)
             best.bundle = str(dest)
         if result.best is not None and result.best.bundle:
+            from robopt_compile.results import save_result
+
             with bundle_mod.staged_output(out, force) as tmp:
                 shutil.rmtree(tmp)
                 shutil.copytree(result.best.bundle, tmp)
-            result.best.bundle = str(out)
-            from robopt_compile.results import save_result
-
-            save_result(out, "plan", result.to_json())
+                result.best.bundle = str(out)
+                save_result(tmp, "plan", result.to_json())  # published with the bundle
         if session is not None:
             summary = {
                 "best": result.best.candidate.label if result.best else None,

@@ -227,10 +227,10 @@ def test_output_exists_refused_then_forced(policy_dir, tmp_path, capsys):
     code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(bundle)], capsys)
     assert code == 0, err
     first = json.loads((bundle / "manifest.json").read_text())["created_utc"]
-    (bundle / "stale.txt").write_text("from an older build")
+    (bundle / "results" / "bench-stale.json").write_text("{}")  # robopt's, from an older run
     code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(bundle), "--force"], capsys)
     assert code == 0, err
-    assert not (bundle / "stale.txt").exists()
+    assert not (bundle / "results" / "bench-stale.json").exists()
     assert json.loads((bundle / "manifest.json").read_text())["created_utc"] >= first
     assert_bundle(bundle, "onnxruntime")
     assert leftovers(tmp_path) == []
@@ -265,13 +265,13 @@ def test_failed_build_leaves_nothing(policy_dir, tmp_path, capsys, monkeypatch):
         raise BuildError("simulated build failure")
 
     out = tmp_path / "b"
-    out.mkdir()
-    (out / "manifest.json").write_text("{}")  # an (old) bundle
-    (out / "keep.txt").write_text("old bundle")
+    assert run_cli(["tiny_policies:make_tiny", "-o", str(out)], capsys)[0] == 0  # an old bundle
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     monkeypatch.setattr(OnnxRuntimeBackend, "build", boom)
     code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(out), "--force"], capsys)
     assert code == EXIT_BACKEND and "simulated build failure" in err
-    assert (out / "keep.txt").read_text() == "old bundle"  # --force never loses the old bundle
+    # --force never loses the old bundle
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
     assert leftovers(tmp_path) == []
 
 

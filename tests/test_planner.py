@@ -21,7 +21,6 @@ from robopt_compile.planner import (
     OptimizationCriteria,
     candidates,
     choose,
-    load_recipe,
     pareto,
     parse_budget,
     plan,
@@ -61,26 +60,6 @@ def test_parse_budget() -> None:
     assert parse_budget("1.5h") == 5400.0
     with pytest.raises(InputError):
         parse_budget("soon")
-
-
-def test_recipe_toml(tmp_path: Path) -> None:
-    p = tmp_path / "recipe.toml"
-    p.write_text(
-        '[criteria]\nmax_latency_ms = 5\nobjective = "size"\ntechniques = "quantize,prune"\n'
-        'search_budget = "10m"\n'
-    )
-    kw = load_recipe(p)
-    assert kw == {"max_latency_ms": 5, "objective": "size", "techniques": ("quantize", "prune"),
-                  "search_budget_s": 600.0}  # fmt: skip
-    OptimizationCriteria(**kw)
-    (tmp_path / "bad.toml").write_text("max_latency = 5\n")
-    with pytest.raises(InputError, match="unknown recipe keys"):
-        load_recipe(tmp_path / "bad.toml")
-    (tmp_path / "broken.toml").write_text("max_latency_ms = \n")
-    with pytest.raises(InputError, match="cannot parse"):
-        load_recipe(tmp_path / "broken.toml")
-    with pytest.raises(InputError, match="no such recipe"):
-        load_recipe(tmp_path / "missing.toml")
 
 
 # --- candidates and predictions ---------------------------------------------------------------

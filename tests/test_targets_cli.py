@@ -122,3 +122,49 @@ def test_tvm_runner_leaves_the_process_affinity_alone(policy_dir, tmp_path, caps
     with get_backend("tvm").runner(art, threads=1) as r:
         r.infer({"input": __import__("numpy").zeros((1, 12), "float32")})
     assert os.sched_getaffinity(0) == before
+
+
+def test_a_deferred_bundle_says_what_was_checked_everywhere(policy_dir, tmp_path, capsys):
+    """Issue 15, defect 10: ONNX checked in ONNX Runtime is not an engine PASS."""
+    from robopt_compile.report_html import load_bundle, verdict, write_reports
+    from robopt_compile.results import save_result
+
+    out = tmp_path / "orin"
+    args = ["tiny_policies:make_tiny", "--target", "jetson-orin", "-o", str(out)]  # an alias
+    code, stdout, err = run_cli([*args, "--json"], capsys)
+    assert code == 0, err
+    v = json.loads(stdout)["verdict"]
+    assert v == {"status": "pending-device", "engine_checked": False, "checked": (
+        "ONNX checked in ONNX Runtime; tensorrt engine not built yet: built and checked on the "
+        "device by robopt-bench")}  # fmt: skip
+    head = (out / "report.md").read_text().splitlines()[0]
+    assert head.startswith("⏳ **PENDING") and "tensorrt engine not built yet" in head
+    assert "PASS" not in head
+    html = (out / "report.html").read_text()
+    assert 'class="verdict pending"' in html and "engine not built yet" in html
+    code, stdout, err = run_cli([*args, "--force"], capsys)
+    assert code == 0 and "PENDING-DEVICE: ONNX checked in ONNX Runtime" in stdout
+    # CI that needs a checked engine: exit 4, the bundle is kept for the device
+    code, _, err = run_cli([*args, "--force", "--require-engine-check"], capsys)
+    assert code == 4 and "engine not checked" in err and (out / "manifest.json").is_file()
+    # once robopt-bench has checked the engine on the device, the verdict is the device's
+    save_result(out, "bench-orin", {"kind": "bench", "fidelity": {"passed": True, "cosine": 1.0},
+                                    "latency": {"p50_ms": 1.0}})  # fmt: skip
+    write_reports(out)
+    assert verdict(load_bundle(out))[0] == "PASS"
+    # a host build is checked here
+    host = tmp_path / "host"
+    code, stdout, err = run_cli(["tiny_policies:make_tiny", "-o", str(host), "--json"], capsys)
+    assert json.loads(stdout)["verdict"]["status"] == "pass"
+    assert (host / "report.md").read_text().startswith("✅ **PASS")
+    code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(host), "--force",
+                            "--require-engine-check"], capsys)  # fmt: skip
+    assert code == 0, err
+
+
+def test_list_targets_names_the_aliases(capsys):
+    code, stdout, _ = run_cli(["--list-targets"], capsys)
+    assert code == 0 and "also: jetson-agx-orin, jetson-orin, jetson-orin-agx" in stdout
+    code, stdout, _ = run_cli(["--list-targets", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(stdout)["targets"]}
+    assert "jetson-orin" in rows["jetson-agx-orin-64gb"]["aliases"]
