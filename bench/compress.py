@@ -121,7 +121,9 @@ def _relative(rel: Any, what: str) -> PurePosixPath:
     return p
 
 
-def _description(engine: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+def description(engine: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """``engine.compressed`` checked: (method, {stored name: {"original", ...}}), every name
+    relative; one InputError line otherwise."""
     desc = engine["compressed"]
     method = desc.get("method") if isinstance(desc, dict) else None
     files = desc.get("files") if isinstance(desc, dict) else None
@@ -193,7 +195,7 @@ def materialize_engine(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
     edir = Path(bundle_dir) / engine["dir"]
     if not engine.get("compressed"):
         return edir
-    method, files = _description(engine)
+    method, files = description(engine)
     missing = [n for n in sorted(files) if not (edir / n).is_file()]
     if missing:
         raise InputError(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import BackendUnavailableError, InputError
+from robopt_compile.paths import member
 
 from .compress import cache_root
 from .manifest import sha256_file
@@ -51,11 +52,23 @@ def require_device_build(bundle_dir: Path, engine: dict[str, Any]) -> None:
         raise BackendUnavailableError(deferred_message(engine["config"], found, edir))
 
 
-def _bundle_key(engine_dir: Path, recipe_text: str, recipe: dict[str, Any]) -> str:
+def _bundle_key(recipe_text: str, onnx_files: list[Path]) -> str:
     parts = [hashlib.sha256(recipe_text.encode()).hexdigest()]
-    for name in [recipe.get("onnx", "model.onnx"), *recipe.get("onnx_external_data", [])]:
-        parts.append(sha256_file(engine_dir / name))
+    parts += [sha256_file(p) for p in onnx_files]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _recipe_files(rpath: Path, engine_dir: Path, recipe: Any, files: list[str]) -> list[Path]:
+    """The ONNX and external data files the recipe names, each a listed file of the engine
+    folder (``robopt_compile.paths.member``): build.json is hashed, but a bundle made by hand
+    hashes whatever it names."""
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("onnx_external_data", []), list):
+        raise InputError(f"{rpath} (the deferred TensorRT recipe) is malformed; copy the bundle "
+                         "again.")  # fmt: skip
+    onnx = member(engine_dir, recipe.get("onnx"), f"{rpath}: onnx", files)
+    extra = [member(engine_dir, name, f"{rpath}: onnx_external_data", files)
+             for name in recipe.get("onnx_external_data", [])]  # fmt: skip
+    return [onnx, *extra]
 
 
 def _cached(folder: Path, key: str) -> dict[str, Any] | None:
@@ -63,10 +76,10 @@ def _cached(folder: Path, key: str) -> dict[str, Any] | None:
     try:
         entry = json.loads((folder / ENGINE_JSON).read_text())
         config = entry["config"]
-        engine = folder / config["model"]
+        engine = member(folder, config["model"], f"{folder}: engine.config.model", entry["files"])
         if config.get("engine_key") != key or engine.stat().st_size != entry["engine_bytes"]:
             return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, InputError):
         return None
     return {"files": entry["files"], "config": config}
 
@@ -93,7 +106,9 @@ def complete_deferred(
     )
 
     config = engine["config"]
-    rpath = Path(engine_dir) / str(config.get("recipe", "build.json"))
+    files = list(engine.get("files") or [])
+    rpath = member(Path(engine_dir), config.get("recipe", "build.json"),
+                   f"{engine_dir}: engine.config.recipe", files)  # fmt: skip
     try:
         text = rpath.read_text()
         recipe = json.loads(text)
@@ -101,13 +116,14 @@ def complete_deferred(
         raise InputError(
             f"{rpath} (the deferred TensorRT recipe) cannot be read ({exc}); copy the bundle again."
         ) from exc
+    onnx_files = _recipe_files(rpath, Path(engine_dir), recipe, files)
     found = builder_here()
     if isinstance(found, str):
         raise BackendUnavailableError(deferred_message(config, found, engine_dir))
     trt, gpu = found
     device = engine_key(gpu, trt.__version__)
     root = cache_root()
-    final = root / f"{_bundle_key(Path(engine_dir), text, recipe)}-{device}"
+    final = root / f"{_bundle_key(text, onnx_files)}-{device}"
     cached = _cached(final, device)
     if cached is not None:
         return final, cached, None
@@ -117,7 +133,7 @@ def complete_deferred(
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:16]}.tmp-", dir=root))
-        built = build_engine(recipe, Path(engine_dir) / recipe["onnx"], tmp)
+        built = build_engine(recipe, onnx_files[0], tmp)
         entry = {
             "files": [built["model"]],
             "config": built,

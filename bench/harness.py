@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import BackendUnavailableError, InputError, RoboptError
+from robopt_compile.paths import member
 from robopt_compile.targets import Artifact, Backend, Runner, get_backend
 
 from .compress import materialize_engine
 from .control import paced_loop
 from .deferred import complete_deferred, is_deferred, require_device_build
-from .manifest import load_manifest, runtimes
+from .manifest import MANIFEST, load_manifest, runtimes
 from .stats import control_loop_stats, latency_stats
 
 Progress = Callable[[int], None]  # called with the number of runs just finished
@@ -73,6 +74,19 @@ def _open_bundle(bundle_dir: str | Path, verify: bool) -> _Bundle:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _reference(b: _Bundle, key: str) -> dict[str, np.ndarray]:
+    """The bundle's reference ``inputs`` or ``outputs`` (a checked file of the bundle)."""
+    rel = b.manifest["reference"][key]
+    return _load_npz(member(b.root, rel, f"{b.root / MANIFEST}: reference.{key}"))
+
+
+def _engine_model(artifact: Artifact) -> Path:
+    """The engine file the bare loops load: the runner's own check (``Runner.engine_file``)."""
+    root = artifact.root
+    return member(root, artifact.config.get("model"), f"{root}: engine.config.model",
+                  artifact.files)  # fmt: skip
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -337,8 +351,7 @@ def run_benchmark(
     b = _open_bundle(bundle_dir, verify=False)
     check_ms = (time.perf_counter() - t0) * 1e3 - (b.unpack_ms or 0.0) - (b.build_ms or 0.0)
     ref = b.manifest["reference"]
-    ref_in = _load_npz(b.root / ref["inputs"])
-    ref_out = _load_npz(b.root / ref["outputs"])
+    ref_in, ref_out = _reference(b, "inputs"), _reference(b, "outputs")
     rss0 = rss_bytes()
 
     with contextlib.ExitStack() as stack:
@@ -435,6 +448,7 @@ class _BareLoop(abc.ABC):
 
 class _OrtBareLoop(_BareLoop):
     def __init__(self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None):
+        model = _engine_model(artifact)
         import onnxruntime as ort
 
         cfg = artifact.config
@@ -452,7 +466,7 @@ class _OrtBareLoop(_BareLoop):
             so.inter_op_num_threads = 1
         so.log_severity_level = 3
         self.session = ort.InferenceSession(
-            str(artifact.root / cfg["model"]),
+            str(model),
             sess_options=so,
             providers=cfg.get("providers", ["CPUExecutionProvider"]),
         )
@@ -470,6 +484,7 @@ class _OrtBareLoop(_BareLoop):
 
 class _OvBareLoop(_BareLoop):
     def __init__(self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None):
+        model = _engine_model(artifact)
         import openvino as ov
 
         cfg = artifact.config
@@ -480,9 +495,7 @@ class _OvBareLoop(_BareLoop):
         }
         if threads:
             props["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(
-            str(artifact.root / cfg["model"]), cfg.get("device", "CPU"), props
-        )
+        self.compiled = ov.Core().compile_model(str(model), cfg.get("device", "CPU"), props)
         self.request = self.compiled.create_infer_request()
         for i, port in enumerate(self.compiled.inputs):
             arr = np.ascontiguousarray(feeds[port.get_any_name()])
@@ -524,7 +537,7 @@ def bare_loop_p50(
     """
     _check_counts(runs, warmup, threads)
     b = _open_bundle(bundle_dir, verify)
-    feeds = _load_npz(b.root / b.manifest["reference"]["inputs"])
+    feeds = _reference(b, "inputs")
     loop = _bare_loop(b, feeds, threads)
     with _gc_paused():
         loop.block(warmup)
@@ -559,7 +572,7 @@ def measure_overhead(
     blocks = min(blocks, runs)
     sizes = [runs // blocks + (k < runs % blocks) for k in range(blocks)]
     b = _open_bundle(bundle_dir, verify)
-    ref_in = _load_npz(b.root / b.manifest["reference"]["inputs"])
+    ref_in = _reference(b, "inputs")
     harness: list[int] = []
     bare: list[int] = []
     with contextlib.ExitStack() as stack:

@@ -3,6 +3,12 @@
 This is the robot's first contact with a bundle that was copied over a network or a USB stick,
 so every problem becomes one ``InputError`` line that says what is wrong and what to do, and
 the sha256 check catches truncated or edited files before they produce wrong actions.
+
+A bundle may also come from someone else, so every path a loader will open (engine files, the
+paths the engine config names, reference files) must be a file of the bundle: relative, no
+``..``, listed (the config's paths among the engine's ``files``), hashed in ``files`` when
+verifying, and no symbolic link anywhere in the folder (``robopt_compile.paths``). All of it
+is checked here, before any runtime is imported.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from robopt_compile.errors import InputError
+from robopt_compile.paths import CONFIG_PATHS, member, refuse_links, relative
 
 # The runtimes a graph may name: targets.TARGETS's keys, spelled out here because this module
 # imports only the standard library (tests/test_vla.py keeps the two equal).
@@ -78,7 +85,30 @@ def runtimes(manifest: dict[str, Any]) -> list[str]:
                                        manifest.get("graphs", []))]))  # fmt: skip
 
 
-def _check_graphs(root: Path, manifest: dict[str, Any], backend: str, where: str) -> None:
+def native_code(manifest: dict[str, Any]) -> list[str]:
+    """The engines of a bundle that load native code when they run: a TVM library (a shared
+    object, loaded with dlopen) or a prebuilt TensorRT engine (a serialized plan). Running
+    such a bundle runs whatever code its author put there, so ``robopt-bench serve`` refuses
+    them unless started with ``--allow-native-code``. ONNX models (ONNX Runtime, OpenVINO, a
+    deferred TensorRT build from ONNX) are data the runtime parses."""
+    main = manifest.get("backend")
+    engines = [(None, main, manifest.get("engine") or {})]
+    engines += [(g.get("name"), g.get("backend", main), g.get("engine") or {})
+                for g in manifest.get("graphs") or [] if isinstance(g, dict)]  # fmt: skip
+    found = []
+    for name, backend, engine in engines:
+        config = engine.get("config") or {} if isinstance(engine, dict) else {}
+        where = f"graph {name!r}: " if name else ""
+        if backend == "tvm":
+            found.append(f"{where}a TVM shared library")
+        elif backend == "tensorrt" and not config.get("deferred"):
+            found.append(f"{where}a prebuilt TensorRT engine plan")
+    return found
+
+
+def _check_graphs(
+    root: Path, manifest: dict[str, Any], backend: str, where: str, hashed: set[str] | None
+) -> None:
     """A multi-graph manifest: every graph's engine files, the driver, and that the graphs fit
     together (what one produces is what the next consumes); one-line InputError otherwise."""
     graphs = _require(manifest, "graphs", list, where)
@@ -98,7 +128,8 @@ def _check_graphs(root: Path, manifest: dict[str, Any], backend: str, where: str
         gb = g.get("backend", backend)  # a graph may run on another runtime (llm-decode)
         if gb not in RUNTIMES:
             raise InputError(f"{bad} graph {name!r} names an unknown backend {gb!r}.")
-        _check_engine(root, engine, gb, f"{gw} engine", f"graph {name!r}: ")
+        _check_engine(root, engine, gb, where, f"graphs[{name}].engine", hashed,
+                      f"graph {name!r}: ")  # fmt: skip
         for key in ("inputs", "outputs"):
             _require(g, key, list, gw)
     driver = _require(manifest, "driver", dict, where)
@@ -123,7 +154,7 @@ def _check_graphs(root: Path, manifest: dict[str, Any], backend: str, where: str
         n = {len(config[k]) for k in ("timesteps", "alpha_cumprod", "alpha_cumprod_prev")}
         if len(n) != 1:
             raise InputError(f"{bad} the DDIM schedule's lists differ in length.")
-    _check_reference(root, manifest, where)
+    _check_reference(root, manifest, where, hashed)
 
 
 def _names(g: dict[str, Any], key: str) -> dict[str, Any]:
@@ -195,6 +226,11 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> dict[str, Any]
     if not root.is_dir():
         raise InputError(f"{str(root)!r} is a file, not a bundle folder.")
     mpath = root / MANIFEST
+    if mpath.is_symlink():
+        raise InputError(
+            f"{mpath} is a symbolic link; a bundle holds only plain files and folders. Copy it "
+            "again without links (cp -rL, rsync -L) or compile it again."
+        )
     if not mpath.is_file():
         raise InputError(
             f"{str(root)!r} is not a robopt bundle (no {MANIFEST}); pass the folder that "
@@ -217,44 +253,89 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> dict[str, Any]
             f"({SCHEMA_VERSION}); upgrade robopt-compile on the robot."
         )
     backend = _require(manifest, "backend", str, where)
-    if "graphs" in manifest:  # a multi-graph bundle (docs/BUNDLE.md)
-        _check_graphs(root, manifest, backend, where)
-    else:
-        engine = _require(manifest, "engine", dict, where)
-        _check_engine(root, engine, backend, f"{where} engine", "")
-        ref = _check_reference(root, manifest, where)
-        tol = _require(ref, "tolerance", dict, f"{where} reference")
-        for key in ("cosine_min", "atol", "rtol"):
-            _require(tol, key, (int, float), f"{where} reference.tolerance")
+    refuse_links(root)  # runtimes open files no manifest names (external data, .bin)
     files = manifest.get("files", {})
     if not isinstance(files, dict):
         raise InputError(f"{where}: 'files' must map relative paths to sha256 digests.")
+    # With verify, every file a loader opens must be one whose sha256 is checked below.
+    hashed = {PurePosixPath(str(rel)).as_posix() for rel in files} if verify else None
+    if "graphs" in manifest:  # a multi-graph bundle (docs/BUNDLE.md)
+        _check_graphs(root, manifest, backend, where, hashed)
+    else:
+        engine = _require(manifest, "engine", dict, where)
+        _check_engine(root, engine, backend, where, "engine", hashed)
+        ref = _check_reference(root, manifest, where, hashed)
+        tol = _require(ref, "tolerance", dict, f"{where} reference")
+        for key in ("cosine_min", "atol", "rtol"):
+            _require(tol, key, (int, float), f"{where} reference.tolerance")
     if verify:
         verify_files(root, files)
     return manifest
 
 
-def _check_engine(root: Path, engine: dict[str, Any], backend: str, where: str, graph: str) -> None:
-    """An engine entry: its folder inside the bundle, its backend, every file present."""
-    edir = _inside(root, _require(engine, "dir", str, where), "engine dir")
-    efiles = _require(engine, "files", list, where)
-    _require(engine, "config", dict, where)
+def _check_engine(
+    root: Path, engine: dict[str, Any], backend: str, where: str, what: str,
+    hashed: set[str] | None, graph: str = "",
+) -> None:  # fmt: skip
+    """An engine entry: its folder inside the bundle, its backend, every file present (and,
+    with ``hashed``, hashed), and every path its config names one of its files."""
+    at = f"{where}: {what}"
+    edir_rel = relative(_require(engine, "dir", str, f"{where} {what}"), f"{at}.dir")
+    edir = root / edir_rel
+    efiles = _require(engine, "files", list, f"{where} {what}")
+    config = _require(engine, "config", dict, f"{where} {what}")
     if engine.get("backend", backend) != backend:
         raise InputError(
-            f"{where}: backend is {backend!r} but engine.backend is {engine['backend']!r}."
+            f"{where} {what}: backend is {backend!r} but engine.backend is {engine['backend']!r}."
         )
-    missing = [f for f in efiles if not _inside(edir, str(f), "engine file").is_file()]
+    names = [relative(f, f"{at}.files entry").as_posix() for f in efiles]
+    missing = [n for n in names if not (edir / n).is_file()]  # no links: refuse_links ran
     if missing:
         raise InputError(
             f"{graph}engine file(s) {missing} missing from {edir}; copy the whole bundle folder "
             "again."
         )
+    if hashed is not None:
+        _require_hashed(at, [(edir_rel / n).as_posix() for n in names], hashed)
+    if engine.get("compressed"):  # the config names what the files unpack to (bench/compress.py)
+        from .compress import description
+
+        _, stored = description(engine)
+        for name in stored:
+            member(edir, name, f"{at}.compressed file", names)
+        originals = [PurePosixPath(e["original"]).as_posix() for e in stored.values()]
+        for key in CONFIG_PATHS:
+            if key in config:
+                rel = relative(config[key], f"{at}.config.{key}").as_posix()
+                if rel not in originals:
+                    raise InputError(
+                        f"{at}.config.{key} {config[key]!r} is not one of the engine's listed "
+                        "files; the bundle is corrupt or not robopt's."
+                    )
+    else:
+        for key in CONFIG_PATHS:
+            if key in config:
+                member(edir, config[key], f"{at}.config.{key}", names)
 
 
-def _check_reference(root: Path, manifest: dict[str, Any], where: str) -> dict[str, Any]:
+def _require_hashed(at: str, rels: list[str], hashed: set[str]) -> None:
+    for rel in rels:
+        if rel not in hashed:
+            raise InputError(
+                f"{at} file {rel!r} is not hashed in manifest.json 'files', so it cannot be "
+                "verified; the bundle is corrupt or not robopt's."
+            )
+
+
+def _check_reference(
+    root: Path, manifest: dict[str, Any], where: str, hashed: set[str] | None
+) -> dict[str, Any]:
     ref = _require(manifest, "reference", dict, where)
     for key in ("inputs", "outputs"):
         rel = ref.setdefault(key, f"reference/{key}.npz")
-        if not _inside(root, str(rel), f"reference {key}").is_file():
+        p = relative(rel, f"{where}: reference.{key}")
+        if not (root / p).is_file():
             raise InputError(f"reference file {rel!r} is missing from {root}.")
+        if hashed is not None:
+            _require_hashed(f"{where}: reference", [p.as_posix()], hashed)
     return ref

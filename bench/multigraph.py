@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import BackendUnavailableError, RoboptError
+from robopt_compile.paths import member, relative
 from robopt_compile.targets import Artifact, get_backend
 
 from .control import paced_loop
@@ -104,8 +105,9 @@ def open_driver(
             backends[name] = get_backend(name)
             backends[name].require()
         backend = backends[name]
-        eng = g["engine"]
-        art = Artifact.from_json({"backend": name, **eng}, root / eng["dir"])
+        eng = g["engine"]  # checked by load_manifest; each runner checks its engine file
+        edir = root / relative(eng["dir"], f"graphs[{g['name']}].engine.dir")
+        art = Artifact.from_json({"backend": name, **eng}, edir)
         try:
             runners[g["name"]] = stack.enter_context(backend.runner(art, threads))
         except RoboptError:
@@ -132,8 +134,8 @@ def run_graph_benchmark(
     from .harness import memory_summary, rss_bytes
 
     ref = manifest["reference"]
-    obs = load_arrays(root / ref["inputs"])
-    want = load_arrays(root / ref["outputs"])
+    obs = load_arrays(member(root, ref["inputs"], "manifest.json: reference.inputs"))
+    want = load_arrays(member(root, ref["outputs"], "manifest.json: reference.outputs"))
     n = next(iter(obs.values())).shape[0]
     rss0 = rss_bytes()
     with contextlib.ExitStack() as stack:

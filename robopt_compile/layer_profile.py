@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import BackendUnavailableError, InputError, RoboptError
+from robopt_compile.paths import member
 
 # One node's aggregated figures: name -> {"op_type", "total_us", "calls", extra...}
 _Nodes = dict[str, dict[str, Any]]
@@ -42,7 +43,8 @@ _TOKEN = re.compile(r"_token_\d+$")
 def _load_feeds(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    path = root / manifest.get("reference", {}).get("inputs", "reference/inputs.npz")
+    rel = manifest.get("reference", {}).get("inputs", "reference/inputs.npz")
+    path = member(root, rel, f"{root / 'manifest.json'}: reference.inputs")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: np.ascontiguousarray(z[k]) for k in z.files}
@@ -96,7 +98,7 @@ def parse_ort_trace(events: list[dict[str, Any]] | dict[str, Any], skip_runs: in
 
 
 def _profile_ort(
-    engine_dir: Path, cfg: dict[str, Any], feeds: dict[str, Any], runs: int, warmup: int,
+    model: Path, cfg: dict[str, Any], feeds: dict[str, Any], runs: int, warmup: int,
     threads: int | None,
 ) -> tuple[_Nodes, list[float], dict[str, Any]]:  # fmt: skip
     import onnxruntime as ort
@@ -109,7 +111,7 @@ def _profile_ort(
         so.enable_profiling = True
         so.profile_file_prefix = str(tmp / "ort")
         sess = ort.InferenceSession(
-            str(engine_dir / cfg["model"]),
+            str(model),
             sess_options=so,
             providers=cfg.get("providers", ["CPUExecutionProvider"]),
         )
@@ -134,7 +136,7 @@ def _profile_ort(
         "method": "ONNX Runtime profiler (SessionOptions.enable_profiling): Node events "
         "<node>_kernel_time, dur in us, assigned to runs by model_run events",
         "runtime_version": ort.__version__,
-        "graph": str(engine_dir / cfg["model"]),
+        "graph": str(model),
     }
     return nodes, [u / 1e3 for u in run_us], info
 
@@ -143,7 +145,7 @@ def _profile_ort(
 
 
 def _profile_ov(
-    engine_dir: Path, cfg: dict[str, Any], feeds: dict[str, Any], runs: int, warmup: int,
+    model: Path, cfg: dict[str, Any], feeds: dict[str, Any], runs: int, warmup: int,
     threads: int | None,
 ) -> tuple[_Nodes, list[float], dict[str, Any]]:  # fmt: skip
     import numpy as np
@@ -155,7 +157,7 @@ def _profile_ov(
     props[ov.properties.enable_profiling()] = True  # "PERF_COUNT"
     device = cfg.get("device", "CPU")
     try:
-        compiled = ov.Core().compile_model(str(engine_dir / cfg["model"]), device, props)
+        compiled = ov.Core().compile_model(str(model), device, props)
     except Exception as exc:
         raise BackendUnavailableError(
             f"OpenVINO cannot compile the engine for {device!r} here: "
@@ -192,7 +194,7 @@ def _profile_ov(
         "executed node of the compiled graph",
         "runtime_version": ov.get_version(),
         "device": device,
-        "graph": str(engine_dir / cfg["model"]),
+        "graph": str(model),
     }
     return nodes, run_ms, info
 
@@ -205,7 +207,8 @@ PROFILERS: dict[str, Profiler] = {"onnxruntime": _profile_ort, "openvino": _prof
 
 
 def _graph_node_names(root: Path, engine_model: Path) -> set[str] | None:
-    """Node names of the bundle's ONNX and of an ONNX engine; None without the onnx package."""
+    """Node names of the bundle's ONNX and of an ONNX engine; None without the onnx package.
+    (``load_manifest`` refused a bundle holding a link, so ``root / "model.onnx"`` is in it.)"""
     try:
         import onnx
     except ImportError:
@@ -283,11 +286,15 @@ def profile_layers(
         )
     get_backend(backend).require()
     engine_dir = materialize_engine(root, manifest)
+    files = engine["files"]
+    if engine.get("compressed"):  # unpacked into the cache under their original names
+        files = [e["original"] for e in engine["compressed"]["files"].values()]
+    model = member(engine_dir, cfg.get("model"), f"{engine_dir}: engine.config.model", files)
     feeds = _load_feeds(root, manifest)
-    nodes, run_ms, info = profiler(engine_dir, cfg, feeds, runs, warmup, threads)
+    nodes, run_ms, info = profiler(model, cfg, feeds, runs, warmup, threads)
     if not nodes:
         raise RoboptError(f"the {backend} profiler reported no executed nodes for {root}.")
-    names = _graph_node_names(root, engine_dir / cfg["model"])
+    names = _graph_node_names(root, model)
     total_us = sum(n["total_us"] for n in nodes.values())
     layers = []
     for name, n in nodes.items():

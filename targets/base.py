@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import BackendUnavailableError, InputError
+from robopt_compile.paths import member
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,14 @@ class Runner(abc.ABC):
         if missing:
             raise InputError(f"missing input(s) {missing}; the engine takes {self.input_names}.")
         return self._infer(feeds)
+
+    def engine_file(self, key: str = "model") -> Path:
+        """The file ``config[key]`` names: one of the artifact's files, inside its folder and
+        reached without a symbolic link (``robopt_compile.paths.member``). Runners open engine
+        files only through this, before they import their runtime."""
+        root = self.artifact.root
+        return member(root, self.artifact.config.get(key), f"{root}: engine.config.{key}",
+                      self.artifact.files)  # fmt: skip
 
     def bind(self, feeds: dict[str, np.ndarray]) -> Callable[[], Any]:
         """A zero-argument call that runs the engine on ``feeds`` with the least overhead.

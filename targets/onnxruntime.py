@@ -43,10 +43,10 @@ def _session_options(threads: int | None, level: str):
 
 class OnnxRuntimeRunner(Runner):
     def _activate(self) -> None:
+        path = self.engine_file()
         import onnxruntime as ort
 
         cfg = self.artifact.config
-        path = self.artifact.root / cfg["model"]
         so = _session_options(self.threads, cfg.get("runtime_optimization_level", "all"))
         self.session = ort.InferenceSession(
             str(path), sess_options=so, providers=cfg.get("providers", ["CPUExecutionProvider"])

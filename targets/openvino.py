@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import BuildError
+from robopt_compile.paths import member
 from robopt_compile.targets.base import Artifact, Backend, BuildOptions, Runner
 
 # robopt precision -> OpenVINO inference precision hint
@@ -92,6 +93,12 @@ SNIPPETS_GAP = "Supported precisions set is not available for"
 
 class OpenVinoRunner(Runner):
     def _activate(self) -> None:
+        path = self.engine_file()
+        if path.suffix == ".xml":  # OpenVINO reads the weights beside the IR by its stem
+            weights = Path(self.artifact.config["model"]).with_suffix(".bin").as_posix()
+            if os.path.lexists(path.with_suffix(".bin")):
+                member(self.artifact.root, weights, f"{self.artifact.root}: engine weights",
+                       self.artifact.files)  # fmt: skip
         import openvino as ov
 
         cfg = self.artifact.config
@@ -103,9 +110,7 @@ class OpenVinoRunner(Runner):
             except OSError:
                 pass  # a read-only home: run without the cache rather than fail
         props = runtime_properties(cfg, self.threads)
-        self.compiled = core.compile_model(
-            str(self.artifact.root / cfg["model"]), cfg.get("device", "CPU"), props
-        )
+        self.compiled = core.compile_model(str(path), cfg.get("device", "CPU"), props)
         if cfg.get("cache", True):
             trim_cache(cache_dir())
         self.request = self.compiled.create_infer_request()

@@ -579,6 +579,7 @@ class TensorRTRunner(Runner):
             raise BackendUnavailableError(
                 deferred_message(cfg, "this is the recipe, not an engine", self.artifact.root)
             )
+        path = self.engine_file()
         found = builder_here()
         if isinstance(found, str):
             raise BackendUnavailableError(f"cannot run a TensorRT engine here: {found}.")
@@ -593,9 +594,7 @@ class TensorRTRunner(Runner):
         self._cudart = _cudart()
         self._log = _logger(trt)
         self._runtime = trt.Runtime(self._log)
-        self._engine = self._runtime.deserialize_cuda_engine(
-            (self.artifact.root / cfg["model"]).read_bytes()
-        )
+        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             why = self._log.errors[-1] if self._log.errors else "no reason was logged"
             raise BackendUnavailableError(f"TensorRT could not load {cfg['model']}: {why}")

@@ -647,6 +647,7 @@ class TvmRunner(Runner):
                 f"this TVM engine is a {arch} library (target {cfg.get('target')}); it runs only "
                 f"on an {arch} machine and this one is {_machine()}: run it on the robot."
             )
+        path = self.engine_file()
         # TVM binds the thread that starts its pool to core 0, which then confines every other
         # runtime and numpy in this process (measured: os.sched_getaffinity became {0}); a
         # control-loop process must keep its own affinity. The user's setting wins.
@@ -661,7 +662,7 @@ class TvmRunner(Runner):
         if self.threads:
             tvm.get_global_func("runtime.config_threadpool")(1, self.threads)  # 1: big cores
         self._tvm = tvm
-        lib = tvm.runtime.load_module(str(self.artifact.root / cfg["model"]))
+        lib = tvm.runtime.load_module(str(path))
         self.vm = relax.VirtualMachine(lib, tvm.cpu())
         self._main = self.vm["main"]
         self._inputs = list(cfg["inputs"])

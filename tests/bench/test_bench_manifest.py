@@ -139,3 +139,166 @@ def test_backend_mismatch(tmp_path: Path) -> None:
     edit(tmp_path, lambda m: m["engine"].update(backend="openvino"))
     with pytest.raises(InputError, match=r"engine\.backend is 'openvino'"):
         load_manifest(tmp_path)
+
+
+# --- every path a loader opens is a hashed file of the bundle (issue 15, defects 1 and 9c) ----
+
+
+def _config(**changes: object):
+    return lambda m: m["engine"]["config"].update(changes)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize(
+    "bad", ["/etc/passwd", "../outside.onnx", "../engine/model.ort-opt.onnx", "", ".", "a\\..\\b"]
+)
+def test_config_model_outside_the_bundle_is_refused(tmp_path: Path, bad: str, verify: bool):
+    (tmp_path / "outside.onnx").write_bytes(b"not the bundle's")
+    fake_bundle(tmp_path / "b")
+    edit(tmp_path / "b", _config(model=bad))
+    with pytest.raises(InputError) as info:
+        load_manifest(tmp_path / "b", verify=verify)
+    msg = str(info.value)
+    assert f"engine.config.model {bad!r} is not a file of this bundle" in msg, msg
+    assert "the bundle is corrupt or not robopt's" in msg and "\n" not in msg
+
+
+def test_refusal_does_not_tell_whether_an_outside_file_exists(tmp_path: Path) -> None:
+    fake_bundle(tmp_path / "b")
+    msgs = []
+    for bad in ("/etc/passwd", "/no/such/file"):
+        edit(tmp_path / "b", _config(model=bad))
+        with pytest.raises(InputError) as info:
+            load_manifest(tmp_path / "b")
+        msgs.append(str(info.value).replace(bad, "X"))
+    assert msgs[0] == msgs[1]
+
+
+@pytest.mark.parametrize("key", ["recipe", "trtexec_script"])
+def test_other_config_paths_are_checked(tmp_path: Path, key: str) -> None:
+    fake_bundle(tmp_path)
+    edit(tmp_path, _config(**{key: "/etc/passwd"}))
+    with pytest.raises(InputError, match=rf"engine\.config\.{key} '/etc/passwd' is not a file"):
+        load_manifest(tmp_path, verify=False)
+
+
+def test_config_model_must_be_a_listed_engine_file(tmp_path: Path) -> None:
+    fake_bundle(tmp_path)
+    (tmp_path / "engine" / "other.onnx").write_bytes(b"unlisted")
+    edit(tmp_path, _config(model="other.onnx"))
+    with pytest.raises(InputError, match=r"engine\.config\.model 'other\.onnx' is not one of"):
+        load_manifest(tmp_path, verify=False)
+
+
+def test_engine_file_not_hashed_is_refused_when_verifying(tmp_path: Path) -> None:
+    fake_bundle(tmp_path)
+    edit(tmp_path, lambda m: m["files"].pop("engine/model.ort-opt.onnx"))
+    with pytest.raises(InputError, match=r"'engine/model\.ort-opt\.onnx' is not hashed"):
+        load_manifest(tmp_path)
+    load_manifest(tmp_path, verify=False)  # hashing is what --no-verify skips
+
+
+def test_manifest_without_files_is_refused_when_verifying(tmp_path: Path) -> None:
+    fake_bundle(tmp_path)
+    edit(tmp_path, lambda m: m.pop("files"))
+    with pytest.raises(InputError, match="is not hashed"):
+        load_manifest(tmp_path)
+    load_manifest(tmp_path, verify=False)
+
+
+def test_reference_file_not_hashed_is_refused_when_verifying(tmp_path: Path) -> None:
+    fake_bundle(tmp_path)
+    edit(tmp_path, lambda m: m["files"].pop("reference/inputs.npz"))
+    with pytest.raises(InputError, match=r"'reference/inputs\.npz' is not hashed"):
+        load_manifest(tmp_path)
+
+
+def _link_engine_file(b: Path, target: Path) -> None:
+    """engine/model.ort-opt.onnx -> target, hashed as the target's bytes (the hash holds)."""
+    engine = b / "engine" / "model.ort-opt.onnx"
+    engine.unlink()
+    engine.symlink_to(target)
+    edit(b, lambda m: m["files"].update({"engine/model.ort-opt.onnx": sha256_file(target)}))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_symlinked_engine_file_is_refused(tmp_path: Path, verify: bool) -> None:
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(b"engine bytes" * 100)
+    fake_bundle(tmp_path / "b")
+    _link_engine_file(tmp_path / "b", outside)
+    with pytest.raises(InputError, match=r"'engine/model\.ort-opt\.onnx' is a symbolic link"):
+        load_manifest(tmp_path / "b", verify=verify)
+
+
+def test_symlink_to_a_system_file_is_refused(tmp_path: Path) -> None:
+    fake_bundle(tmp_path / "b")
+    _link_engine_file(tmp_path / "b", Path("/etc/hostname"))
+    with pytest.raises(InputError, match="is a symbolic link"):
+        load_manifest(tmp_path / "b", verify=False)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_symlinked_engine_dir_is_refused(tmp_path: Path, verify: bool) -> None:
+    b = fake_bundle(tmp_path / "b")
+    (b / "engine").rename(tmp_path / "elsewhere")
+    (b / "engine").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(InputError, match=r"'engine' is a symbolic link"):
+        load_manifest(b, verify=verify)
+
+
+def test_symlink_anywhere_in_the_bundle_is_refused(tmp_path: Path) -> None:
+    b = fake_bundle(tmp_path / "b")
+    (b / "reference" / "inputs.npz").unlink()
+    (b / "reference" / "inputs.npz").symlink_to(b / "model.onnx")  # even one inside
+    with pytest.raises(InputError, match=r"'reference/inputs\.npz' is a symbolic link"):
+        load_manifest(b, verify=False)
+    (b / "reference" / "inputs.npz").unlink()
+    (b / "reference" / "inputs.npz").write_bytes(b"in")
+    (b / "engine" / "weights.data").symlink_to("/etc/hostname")  # unnamed: external data
+    with pytest.raises(InputError, match=r"'engine/weights\.data' is a symbolic link"):
+        load_manifest(b, verify=False)
+
+
+def test_symlinked_manifest_is_refused(tmp_path: Path) -> None:
+    b = fake_bundle(tmp_path / "b")
+    (b / "manifest.json").rename(tmp_path / "m.json")
+    (b / "manifest.json").symlink_to(tmp_path / "m.json")
+    with pytest.raises(InputError, match="symbolic link"):
+        load_manifest(b, verify=False)
+
+
+def _compressed(m: dict) -> None:
+    m["engine"]["files"] = ["model.ort-opt.onnx.xz"]
+    m["engine"]["compressed"] = {
+        "method": "lzma",
+        "files": {"model.ort-opt.onnx.xz": {"original": "model.ort-opt.onnx"}},
+    }
+    m["files"]["engine/model.ort-opt.onnx.xz"] = m["files"].pop("engine/model.ort-opt.onnx")
+
+
+def test_compressed_engine_config_names_an_original(tmp_path: Path) -> None:
+    b = fake_bundle(tmp_path)
+    (b / "engine" / "model.ort-opt.onnx").rename(b / "engine" / "model.ort-opt.onnx.xz")
+    edit(b, _compressed)
+    load_manifest(b)  # the config names the original the runtime loads from the cache
+    edit(b, _config(model="model.ort-opt.onnx.xz.other"))
+    with pytest.raises(InputError, match=r"engine\.config\.model .* is not one of"):
+        load_manifest(b)
+    edit(b, _config(model="/etc/passwd"))
+    with pytest.raises(InputError, match=r"engine\.config\.model '/etc/passwd' is not a file"):
+        load_manifest(b)
+    edit(b, _config(model="model.ort-opt.onnx"))
+    edit(b, lambda m: m["engine"]["compressed"]["files"].update(
+        {"/etc/passwd": {"original": "x.onnx"}}))  # fmt: skip
+    with pytest.raises(InputError, match="'/etc/passwd'"):
+        load_manifest(b)
+
+
+def test_graph_engine_config_outside_the_bundle_is_refused(tmp_path: Path) -> None:
+    b = fake_bundle(tmp_path)
+    engine = {"dir": "engine", "files": ["model.ort-opt.onnx"], "config": {"model": "../../x"}}
+    edit(b, lambda m: m.update(graphs=[{"name": "llm", "engine": engine, "inputs": [],
+                                        "outputs": []}]))  # fmt: skip
+    with pytest.raises(InputError, match=r"graphs\[llm\]\.engine\.config\.model '\.\./\.\./x'"):
+        load_manifest(b, verify=False)

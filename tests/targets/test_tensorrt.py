@@ -773,6 +773,29 @@ def test_bench_runs_the_built_engine(bundle: Path, fake: SimpleNamespace) -> Non
     assert again["timing"]["engine_build_ms"] is None and fake.rec.builds == 1
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("onnx", "../model.onnx"), ("onnx", "/etc/hostname"), ("onnx_external_data", ["../x"])],
+)
+def test_deferred_recipe_cannot_name_a_file_outside_the_engine(
+    bundle: Path, fake: SimpleNamespace, key: str, value: Any
+) -> None:
+    """build.json is hashed, but a hand-made bundle hashes what it likes: the recipe's ONNX
+    and its external data must be listed files of the engine folder (issue 15, defect 1)."""
+    from robopt_compile.bench.harness import run_benchmark
+    from robopt_compile.bundle import hash_tree
+
+    recipe = json.loads((bundle / "engine" / "build.json").read_text())
+    recipe[key] = value
+    (bundle / "engine" / "build.json").write_text(json.dumps(recipe))
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"] = hash_tree(bundle)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match=rf"build\.json: {key} .* is not"):
+        run_benchmark(bundle, runs=1, warmup=0)
+    assert fake.rec.builds == 0
+
+
 def test_bench_modules_import_without_tensorrt_or_onnx() -> None:
     code = (
         "import sys\n"
