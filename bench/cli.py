@@ -471,10 +471,67 @@ def _remote_run(
     help="Jobs that may wait behind the running one.",
 )
 @click.option(
+    "--max-unpacked-mb",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Largest size an upload may unpack to (and at most --max-unpack-ratio times the "
+    "compressed bytes received).",
+)
+@click.option(
+    "--max-unpack-ratio",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="Unpacked bytes per compressed byte received, plus 1 MiB (stops compression bombs).",
+)
+@click.option(
+    "--max-connections",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Requests served at once; more get 503 at once.",
+)
+@click.option(
+    "--max-uploads-per-ip",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Uploads one client address may have under way at once.",
+)
+@click.option(
+    "--min-upload-kib-s",
+    default=64.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Average upload rate below which an upload is dropped (408), after a 10 s grace.",
+)
+@click.option(
+    "--max-job-s",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Wall-clock limit of one job; it is cancelled after that (and a paced control loop "
+    "may not be longer).",
+)
+@click.option(
+    "--stop-grace-s",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="On SIGTERM / Ctrl-C, how long to wait for the cancelled running job to stop.",
+)
+@click.option(
     "--work-dir",
     type=click.Path(path_type=str),
     default=None,
     help="Where uploads are unpacked [default: the system temp folder].",
+)
+@click.option(
+    "--allow-native-code",
+    is_flag=True,
+    help="Also run bundles whose engine is native code (a TVM library, a prebuilt TensorRT "
+    "engine): anyone with the token can then run any code as this user. Default: refused (422).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve(
@@ -483,7 +540,15 @@ def serve(
     token_file: str,
     max_upload_mb: int,
     max_queue: int,
+    max_unpacked_mb: int,
+    max_unpack_ratio: float,
+    max_connections: int,
+    max_uploads_per_ip: int,
+    min_upload_kib_s: float,
+    max_job_s: float,
+    stop_grace_s: float,
     work_dir: str | None,
+    allow_native_code: bool,
     debug: bool,
 ) -> None:
     """Serve benchmarks to build machines: `robopt-bench BUNDLE --device URL` uploads a
@@ -501,6 +566,14 @@ def serve(
             max_queue=max_queue,
             work_dir=work_dir,
             debug=debug,
+            max_unpacked_mb=max_unpacked_mb,
+            max_unpack_ratio=max_unpack_ratio,
+            max_connections=max_connections,
+            max_uploads_per_ip=max_uploads_per_ip,
+            min_upload_kib_s=min_upload_kib_s,
+            max_job_s=max_job_s,
+            stop_grace_s=stop_grace_s,
+            allow_native_code=allow_native_code,
         )
     except Exception as exc:
         _fail(exc, debug)

@@ -15,6 +15,7 @@ Standard library only (http.client, tarfile, urllib): the robot side imports thi
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -188,6 +189,10 @@ class _Server:
             raise InputError(f"{self.url} refused the upload: {msg}")
         if status in (400, 411, 422):
             raise InputError(f"{self.url} rejected the bundle: {msg}")
+        if status == 408:
+            raise BackendUnavailableError(f"{self.url} dropped the upload: {msg}")
+        if status == 429:
+            raise InputError(f"{self.url} refuses this address for now: {msg} Check --token-file.")
         if status == 503:
             raise RobotBusyError(f"{self.url} is busy: {msg}")
         if status >= 500:
@@ -294,6 +299,19 @@ def _job_error(server: _Server, job: dict[str, Any], host: str) -> NoReturn:
     raise err
 
 
+def cancel_job(url: str, token: str, job_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Cancel job ``job_id`` on the server at ``url`` (``DELETE /v1/jobs/<id>``): a queued job
+    leaves the queue, a running one stops at the harness's next progress point. Returns the
+    job's view (``state`` "failed" once it has stopped, "running" with ``cancelling`` until).
+
+    Raises:
+        InputError: bad token, or the job has already ended (409).
+        BackendUnavailableError: server unreachable, or no such job there.
+    """
+    server = _Server(url, token, timeout)
+    return server.request("DELETE", f"{API}/jobs/{job_id}?wait={min(timeout / 2, 5):g}", "cancel")
+
+
 def remote_benchmark(
     bundle_dir: str | Path,
     url: str,
@@ -390,19 +408,25 @@ def remote_benchmark(
     deadline = None if job_timeout is None else time.monotonic() + job_timeout
     reported = 0
     wait = 0.5 if progress is not None else 10.0  # long-poll: the server answers on change
-    while job.get("state") not in ("done", "failed"):
-        if deadline is not None and time.monotonic() > deadline:
-            raise BackendUnavailableError(
-                f"job {job_id} on {server.url} did not end within {job_timeout:g} s "
-                f"(state {job.get('state')}); it keeps running there."
-            )
-        server.timeout = max(timeout, wait + timeout)
-        path = f"{API}/jobs/{job_id}?wait={wait:g}"
-        job = retried(lambda p=path: server.request("GET", p, "the job status"), "job status")
-        done = int((job.get("progress") or {}).get("done") or 0)
-        if progress is not None and done > reported:
-            progress(done - reported)
-            reported = done
+    try:
+        while job.get("state") not in ("done", "failed"):
+            if deadline is not None and time.monotonic() > deadline:
+                _cancel_quietly(url, token, job_id)
+                raise BackendUnavailableError(
+                    f"job {job_id} on {server.url} did not end within {job_timeout:g} s "
+                    f"(state {job.get('state')}); it was cancelled there."
+                )
+            poll = wait if deadline is None else max(0.05, min(wait, deadline - time.monotonic()))
+            server.timeout = max(timeout, poll + timeout)
+            path = f"{API}/jobs/{job_id}?wait={poll:g}"
+            job = retried(lambda p=path: server.request("GET", p, "the job status"), "job status")
+            done = int((job.get("progress") or {}).get("done") or 0)
+            if progress is not None and done > reported:
+                progress(done - reported)
+                reported = done
+    except KeyboardInterrupt:  # Ctrl-C here: do not leave the robot busy with it
+        _cancel_quietly(url, token, job_id)
+        raise
     if job["state"] == "failed":
         _job_error(server, job, host)
     result = job.get("result")
@@ -419,6 +443,12 @@ def remote_benchmark(
     }
     result["bundle"] = str(root.resolve())
     return result
+
+
+def _cancel_quietly(url: str, token: str, job_id: str) -> None:
+    """Best effort: the caller is already failing or interrupted."""
+    with contextlib.suppress(RoboptError, OSError):
+        cancel_job(url, token, job_id, timeout=5.0)
 
 
 # --- results ---------------------------------------------------------------------------------

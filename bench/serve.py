@@ -5,14 +5,22 @@ worker thread that runs the same ``harness.run_benchmark`` as ``robopt-bench BUN
 TensorRT builds included), so a remote result is a local result plus a ``remote`` block.
 
 Every request needs ``Authorization: Bearer <token>`` (compared with ``hmac.compare_digest``);
-without it the answer is 401 and nothing else happens: the body is not read. An upload must
-declare its length (411 otherwise) within ``--max-upload-mb`` (413, before reading); the stream
-is cut at the declared length. It is unpacked into a fresh private folder by a streaming
-extractor that accepts only regular files and folders with relative names, once each (400 with
-the offending member), then ``load_manifest(verify=True)`` checks every sha256 and every path
-the manifest names must stay inside the folder (422). Only then is the job queued (503 when the
-queue is full, checked before the body is read too). The folder is deleted when the job ends;
-the result stays in memory for the last ``max_results`` jobs.
+without it the answer is 401 and nothing else happens: the body is not read, and after
+``max_auth_failures`` wrong tokens in ``auth_window_s`` an address gets 429 without its token
+being compared. An upload must declare its length (411 otherwise) within ``--max-upload-mb``
+(413, before reading); the stream is cut at the declared length. It is unpacked into a fresh
+private folder by ``archive.extract_archive`` (capped headers, names, sizes and compression
+ratio), then every path the manifest names is checked on its own and
+``load_manifest(verify=True)`` checks every sha256 (422). Only then is the job queued (503
+when the queue, or the client address's upload slots, are full: checked before the body is
+read too). The folder is deleted when the job ends; the result stays in memory for the last
+``max_results`` jobs.
+
+Against slow or greedy clients: at most ``max_connections`` requests are served at once (503
+at once beyond), the request line and headers must all arrive within ``header_timeout_s``
+(408), an upload must keep ``min_upload_rate`` on average after ``upload_grace_s`` (408), and
+a job may not run longer than ``--max-job-s``. Jobs are cancelled (``DELETE``, the time
+limit, shutdown) through the harness's progress callback, between chunks of timed runs.
 
 Module level imports the standard library only: numpy and the runtime load with the first job.
 """
@@ -22,44 +30,68 @@ from __future__ import annotations
 import contextlib
 import hmac
 import http.server
+import io
 import json
-import lzma
 import math
 import os
+import queue
 import secrets
 import shutil
 import signal
 import socket
 import socketserver
 import sys
-import tarfile
 import tempfile
 import threading
 import time
 import traceback
 import urllib.parse
-import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
 from robopt_compile import __version__
-from robopt_compile.errors import InputError, RoboptError
+from robopt_compile.errors import BackendUnavailableError, InputError, RoboptError
 
-from .manifest import MANIFEST, load_manifest
+from .archive import ArchiveError, Limits, WriteError, extract_archive
+from .intake import (
+    AUTH_WINDOW_S,
+    ENDED,
+    HEADER_TIMEOUT_S,
+    MAX_AUTH_FAILURES,
+    MAX_CONNECTIONS,
+    MAX_JOB_S,
+    MAX_QUEUE,
+    MAX_RESULTS,
+    MAX_RUNS,
+    MAX_UNPACK_RATIO,
+    MAX_UNPACKED_MB,
+    MAX_UPLOAD_MB,
+    MAX_UPLOADS_PER_IP,
+    MAX_WAIT_S,
+    MAX_WARMUP,
+    MIN_UPLOAD_RATE,
+    SOCKET_TIMEOUT_S,
+    STOP_GRACE_S,
+    UPLOAD_GRACE_S,
+    HTTPError,
+    SocketReader,
+    UploadBody,
+    bundle_root,
+    parse_number,
+    parse_settings,
+    scrub,
+    validate_bundle,
+)
+from .manifest import native_code
 from .remote import API, DEFAULT_PORT, read_token_file
 
+__all__ = ["BenchServer", "HTTPError", "Job", "harness_runner", "parse_settings", "serve"]
+
 PROG = "robopt-bench serve"
-MAX_UPLOAD_MB = 2048
-MAX_QUEUE = 8
-MAX_RESULTS = 64
-MAX_MEMBERS = 100_000
-SOCKET_TIMEOUT_S = 60.0  # a stalled upload frees its thread after this long
-MAX_WAIT_S = 60.0  # longest long-poll (GET /v1/jobs/<id>?wait=S)
-_CHUNK = 1 << 20
 
 Progress = Callable[[int], None]
 # (bundle folder, settings for run_benchmark, progress) -> the harness result
@@ -67,14 +99,8 @@ Runner = Callable[[Path, dict[str, Any], Progress], dict[str, Any]]
 Log = Callable[[str], None]
 
 
-class HTTPError(Exception):
-    """An answer that is not a success: status, one line, extra headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = " ".join(message.split())
-        self.headers = headers or {}
+class JobCancelledError(BackendUnavailableError):
+    """Raised from the progress callback to stop a job (DELETE, time limit, shutdown)."""
 
 
 def harness_runner(bundle: Path, settings: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -82,280 +108,6 @@ def harness_runner(bundle: Path, settings: dict[str, Any], progress: Progress) -
     from .harness import run_benchmark
 
     return run_benchmark(bundle, progress=progress, **settings)
-
-
-# --- request settings ------------------------------------------------------------------------
-
-
-def _number(name: str, raw: str, kind: type, low: float, open_low: bool = False) -> Any:
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise HTTPError(400, f"{name}={raw!r} is not a number.") from None
-    if not math.isfinite(value) or value < low or (open_low and value == low):
-        raise HTTPError(400, f"{name}={raw!r} is out of range.")
-    return value
-
-
-def _flag(name: str, raw: str) -> bool:
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise HTTPError(400, f"{name}={raw!r} must be 0 or 1.")
-
-
-def parse_settings(query: str) -> tuple[dict[str, Any], bool]:
-    """Benchmark settings and ``wait`` from a POST /v1/jobs query string (400 when bad)."""
-    try:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise HTTPError(400, f"malformed query string {query[:100]!r}.") from None
-    params: dict[str, str] = {}
-    for k, v in pairs:
-        if k in params:
-            raise HTTPError(400, f"query parameter {k!r} is given twice.")
-        params[k] = v
-    known = ("runs", "warmup", "threads", "control_rate", "verify", "wait")
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise HTTPError(400, f"unknown query parameter(s) {unknown}; known: {list(known)}.")
-    given = {k: v for k, v in params.items() if v != ""}  # blank: the default
-    settings: dict[str, Any] = {
-        "runs": _number("runs", given["runs"], int, 1) if "runs" in given else 100,
-        "warmup": _number("warmup", given["warmup"], int, 0) if "warmup" in given else 10,
-        "threads": _number("threads", given["threads"], int, 1) if "threads" in given else None,
-        "control_rate": None,
-        "verify": _flag("verify", given["verify"]) if "verify" in given else True,
-    }
-    if "control_rate" in given:
-        settings["control_rate"] = _number(
-            "control_rate", given["control_rate"], float, 0.0, open_low=True
-        )
-    return settings, _flag("wait", given["wait"]) if "wait" in given else False
-
-
-# --- safe extraction -------------------------------------------------------------------------
-
-
-class _Body:
-    """The request body as a file: at most ``length`` bytes, counted; short reads noted."""
-
-    def __init__(self, raw: IO[bytes], length: int) -> None:
-        self.raw, self.left, self.count, self.short = raw, length, 0, False
-
-    def read(self, size: int | None = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        n = self.left if size is None or size < 0 else min(size, self.left)
-        try:
-            data = self.raw.read(n)
-        except TimeoutError:
-            raise HTTPError(
-                400, f"the upload stalled (no data for {SOCKET_TIMEOUT_S:g} s)."
-            ) from None
-        except OSError as exc:
-            raise HTTPError(400, f"the upload broke off ({exc}).") from None
-        self.left -= len(data)
-        self.count += len(data)
-        if len(data) < n:
-            self.short, self.left = True, 0
-        return data
-
-    def drain(self) -> None:
-        """Read what is left of the declared body, so the answer is not lost to a TCP reset
-        (the client has a valid token and the length was within the limit)."""
-        with contextlib.suppress(HTTPError):
-            while self.read(_CHUNK):
-                pass
-
-
-class _WriteError(Exception):
-    """Writing into the job folder failed (a server problem, not the upload's)."""
-
-
-def _kind(m: tarfile.TarInfo) -> str:
-    if m.issym():
-        return "symbolic link"
-    if m.islnk():
-        return "hard link"
-    if m.ischr() or m.isblk():
-        return "device"
-    if m.isfifo():
-        return "FIFO"
-    return f"entry of tar type {m.type!r}"
-
-
-def _member_parts(name: str) -> tuple[str, ...]:
-    """The member's path parts; 400 for absolute names, ``..``, control characters."""
-    if not name or any(ord(c) < 32 for c in name) or "\\" in name:
-        raise HTTPError(400, f"archive member {name!r} has an unusable name.")
-    p = PurePosixPath(name)
-    if p.is_absolute():
-        raise HTTPError(400, f"archive member {name!r} has an absolute path.")
-    parts = tuple(x for x in p.parts if x != ".")
-    if ".." in parts:
-        raise HTTPError(400, f"archive member {name!r} points outside the archive ('..').")
-    return parts
-
-
-def _write_member(src: IO[bytes], target: Path, size: int) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(target, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except (FileExistsError, IsADirectoryError, NotADirectoryError):
-        raise
-    except OSError as exc:
-        raise _WriteError(str(exc)) from exc
-    with os.fdopen(fd, "wb") as out:
-        left = size
-        while left > 0:
-            chunk = src.read(min(_CHUNK, left))
-            if not chunk:
-                raise EOFError("unexpected end of data")
-            left -= len(chunk)
-            try:
-                out.write(chunk)
-            except OSError as exc:
-                raise _WriteError(str(exc)) from exc
-
-
-def extract_archive(
-    stream: Any, dest: Path, max_bytes: int, max_members: int = MAX_MEMBERS
-) -> tuple[int, int]:
-    """Unpack a tar stream (plain, gz, bz2 or xz) into the new folder ``dest``, safely.
-
-    Accepts regular files and folders with relative names, each name once; refuses absolute
-    paths, ``..``, links, devices, FIFOs (400 naming the member) and archives that unpack to
-    more than ``max_bytes`` or ``max_members`` (413). Files are created with ``O_EXCL`` and
-    ``O_NOFOLLOW`` so nothing can be written through a name that already exists.
-
-    Returns:
-        (members, bytes unpacked).
-
-    Raises:
-        HTTPError: 400 or 413 as above, 400 for a corrupt or truncated stream, 500 when the
-            folder cannot be written.
-    """
-    dest.mkdir(mode=0o700)
-    real = os.path.realpath(dest)
-    seen: set[tuple[str, ...]] = set()
-    members = total = 0
-    try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for m in tar:
-                members += 1
-                if members > max_members:
-                    raise HTTPError(413, f"the archive has more than {max_members} entries.")
-                parts = _member_parts(m.name)
-                if not (m.isreg() or m.isdir()):
-                    raise HTTPError(
-                        400,
-                        f"archive member {m.name!r} is a {_kind(m)}; only regular files and "
-                        "folders are accepted.",
-                    )
-                if not parts:  # "." itself
-                    continue
-                if parts in seen:
-                    raise HTTPError(400, f"archive member {m.name!r} appears more than once.")
-                seen.add(parts)
-                target = dest.joinpath(*parts)
-                parent = os.path.realpath(target.parent)
-                if parent != real and not parent.startswith(real + os.sep):  # cannot happen
-                    raise HTTPError(400, f"archive member {m.name!r} points outside the archive.")
-                try:
-                    if m.isdir():
-                        target.mkdir(parents=True, exist_ok=True, mode=0o700)
-                        continue
-                    total += m.size
-                    if total > max_bytes:
-                        raise HTTPError(
-                            413, f"the archive unpacks to more than {max_bytes >> 20} MiB."
-                        )
-                    src = tar.extractfile(m)
-                    assert src is not None  # a regular file
-                    _write_member(src, target, m.size)
-                except (FileExistsError, IsADirectoryError, NotADirectoryError):
-                    raise HTTPError(
-                        400, f"archive member {m.name!r} clashes with another member's path."
-                    ) from None
-    except (HTTPError, _WriteError):
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as exc:
-        if isinstance(stream, _Body) and stream.short:
-            raise HTTPError(400, f"the upload ended after {stream.count} bytes.") from None
-        raise HTTPError(
-            400, f"the upload is not a valid tar, tar.gz, tar.bz2 or tar.xz archive ({exc})."
-        ) from None
-    return members, total
-
-
-def _bundle_root(folder: Path) -> Path:
-    """The unpacked bundle: ``folder`` or its one sub-folder holding ``manifest.json``."""
-    if (folder / MANIFEST).is_file():
-        return folder
-    entries = list(folder.iterdir())
-    if len(entries) == 1 and entries[0].is_dir() and (entries[0] / MANIFEST).is_file():
-        return entries[0]
-    raise HTTPError(
-        400, f"the archive has no {MANIFEST} at its top level (or in one top-level folder)."
-    )
-
-
-def _manifest_paths(manifest: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """(what, path relative to the bundle) for every path the manifest names."""
-    for rel in manifest.get("files") or {}:
-        yield "files entry", rel
-    engines = [("engine", manifest.get("engine") or {})] if "graphs" not in manifest else []
-    for g in manifest.get("graphs") or []:  # a multi-graph bundle: every graph's engine
-        if isinstance(g, dict):
-            engines.append((f"graphs[{g.get('name')}].engine", g.get("engine") or {}))
-            for rel in g.get("model_files") or []:
-                yield f"graphs[{g.get('name')}].model_files entry", rel
-    for what, engine in engines:
-        yield from _engine_paths(what, engine)
-    ref = manifest.get("reference") or {}
-    for key in ("inputs", "outputs"):
-        if key in ref:
-            yield f"reference.{key}", ref[key]
-    for rel in (manifest.get("build") or {}).get("model_files") or []:
-        yield "build.model_files entry", rel
-
-
-def _engine_paths(what: str, engine: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    edir = engine.get("dir", "engine")
-    yield f"{what}.dir", edir
-    under = f"{edir}/" if isinstance(edir, str) else ""
-    for rel in engine.get("files") or []:
-        yield f"{what} file", f"{under}{rel}" if isinstance(rel, str) else rel
-    config = engine.get("config") or {}
-    for key in ("model", "recipe"):
-        if key in config:
-            rel = config[key]
-            yield f"{what}.config.{key}", f"{under}{rel}" if isinstance(rel, str) else rel
-    for rel, desc in ((engine.get("compressed") or {}).get("files") or {}).items():
-        yield f"{what}.compressed file", f"{under}{rel}"
-        if isinstance(desc, dict) and "original" in desc:
-            orig = desc["original"]
-            yield f"{what}.compressed original", f"{under}{orig}" if isinstance(orig, str) else orig
-
-
-def validate_bundle(root: Path) -> dict[str, Any]:
-    """``load_manifest(verify=True)`` plus: every named path stays inside ``root`` (422)."""
-    try:
-        manifest = load_manifest(root, verify=True)
-    except InputError as exc:
-        raise HTTPError(422, str(exc).replace(str(root), "the bundle")) from None
-    real = os.path.realpath(root)
-    for what, rel in _manifest_paths(manifest):
-        if not isinstance(rel, str) or not rel:
-            raise HTTPError(422, f"manifest.json: {what} {rel!r} is not a path.")
-        p = PurePosixPath(rel)
-        resolved = os.path.realpath(os.path.join(real, *p.parts))
-        if p.is_absolute() or ".." in p.parts or not resolved.startswith(real + os.sep):
-            raise HTTPError(422, f"manifest.json: {what} {rel!r} points outside the bundle.")
-    return manifest
 
 
 # --- jobs ------------------------------------------------------------------------------------
@@ -383,20 +135,65 @@ class Job:
     finished: float | None = None
     done_runs: int = 0
     overlapping_uploads: int = 0
+    cancel: str | None = None  # why the job must stop; seen by its progress callback
     result: dict[str, Any] | None = None
     error: str | None = None
     error_type: str | None = None
     exit_code: int | None = None
 
 
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+class _AuthLimiter:
+    """Wrong tokens per client address in a sliding window; memory bounded."""
 
-    def __init__(self, address: tuple[str, int], app: BenchServer) -> None:
+    def __init__(self, max_failures: int, window_s: float, max_addresses: int = 4096) -> None:
+        self.max_failures, self.window_s, self.max_addresses = max_failures, window_s, max_addresses
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until ``address`` may try again, or None when it may now."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._failures.get(address)
+            if seen is None:
+                return None
+            while seen and seen[0] <= now - self.window_s:
+                seen.popleft()
+            if len(seen) < self.max_failures:
+                return None
+            return max(1, math.ceil(seen[0] + self.window_s - now))
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            seen = self._failures.setdefault(address, deque(maxlen=self.max_failures))
+            seen.append(time.monotonic())
+            self._failures.move_to_end(address)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    """One thread per request, at most ``max_connections`` at once: beyond that a connection
+    gets a 503 from a single refusing thread (or is closed when that one is busy too)."""
+
+    daemon_threads = True
+    # socketserver's default backlog of 5 makes a burst of connections wait for SYN
+    # retransmits (1 s, 3 s, ...) before they are even accepted: let the kernel queue them.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: BenchServer, max_connections: int) -> None:
         self.app = app
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._count_lock = threading.Lock()
+        self.open_connections = 0
+        self._refusals: queue.Queue[socket.socket | None] = queue.Queue(maxsize=64)
+        self._refused = 0
+        self._refused_logged = 0.0
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+        threading.Thread(target=self._refuse_loop, name="robopt-bench-refuse", daemon=True).start()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks the host up in DNS (getfqdn), which can hang a robot
@@ -405,6 +202,80 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
 
+    def _opened(self, delta: int) -> None:
+        with self._count_lock:
+            self.open_connections += delta
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._note_refusal(client_address)
+            try:
+                self._refusals.put_nowait(request)
+            except queue.Full:
+                self.shutdown_request(request)
+            return
+        self._opened(1)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._opened(-1)
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._opened(-1)
+            self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        with contextlib.suppress(queue.Full):
+            self._refusals.put_nowait(None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        self.app.log(f"{client_address[0]}: connection error: {type(exc).__name__}")
+
+    def _note_refusal(self, client_address: Any) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 5.0:  # a flood must not flood the log too
+            self.app.log(
+                f"{client_address[0]}: refused: {self.max_connections} connections open "
+                f"(--max-connections; {self._refused} refused so far)"
+            )
+            self._refused_logged = now
+
+    def _refuse_loop(self) -> None:
+        body = json.dumps(
+            {
+                "error": f"the server is serving {self.max_connections} connections "
+                "(--max-connections); try again shortly."
+            }
+        ).encode()
+        answer = (
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nRetry-After: 5\r\nContent-Length: "
+            + str(len(body) + 1).encode()
+            + b"\r\n\r\n"
+            + body
+            + b"\n"
+        )
+        while True:
+            sock = self._refusals.get()
+            if sock is None:  # server_close
+                return
+            try:
+                sock.settimeout(0.2)
+                with contextlib.suppress(OSError):
+                    sock.recv(65536)  # the request, if sent: closing over unread data resets
+                with contextlib.suppress(OSError):
+                    sock.sendall(answer)
+            finally:
+                self.shutdown_request(sock)
+
 
 class BenchServer:
     """The benchmark server: HTTP front end, job table, one worker thread.
@@ -412,6 +283,7 @@ class BenchServer:
     ``BenchServer(token).start()`` serves in a background thread (tests, ``make bench``);
     ``serve()`` below runs it in the foreground with signal handling (the CLI). ``runner``
     replaces ``run_benchmark`` (tests use it to hold the worker busy deterministically).
+    The limits' defaults are the module's constants (docs/REMOTE.md).
     """
 
     def __init__(
@@ -423,20 +295,41 @@ class BenchServer:
         max_upload_bytes: int = MAX_UPLOAD_MB << 20,
         max_queue: int = MAX_QUEUE,
         max_results: int = MAX_RESULTS,
-        max_unpacked_bytes: int | None = None,
+        max_unpacked_bytes: int = MAX_UNPACKED_MB << 20,
+        max_unpack_ratio: float = MAX_UNPACK_RATIO,
+        max_connections: int = MAX_CONNECTIONS,
+        max_uploads_per_ip: int = MAX_UPLOADS_PER_IP,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+        min_upload_rate: float = MIN_UPLOAD_RATE,
+        upload_grace_s: float = UPLOAD_GRACE_S,
+        max_job_s: float = MAX_JOB_S,
+        max_auth_failures: int = MAX_AUTH_FAILURES,
+        auth_window_s: float = AUTH_WINDOW_S,
+        allow_native_code: bool = False,
         runner: Runner | None = None,
         log: Log | None = None,
         debug: bool = False,
     ) -> None:
         if not token:
             raise InputError("the server needs a token (--token-file).")
-        if max_upload_bytes < 1 or max_queue < 1 or max_results < 1:
-            raise InputError("max upload, queue length and kept results must be >= 1.")
+        counts = (max_upload_bytes, max_queue, max_results, max_unpacked_bytes, max_connections,
+                  max_uploads_per_ip, max_auth_failures)  # fmt: skip
+        times = (max_unpack_ratio, header_timeout_s, min_upload_rate, max_job_s, auth_window_s)
+        if min(counts) < 1 or min(times) <= 0 or upload_grace_s < 0:
+            raise InputError("every server limit must be positive.")
         self.token = token.encode()
         self.max_upload_bytes = max_upload_bytes
-        self.max_unpacked_bytes = max_unpacked_bytes or 4 * max_upload_bytes
+        self.max_unpacked_bytes = max_unpacked_bytes
+        self.limits = Limits(max_bytes=max_unpacked_bytes, max_ratio=max_unpack_ratio)
         self.max_queue = max_queue
         self.max_results = max_results
+        self.max_uploads_per_ip = max_uploads_per_ip
+        self.header_timeout_s = header_timeout_s
+        self.min_upload_rate = min_upload_rate
+        self.upload_grace_s = upload_grace_s
+        self.max_job_s = max_job_s
+        self.allow_native_code = allow_native_code
+        self.auth = _AuthLimiter(max_auth_failures, auth_window_s)
         self.runner: Runner = runner or harness_runner
         self.log: Log = log or (lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
         self.debug = debug
@@ -447,6 +340,7 @@ class BenchServer:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._running: Job | None = None
         self._reserved = 0  # uploads being received, each holding a queue slot
+        self._uploading: dict[str, int] = {}  # by client address
         self._uploads_seen = 0
         self._closing = False
         self._serving = False
@@ -458,7 +352,7 @@ class BenchServer:
         except OSError as exc:
             raise InputError(f"cannot create a folder in work dir {work_dir!r}: {exc}.") from None
         try:
-            self.httpd = _HTTPServer((host, port), self)
+            self.httpd = _HTTPServer((host, port), self, max_connections)
         except OSError as exc:
             shutil.rmtree(self.root, ignore_errors=True)
             raise InputError(
@@ -476,6 +370,11 @@ class BenchServer:
         host, port = self.httpd.server_address[:2]
         host = str(host)
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def open_connections(self) -> int:
+        """Requests being served now (each holds one of ``max_connections``)."""
+        return self.httpd.open_connections
 
     def serve_forever(self, poll_s: float = 0.5) -> None:
         """Serve in this thread until ``shutdown()`` (another thread or a signal handler);
@@ -500,9 +399,16 @@ class BenchServer:
         if self._serving:
             self.httpd.shutdown()
 
-    def close(self, grace_s: float = 10.0) -> None:
-        """Stop serving, fail the queued jobs, give the running job ``grace_s`` to end, and
-        delete every job folder."""
+    def close(self, grace_s: float = STOP_GRACE_S) -> bool:
+        """Stop serving, fail the queued jobs, cancel the running one and wait up to
+        ``grace_s`` for it to stop, and delete every job folder.
+
+        Returns:
+            True when the worker stopped; False when the running job is stuck inside its
+            runtime (a model load, an engine build or a paced loop cannot be interrupted):
+            the caller should then end the process with ``os._exit`` rather than let the
+            interpreter tear down a runtime that is still running.
+        """
         try:
             self.shutdown()
             self.httpd.server_close()
@@ -513,14 +419,21 @@ class BenchServer:
                 for job in cancelled:
                     self._finish(job, error="the server shut down before the job ran", code=3)
                 running = self._running
+                if running is not None:
+                    running.cancel = running.cancel or "the server shut down"
                 self._lock.notify_all()
             for job in cancelled:
                 shutil.rmtree(job.folder, ignore_errors=True)
             if running is not None and self._worker.is_alive():
-                self.log(f"waiting up to {grace_s:g} s for job {running.id} to end")
+                self.log(f"cancelling job {running.id}; waiting up to {grace_s:g} s for it")
             self._worker.join(grace_s)
             if self._worker.is_alive():
-                self.log("the running job did not end: leaving it")
+                self.log(
+                    f"the running job did not stop within {grace_s:g} s (it is inside its "
+                    "runtime): leaving it"
+                )
+                return False
+            return True
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -532,11 +445,19 @@ class BenchServer:
 
     # -- jobs --
 
-    def check_capacity(self) -> None:
-        """503 when no queue slot is free (checked before an upload's body is read)."""
+    def check_capacity(self, client: str = "-") -> None:
+        """503 when no queue slot is free, or ``client`` already has its uploads under way
+        (checked before an upload's body is read)."""
         with self._lock:
             if self._closing:
                 raise HTTPError(503, "the server is shutting down.")
+            if self._uploading.get(client, 0) >= self.max_uploads_per_ip:
+                raise HTTPError(
+                    503,
+                    f"{self.max_uploads_per_ip} uploads from your address are under way "
+                    "(--max-uploads-per-ip); try again when one has ended.",
+                    {"Retry-After": "10"},
+                )
             if len(self._queue) + self._reserved >= self.max_queue:
                 raise HTTPError(
                     503,
@@ -545,27 +466,52 @@ class BenchServer:
                     {"Retry-After": "10"},
                 )
 
-    def submit(self, body: IO[bytes], length: int, settings: dict[str, Any]) -> Job:
+    def submit(
+        self,
+        body: IO[bytes],
+        length: int,
+        settings: dict[str, Any],
+        client: str = "-",
+        reader: SocketReader | None = None,
+    ) -> Job:
         """Receive, unpack and check an upload of ``length`` bytes; queue it as a job."""
         with self._lock:
-            self.check_capacity()
+            self.check_capacity(client)
             self._reserved += 1
+            self._uploading[client] = self._uploading.get(client, 0) + 1
             self._uploads_seen += 1
         reserved, folder = True, None
         try:
             t0 = time.perf_counter()
-            folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.root))
-            stream = _Body(body, length)
             try:
-                extract_archive(stream, folder / "bundle", self.max_unpacked_bytes)
+                folder = Path(tempfile.mkdtemp(prefix="job-", dir=self.root))
+            except OSError as exc:
+                raise WriteError(str(exc)) from exc
+            if reader is not None:
+                reader.expect_body(self.upload_grace_s, self.min_upload_rate)
+            stream = UploadBody(body, length, reader, self.min_upload_rate, self.upload_grace_s)
+            try:
+                extract_archive(stream, folder / "bundle", self.limits)
+            except ArchiveError as exc:
+                if exc.status == 400 and stream.short:
+                    raise HTTPError(400, f"the upload ended after {stream.count} bytes.") from None
+                raise HTTPError(exc.status, exc.message) from None
             finally:
                 stream.drain()
             if stream.short:
                 raise HTTPError(400, f"the upload ended after {stream.count} of {length} bytes.")
             upload_ms = (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
-            bundle = _bundle_root(folder / "bundle")
-            validate_bundle(bundle)
+            bundle = bundle_root(folder / "bundle")
+            manifest = validate_bundle(bundle)
+            native = native_code(manifest)
+            if native and not self.allow_native_code:
+                raise HTTPError(
+                    422,
+                    f"the bundle runs native code ({'; '.join(native)}), which this server "
+                    "refuses: start it with --allow-native-code to run such bundles from "
+                    "people you trust (docs/SECURITY.md).",
+                )
             validate_ms = (time.perf_counter() - t0) * 1e3
             job = Job(
                 id=secrets.token_hex(8),
@@ -577,7 +523,7 @@ class BenchServer:
                 validate_ms=validate_ms,
             )
             with self._lock:
-                self._reserved -= 1
+                self._release_upload(client)
                 reserved = False
                 if self._closing:
                     raise HTTPError(503, "the server is shutting down.")
@@ -586,14 +532,44 @@ class BenchServer:
                 folder = None  # the worker owns it now
                 self._lock.notify_all()
             return job
-        except _WriteError as exc:
-            raise HTTPError(500, f"cannot write the upload into the work dir: {exc}") from None
+        except WriteError as exc:
+            self.log(f"{client}: cannot write the upload into the work dir: {exc}")
+            raise HTTPError(
+                500, "cannot write the upload into the work dir (see the server log)."
+            ) from None
         finally:
             if reserved:
                 with self._lock:
-                    self._reserved -= 1
+                    self._release_upload(client)
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def _release_upload(self, client: str) -> None:
+        """Give back an upload's queue slot and its address's slot (lock held)."""
+        self._reserved -= 1
+        left = self._uploading.get(client, 1) - 1
+        if left > 0:
+            self._uploading[client] = left
+        else:
+            self._uploading.pop(client, None)
+
+    def cancel(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
+        """DELETE /v1/jobs/<id>: take a queued job off the queue, or stop a running one at
+        its next progress call; the view, after waiting up to ``wait_s`` for it to end."""
+        with self._lock:
+            job = self._job(job_id)
+            if job.state in ENDED:
+                raise HTTPError(409, f"job {job_id} has already ended ({job.state}).")
+            reason = f"DELETE {API}/jobs/{job_id}"
+            if job.state == "queued":
+                self._queue.remove(job)
+                self._finish(job, error=f"the job was cancelled ({reason}) before it ran",
+                             error_type=JobCancelledError.__name__, code=3)  # fmt: skip
+            else:
+                job.cancel = job.cancel or reason
+        if job.state == "failed" and job.started is None:
+            shutil.rmtree(job.folder, ignore_errors=True)
+        return self.view(job_id, wait_s)
 
     def _finish(
         self,
@@ -609,7 +585,7 @@ class BenchServer:
             job.state, job.result = "done", result
         else:
             job.state, job.error, job.error_type, job.exit_code = "failed", error, error_type, code
-        ended = [j for j in self._jobs.values() if j.state in ("done", "failed")]
+        ended = [j for j in self._jobs.values() if j.state in ENDED]
         for old in ended[: max(0, len(ended) - self.max_results)]:
             del self._jobs[old.id]
         self._lock.notify_all()
@@ -630,27 +606,36 @@ class BenchServer:
             self._run(job, uploads_before, uploading)
 
     def _run(self, job: Job, uploads_before: int, uploading: int) -> None:
+        assert job.started is not None
+        deadline = job.started + self.max_job_s
+
         def progress(n: int) -> None:
+            """The harness calls this between chunks of timed runs: the one place a job
+            can be stopped cleanly (the runtime is not inside a call)."""
             job.done_runs += n
+            if job.cancel is None and time.monotonic() > deadline:
+                job.cancel = f"it ran longer than --max-job-s ({self.max_job_s:g} s)"
+            if job.cancel is not None:
+                raise JobCancelledError(f"the job was cancelled: {job.cancel}.")
 
         result: dict[str, Any] | None = None
         error, etype, code = None, "", 1
         try:
             result = self.runner(job.bundle, dict(job.settings), progress)
+            if job.cancel is not None:  # asked while the harness could not stop (paced loop)
+                raise JobCancelledError(f"the job was cancelled: {job.cancel}.")
         except RoboptError as exc:
             error, etype, code = str(exc), type(exc).__name__, exc.exit_code
         except Exception as exc:
-            error = f"internal error: {type(exc).__name__}: {exc}"
-            etype = type(exc).__name__
-            self.log(f"job {job.id}: {error}")
+            self.log(f"job {job.id}: internal error: {type(exc).__name__}: {exc}")
+            error, etype = f"internal error: {type(exc).__name__} (see the server log)", "Error"
             if self.debug:
                 traceback.print_exception(type(exc), exc, exc.__traceback__)
         shutil.rmtree(job.folder, ignore_errors=True)  # before "done": an ended job has no folder
         with self._lock:
-            assert job.started is not None
             end = time.monotonic()
             job.overlapping_uploads = uploading + self._uploads_seen - uploads_before
-            if result is not None:
+            if result is not None and error is None:
                 result = dict(result)
                 result["bundle"] = job.bundle.name
                 result["remote"] = {
@@ -666,25 +651,30 @@ class BenchServer:
                     "overlapping_uploads": job.overlapping_uploads,
                 }
             self._running = None
-            msg = " ".join((error or "").split())[:500] or None
-            self._finish(job, result, msg, etype, code)
-        state = "done" if error is None else f"failed: {msg}"
+            msg = None
+            if error is not None:
+                text = scrub(error, {job.bundle: "the bundle", self.root: "the work dir"})
+                msg = " ".join(text.split())[:500]
+            self._finish(job, result if msg is None else None, msg, etype, code)
+        state = "done" if msg is None else f"failed: {msg}"
         self.log(f"job {job.id} {state} ({(end - job.started):.2f} s)")
+
+    def _job(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise HTTPError(
+                404,
+                f"no job {job_id[:40]!r} here (this server keeps the last {self.max_results} "
+                "results, and none across restarts).",
+            )
+        return job
 
     def view(self, job_id: str, wait_s: float = 0.0) -> dict[str, Any]:
         """A job's state for GET /v1/jobs/<id>; waits up to ``wait_s`` for it to end."""
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise HTTPError(
-                    404,
-                    f"no job {job_id!r} here (this server keeps the last {self.max_results} "
-                    "results, and none across restarts).",
-                )
+            job = self._job(job_id)
             if wait_s > 0:
-                self._lock.wait_for(
-                    lambda: job.state in ("done", "failed") or self._closing, timeout=wait_s
-                )
+                self._lock.wait_for(lambda: job.state in ENDED or self._closing, timeout=wait_s)
             position = None
             if job.state == "queued":
                 position = next(i for i, j in enumerate(self._queue, 1) if j is job)
@@ -695,6 +685,7 @@ class BenchServer:
                 "created_utc": job.created_utc,
                 "settings": job.settings,
                 "progress": {"done": job.done_runs, "total": job.settings["runs"]},
+                "cancelling": job.cancel is not None and job.state == "running",
                 "upload_bytes": job.upload_bytes,
                 "validate_ms": job.validate_ms,
                 "result": job.result,
@@ -707,18 +698,18 @@ class BenchServer:
         """The job's view once it has ended (or the server is closing)."""
         while True:
             view = self.view(job_id, MAX_WAIT_S)
-            if view["state"] in ("done", "failed") or self._closing:
+            if view["state"] in ENDED or self._closing:
                 return view
 
     def health(self) -> dict[str, Any]:
-        """GET /v1/health: versions, machine, which runtimes run here, the queue."""
+        """GET /v1/health: versions, machine, which runtimes run here, the queue, limits."""
         from .harness import machine_summary
 
         machine = machine_summary("-")
         for key in ("runtime", "runtime_version"):
             machine.pop(key, None)
         with self._lock:
-            queue = {
+            queue_ = {
                 "waiting": len(self._queue),
                 "uploading": self._reserved,
                 "running": None if self._running is None else self._running.id,
@@ -732,8 +723,17 @@ class BenchServer:
             "host": self.hostname,
             "machine": machine,
             "runtimes": self._runtime_table(),
-            "queue": queue,
+            "queue": queue_,
             "max_upload_bytes": self.max_upload_bytes,
+            "limits": {
+                "max_unpacked_bytes": self.max_unpacked_bytes,
+                "max_unpack_ratio": self.limits.max_ratio,
+                "max_runs": MAX_RUNS,
+                "max_warmup": MAX_WARMUP,
+                "max_job_s": self.max_job_s,
+                "min_upload_rate": self.min_upload_rate,
+                "upload_grace_s": self.upload_grace_s,
+            },
             "uptime_s": time.monotonic() - self._started,
         }
 
@@ -757,7 +757,7 @@ class BenchServer:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
-_ROUTES = {"health": ("GET",), "jobs": ("POST",), "job": ("GET",)}  # route -> methods
+_ROUTES = {"health": ("GET",), "jobs": ("POST",), "job": ("GET", "DELETE")}  # route -> methods
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -773,10 +773,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
         self._t0 = time.perf_counter()
         self._checked: tuple[dict[str, Any], bool, int] | None = None
+        self._answered = False
+        self.command, self.path, self.request_version = None, "", "HTTP/1.1"  # type: ignore[assignment]
+        self._reader = SocketReader(self.connection, SOCKET_TIMEOUT_S)
+        self._reader.deadline = time.monotonic() + self.app.header_timeout_s
+        self.rfile.close()
+        self.rfile = io.BufferedReader(self._reader, 64 << 10)
 
     @property
     def app(self) -> BenchServer:
         return self.server.app
+
+    @property
+    def client(self) -> str:
+        return str(self.client_address[0])
 
     def version_string(self) -> str:
         return self.server_version
@@ -787,34 +797,55 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # (answers Expect: 100-continue, see below)
+        self._reader.deadline = None  # the headers are in: the body has limits of its own
+        return ok
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()  # a timeout closes the connection silently
+        if self._reader.why == "headers" and not self._answered:
+            self._send_json(
+                408,
+                {
+                    "error": f"the request line and headers did not arrive within "
+                    f"{self.app.header_timeout_s:g} s."
+                },
+                {},
+            )
+
     # -- answers --
 
     def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+        self._answered = True
         data = (json.dumps(body) + "\n").encode()
         self.close_connection = True
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.send_header("Cache-Control", "no-store")
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            self.connection.settimeout(10.0)  # the reader may have left a deadline's remnant
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.send_header("Cache-Control", "no-store")
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command != "HEAD":
                 self.wfile.write(data)
+        except OSError:
+            pass  # the client is gone; the log line below still says what it was told
         ms = (time.perf_counter() - self._t0) * 1e3
-        path = "".join(c if c.isprintable() else "?" for c in (getattr(self, "path", "") or "-"))
+        path = "".join(c if c.isprintable() else "?" for c in (self.path or "-"))
         extra = f": {body['error']}" if status >= 400 and "error" in body else ""
         self.app.log(
-            f"{self.client_address[0]} {self.command or '-'} {path[:200]} {status} "
-            f"{ms:.0f} ms{extra[:300]}"
+            f"{self.client} {self.command or '-'} {path[:200]} {status} {ms:.0f} ms{extra[:300]}"
         )
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Protocol errors found by http.server (bad request line, 501, ...) as JSON too."""
         text = message or self.responses.get(code, ("error",))[0]
-        self._send_json(code, {"error": text}, {})
+        self._send_json(code, {"error": text[:200]}, {})
 
     def _dispatch(self, fn: Callable[[], None]) -> None:
         try:
@@ -822,19 +853,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except HTTPError as exc:
             self._send_json(exc.status, {"error": exc.message}, exc.headers)
         except Exception as exc:
+            # The text may hold paths or request data: it goes to the log, not the client.
+            self.app.log(
+                f"{self.client} {self.command} {(self.path or '-')[:200]}: internal error: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+            )
             if self.app.debug:
                 traceback.print_exception(type(exc), exc, exc.__traceback__)
-            msg = " ".join(str(exc).split())[:200]
-            self._send_json(500, {"error": f"internal error: {type(exc).__name__}: {msg}"}, {})
+            self._send_json(500, {"error": "internal error (see the server log)."}, {})
 
     # -- checks --
 
     def _authorize(self) -> None:
+        wait = self.app.auth.retry_after(self.client)
+        if wait is not None:
+            raise HTTPError(
+                429,
+                f"too many wrong tokens from your address; try again in {wait} s.",
+                {"Retry-After": str(wait)},
+            )
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
         ok = scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode("utf-8", "replace"), self.app.token
         )
         if not ok:
+            self.app.auth.failed(self.client)
             raise HTTPError(
                 401,
                 "missing or wrong token (Authorization: Bearer <token>).",
@@ -855,7 +898,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         allowed = _ROUTES[route]
         if self.command not in allowed:
             raise HTTPError(
-                405, f"{self.command} is not allowed on {path}.", {"Allow": ", ".join(allowed)}
+                405,
+                f"{self.command} is not allowed on {path[:100]}.",
+                {"Allow": ", ".join(allowed)},
             )
         return route, job_id, query
 
@@ -864,14 +909,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self._checked is not None:
             return self._checked
         _, _, query = self._route()
-        settings, wait = parse_settings(query)
+        settings, wait = parse_settings(query, self.app.max_job_s)
         if self.headers.get("Transfer-Encoding"):
             raise HTTPError(411, "chunked uploads are not accepted: send a Content-Length.")
         lengths = self.headers.get_all("Content-Length") or []
         if not lengths:
             raise HTTPError(411, "the upload needs a Content-Length header.")
         if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
-            raise HTTPError(400, f"bad Content-Length {lengths}.")
+            raise HTTPError(400, "bad Content-Length header.")
         length = int(lengths[0])
         if length == 0:
             raise HTTPError(400, "the upload is empty: send the bundle as a tar or tar.gz.")
@@ -882,7 +927,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 f"the upload is {length / 2**20:.1f} MiB; this server takes at most "
                 f"{limit / 2**20:.0f} MiB (--max-upload-mb).",
             )
-        self.app.check_capacity()
+        self.app.check_capacity(self.client)
         self._checked = (settings, wait, length)
         return self._checked
 
@@ -896,6 +941,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return False
         return super().handle_expect_100()
 
+    def _wait_s(self, query: str) -> float:
+        raw = (urllib.parse.parse_qs(query).get("wait") or ["0"])[0]
+        return min(parse_number("wait", raw, float, 0.0), MAX_WAIT_S)
+
     # -- methods --
 
     def do_GET(self) -> None:
@@ -906,30 +955,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if route == "health":
             self._send_json(200, self.app.health(), {})
             return
-        params = urllib.parse.parse_qs(query)
-        try:
-            wait_s = min(float(params.get("wait", ["0"])[0]), MAX_WAIT_S)
-        except ValueError:
-            raise HTTPError(400, "wait must be a number of seconds.") from None
         assert job_id is not None
-        self._send_json(200, self.app.view(job_id, max(wait_s, 0.0)), {})
+        self._send_json(200, self.app.view(job_id, self._wait_s(query)), {})
 
     def do_POST(self) -> None:
         self._dispatch(self._post)
 
     def _post(self) -> None:
         settings, wait, length = self._check_upload()
-        job = self.app.submit(self.rfile, length, settings)
+        job = self.app.submit(self.rfile, length, settings, self.client, self._reader)
         if wait:
             self._send_json(200, self.app.wait_done(job.id), {})
             return
         location = f"{API}/jobs/{job.id}"
         self._send_json(202, {**self.app.view(job.id), "url": location}, {"Location": location})
 
+    def do_DELETE(self) -> None:
+        self._dispatch(self._delete)
+
+    def _delete(self) -> None:
+        _, job_id, query = self._route()
+        assert job_id is not None  # DELETE is allowed on a job only
+        view = self.app.cancel(job_id, self._wait_s(query))
+        self._send_json(200 if view["state"] in ENDED else 202, view, {})
+
     def _refuse(self) -> None:
         self._dispatch(self._route)  # 401, 404 or 405: no other method is served
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+    do_PUT = do_PATCH = do_OPTIONS = _refuse
 
 
 # --- the CLI's foreground server -------------------------------------------------------------
@@ -943,11 +996,22 @@ def serve(
     max_queue: int = MAX_QUEUE,
     work_dir: str | Path | None = None,
     debug: bool = False,
+    max_unpacked_mb: int = MAX_UNPACKED_MB,
+    max_unpack_ratio: float = MAX_UNPACK_RATIO,
+    max_connections: int = MAX_CONNECTIONS,
+    max_uploads_per_ip: int = MAX_UPLOADS_PER_IP,
+    min_upload_kib_s: float = MIN_UPLOAD_RATE / 1024,
+    max_job_s: float = MAX_JOB_S,
+    stop_grace_s: float = STOP_GRACE_S,
+    allow_native_code: bool = False,
 ) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM, then stop cleanly.
 
-    The first signal stops accepting, fails queued jobs, waits briefly for the running one
-    and deletes the job folders; a second signal quits at once.
+    The first signal stops accepting, fails queued jobs, cancels the running one and waits
+    up to ``stop_grace_s`` for it, and deletes the job folders; a second signal quits at once.
+    A job still inside its runtime after the grace is left by ending the process with
+    ``os._exit``: letting the interpreter finalize while a runtime's threads run aborts in
+    C++ ("terminate called without an active exception").
 
     Raises:
         InputError: no usable token file, or the address cannot be bound.
@@ -964,14 +1028,23 @@ def serve(
         work_dir=work_dir,
         max_upload_bytes=max_upload_mb << 20,
         max_queue=max_queue,
+        max_unpacked_bytes=max_unpacked_mb << 20,
+        max_unpack_ratio=max_unpack_ratio,
+        max_connections=max_connections,
+        max_uploads_per_ip=max_uploads_per_ip,
+        min_upload_rate=min_upload_kib_s * 1024,
+        max_job_s=max_job_s,
+        allow_native_code=allow_native_code,
         log=log,
         debug=debug,
     )
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
-        if stopping.is_set():
-            raise KeyboardInterrupt  # a second Ctrl-C: quit now
+        if stopping.is_set():  # a second signal: quit now
+            log(f"{signal.Signals(signum).name} again: quitting at once")
+            shutil.rmtree(app.root, ignore_errors=True)
+            os._exit(1)
         stopping.set()
         log(f"{signal.Signals(signum).name}: stopping (again to quit at once)")
         threading.Thread(target=app.shutdown, daemon=True).start()
@@ -980,6 +1053,7 @@ def serve(
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     else:
         previous = {}
+    stopped = True
     try:
         if host not in ("127.0.0.1", "::1", "localhost"):
             log(
@@ -988,13 +1062,19 @@ def serve(
             )
         log(
             f"listening on {app.url} (robopt {__version__}, token from {token_file}, "
-            f"max upload {max_upload_mb} MiB, queue {max_queue}, work dir {app.root})"
+            f"max upload {max_upload_mb} MiB, unpacked {max_unpacked_mb} MiB, queue "
+            f"{max_queue}, {max_connections} connections, jobs {max_job_s:g} s, work dir "
+            f"{app.root})"
         )
         app.serve_forever()
     finally:
         try:
-            app.close()
+            stopped = app.close(stop_grace_s)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
         log("stopped")
+    if not stopped:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -212,6 +212,7 @@ def write_report(
     crash: dict[str, Any] | None = None,
     cache: dict[str, Any] | None = None,
     vla: dict[str, Any] | None = None,
+    faults: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -353,6 +354,10 @@ def write_report(
         from robopt_compile.benchmarks_vla import report_lines as vla_lines
 
         lines += vla_lines(vla)
+    if faults:
+        from robopt_compile.benchmarks_faults import report_lines as fault_lines
+
+        lines += fault_lines(faults)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -379,6 +384,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
 
 SECTIONS = (
     "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache", "vla",
+    "faults",
 )  # fmt: skip
 
 
@@ -479,6 +485,11 @@ def main() -> None:
 
             res["vla"] = bench_vla(work, log)
             stamps["vla"] = now
+        if "faults" in args.sections:
+            from robopt_compile.benchmarks_faults import bench_faults
+
+            res["faults"] = bench_faults(work, log)
+            stamps["faults"] = now
     finally:
         # Sections measured before a failure are kept (a rerun with --sections reuses them).
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -491,7 +502,7 @@ def main() -> None:
     write_report(
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
-        res["planner"], res["crash"], res["cache"], res["vla"],
+        res["planner"], res["crash"], res["cache"], res["vla"], res["faults"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

@@ -33,10 +33,10 @@ GOAL_PCT = 5.0
 _SERVE = "from robopt_compile.bench.cli import main; main()"
 
 
-class _LoopbackServer:
+class LoopbackServer:
     """``robopt-bench serve --port 0`` in a subprocess; its log is drained in a thread."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra: str) -> None:
         self.token = secrets.token_urlsafe(32)
         token_file = workdir / "token"
         token_file.write_text(self.token + "\n")
@@ -44,7 +44,7 @@ class _LoopbackServer:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SERVE, "serve", "--token-file", str(token_file),
-             "--port", "0", "--work-dir", str(workdir / "serve")],
+             "--port", "0", "--work-dir", str(workdir / "serve"), *extra],
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.proc.stderr is not None
@@ -54,9 +54,9 @@ class _LoopbackServer:
             if not line:
                 break
             self.lines.append(line.rstrip())
-            m = re.search(r"listening on (http://\S+)", line)
+            m = re.search(r"listening on (http://\S+:(\d+))", line)
             if m:
-                self.url = m.group(1)
+                self.url, self.port = m.group(1), int(m.group(2))
                 # A full stderr pipe would block the server's request log: keep reading it.
                 threading.Thread(target=self._drain, daemon=True).start()
                 return
@@ -119,7 +119,7 @@ def run_remote_section(
 
     workdir.mkdir(parents=True, exist_ok=True)
     bundle = _compile(model, workdir, log)
-    server = _LoopbackServer(workdir)
+    server = LoopbackServer(workdir)
     per_round: list[dict[str, Any]] = []
     try:
         for k in range(rounds):

@@ -194,8 +194,10 @@ def test_health(server: BenchServer) -> None:
 
 
 def test_bad_token_is_401_and_nothing_happens(
-    ort_bundle: Path, packed: bytes, server: BenchServer
+    ort_bundle: Path, packed: bytes, make_server: Callable[..., BenchServer]
 ) -> None:
+    # More wrong tokens than the default 10 per minute (then 429: test_serve_faults.py).
+    server = make_server(max_auth_failures=100)
     calls = server.runner
     for token in (None, "wrong", TOKEN + "x"):
         assert request(server, "GET", "/v1/health", token=token)[0] == 401
