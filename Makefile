@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 bench: install
-	$(BIN)/python -m robopt_compile.benchmarks --out docs/BENCHMARKS.md
+	$(BIN)/python -m benchmarks.run --out docs/BENCHMARKS.md
 
 lint: install
 	$(BIN)/ruff check .

@@ -359,7 +359,7 @@ def _save_local(bundle: str, result: dict[str, Any], control_rate: float | None)
     import platform
     import time
 
-    from robopt_compile.results import save_result
+    from robopt_compile.bench.results import save_result
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in platform.node()) or "host"

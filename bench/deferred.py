@@ -1,7 +1,7 @@
 """Complete a bundle's deferred TensorRT build on the device: once, into the engine cache.
 
 A bundle compiled where TensorRT or a GPU was missing holds a recipe instead of an engine
-(``targets/tensorrt.py``: ``model.onnx``, ``build.json``, ``trtexec.sh``; engine config
+(``targets/tensorrt/``: ``model.onnx``, ``build.json``, ``trtexec.sh``; engine config
 ``"deferred": true``). On a machine with TensorRT >= 10 and a CUDA GPU, ``robopt-bench`` builds
 it with the backend's own ``build_engine`` into
 

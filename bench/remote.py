@@ -467,7 +467,7 @@ def save_remote_result(bundle_dir: str | Path, result: dict[str, Any]) -> Path:
     Raises:
         InputError: the folder cannot be written.
     """
-    from robopt_compile.results import save_result
+    from robopt_compile.bench.results import save_result
 
     host = _safe_name(str((result.get("remote") or {}).get("host") or "robot"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -102,7 +102,7 @@ def host_bandwidth(machine: str) -> tuple[float, str]:
     path = None
     if boot is not None:
         try:
-            from robopt_compile.store import default_store_root
+            from robopt_compile.store.db import default_store_root
 
             path = default_store_root() / "host-bandwidth.json"
             data = json.loads(path.read_text())

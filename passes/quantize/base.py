@@ -3,7 +3,7 @@
 A quantization pass is an ``onnx_ir`` ``FunctionalPass`` configured by its constructor. Those
 that need data take ``calibration``: a list of feed dicts (input name -> array, one sample each,
 batch as the model takes it) drawn ONLY from the calibration split; held-out samples never
-reach a pass (``robopt_compile.calibration`` enforces the split).
+reach a pass (``robopt_compile.compile.calibration`` enforces the split).
 
 Mixed precision works through two hooks every quantizer implements:
 ``quantizable_nodes(model)`` lists the node names the pass would quantize, and the constructor

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from robopt_compile.bundle import tool_versions
+from robopt_compile.compile.bundle import tool_versions
 
 TOLERANCE = {"cosine_min": 0.9999, "atol": 1e-4, "rtol": 1e-3}
 

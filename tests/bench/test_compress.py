@@ -18,7 +18,7 @@ from robopt_compile.bench import compress as bc
 from robopt_compile.bench.cli import main
 from robopt_compile.bench.compress import compress_engine, materialize_engine
 from robopt_compile.bench.harness import measure_overhead, run_benchmark
-from robopt_compile.bundle import hash_tree
+from robopt_compile.compile.bundle import hash_tree
 from robopt_compile.errors import InputError
 
 

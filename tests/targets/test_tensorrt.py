@@ -21,13 +21,13 @@ import fake_tensorrt
 import numpy as np
 import onnx
 import pytest
+from contract import BackendContract
 from onnx import TensorProto, helper, numpy_helper
-from test_backends import BackendContract
 
 from robopt_compile.errors import BackendUnavailableError, BuildError, InputError
 from robopt_compile.targets import BuildOptions, get_backend
 from robopt_compile.targets import tensorrt as trt_backend
-from robopt_compile.targets.tensorrt_check import (
+from robopt_compile.targets.tensorrt.check import (
     ERROR,
     WARNING,
     check_model,
@@ -659,10 +659,10 @@ def test_real_engine_matches_onnxruntime(tmp_path: Path) -> None:
 
 
 def write_deferred_bundle(out: Path, model: Path, precision: str = "fp32") -> Path:
-    """A bundle laid out as robopt_compile/pipeline.py writes it, holding a deferred build."""
+    """A bundle laid out as the compile pipeline writes it, holding a deferred build."""
     import onnxruntime as ort
 
-    from robopt_compile.bundle import hash_tree, tool_versions
+    from robopt_compile.compile.bundle import hash_tree, tool_versions
 
     out.mkdir(parents=True)
     shutil.copyfile(model, out / "model.onnx")
@@ -783,7 +783,7 @@ def test_deferred_recipe_cannot_name_a_file_outside_the_engine(
     """build.json is hashed, but a hand-made bundle hashes what it likes: the recipe's ONNX
     and its external data must be listed files of the engine folder (issue 15, defect 1)."""
     from robopt_compile.bench.harness import run_benchmark
-    from robopt_compile.bundle import hash_tree
+    from robopt_compile.compile.bundle import hash_tree
 
     recipe = json.loads((bundle / "engine" / "build.json").read_text())
     recipe[key] = value

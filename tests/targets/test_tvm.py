@@ -15,8 +15,8 @@ from types import MappingProxyType
 import numpy as np
 import onnx
 import pytest
+from contract import BackendContract
 from onnx import TensorProto, helper, numpy_helper
-from test_backends import BackendContract, tiny_model  # noqa: F401 - the contract fixture
 
 from robopt_compile.errors import BackendUnavailableError, BuildError
 from robopt_compile.hwprofiles import load_profile

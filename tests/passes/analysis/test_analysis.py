@@ -1,4 +1,4 @@
-"""robopt_compile.analysis: all six passes through PassRunner, the summary and the table."""
+"""robopt_compile.compile.analysis: all six passes through PassRunner, the summary and the table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from robopt_compile.analysis import analyze, format_table
+from robopt_compile.compile.analysis import analyze, format_table
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 17, "custom.x": 1]>

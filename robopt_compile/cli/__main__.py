@@ -1,0 +1,5 @@
+"""``python -m robopt_compile.cli``."""
+
+from robopt_compile.cli.main import main
+
+main()

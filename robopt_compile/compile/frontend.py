@@ -1,0 +1,618 @@
+"""Frontend: turn what the user passed into a checked ONNX model held as ``onnx_ir``.
+
+Sources: ``zoo:NAME``, a ``.onnx`` file (external data resolved beside it), a ``.pt2`` saved
+``torch.export`` program, or ``package.module:factory`` returning ``(module, example_inputs)``.
+
+Torch sources are exported with the dynamo exporter first and the TorchScript exporter as a
+fallback. Every result is checked before anything else touches it: the ONNX checker, shape
+inference, and numerical parity against the source on fresh inputs that the export never saw.
+Those inputs and the source's outputs become the bundle's reference data, so the engine on the
+robot is judged against the *original* model, not against an intermediate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from robopt_compile import ir as rir
+from robopt_compile.errors import CheckFailedError, ExportError, InputError, ModelLoadError
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
+
+# Export parity outside this tolerance fails the compile (exit 4). fp32 exports agree to
+# ~1e-6 in practice; the bound leaves room for reordered float sums, not for wrong graphs.
+PARITY_TOLERANCE = {"cosine_min": 0.99999, "atol": 1e-4, "rtol": 1e-3}
+REFERENCE_SEED_OFFSET = 1000  # reference inputs never equal the export's example inputs
+
+
+@dataclass
+class SourceModel:
+    """A loaded source: the ONNX model plus reference data from the original model."""
+
+    model: ir.Model
+    name: str
+    source: str
+    kind: str  # "zoo" | "onnx" | "pt2" | "factory"
+    exporter: str | None  # "dynamo" | "torchscript" | None for ONNX sources
+    reference_inputs: dict[str, np.ndarray]
+    reference_outputs: dict[str, np.ndarray]
+    parity: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def source_kind(source: str) -> str:
+    if source.startswith("zoo:"):
+        return "zoo"
+    suffix = Path(source).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".pt2", ".ep"):
+        return "pt2"
+    mod, sep, fn = source.partition(":")
+    if sep and mod and fn.isidentifier() and all(p.isidentifier() for p in mod.split(".")):
+        return "factory"
+    if Path(source).is_dir():
+        raise InputError(
+            f"{source} is a folder without config.json; a model folder holds config.json and "
+            "model.safetensors (robopt_compile.zoo.vla.save_folder writes one)."
+        )
+    if Path(source).exists():
+        raise InputError(
+            f"{source}: unsupported model file type {suffix or '(none)'}; give an .onnx file, "
+            "a .pt2 torch.export program, zoo:NAME or package.module:factory."
+        )
+    raise ModelLoadError(
+        f"{source}: no such file, and not zoo:NAME or package.module:factory. Check the path."
+    )
+
+
+def load_source(
+    source: str,
+    *,
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+    seed: int = 0,
+    check_parity: bool = True,
+    reference_inputs: str | Path | None = None,
+) -> SourceModel:
+    """Load and check ``source``; raises a ``RoboptError`` with an actionable message.
+
+    ``reference_inputs`` is an .npz of real samples keyed by input name (batch as exported);
+    without it, reference inputs are seeded random data shaped like the model's inputs.
+    """
+    kind = source_kind(source)
+    given = load_npz_inputs(reference_inputs) if reference_inputs is not None else None
+    if kind == "onnx":
+        return _load_onnx(source, seed, given)
+    if kind == "zoo":
+        from robopt_compile.zoo import load_zoo
+
+        name = source.removeprefix("zoo:")
+        module, inputs = load_zoo(name, seed=seed)
+        return _from_torch(
+            module, inputs, source, name, kind, dynamic_batch, opset, seed, check_parity, given
+        )
+    if kind == "pt2":
+        return _load_pt2(source, dynamic_batch, opset, seed, check_parity, given)
+    module, inputs = _call_factory(source)
+    name = source.partition(":")[2]
+    return _from_torch(
+        module, inputs, source, name, kind, dynamic_batch, opset, seed, check_parity, given
+    )
+
+
+def load_npz_inputs(path: str | Path, what: str = "reference inputs file") -> dict[str, np.ndarray]:
+    """Read an .npz of named input arrays with a one-line error for anything wrong.
+
+    ``what`` names the file in the not-found message (reference inputs, calibration data).
+    Pickled object arrays are refused: loading them can run arbitrary code.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} not found: {p}.")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "Object arrays" not in str(exc):  # a non-numpy file (even a pickle) is unreadable
+            raise _unreadable_npz(p, exc) from exc
+        raise InputError(
+            f"{p} holds pickled object arrays, which robopt does not load (unsafe). "
+            "Save plain numeric arrays with numpy.savez(path, input_name=array, ...)."
+        ) from exc
+    except Exception as exc:
+        raise _unreadable_npz(p, exc) from exc
+    if not arrays:
+        raise InputError(f"{p} holds no arrays.")
+    return arrays
+
+
+def _unreadable_npz(p: Path, exc: Exception) -> InputError:
+    return InputError(
+        f"{p} is not a readable .npz of arrays ({type(exc).__name__}: {str(exc)[:120]}). "
+        "Write it with numpy.savez(path, input_name=array, ...)."
+    )
+
+
+def check_feeds_match(feeds: dict[str, np.ndarray], specs: list[Any], where: str) -> None:
+    """Names, dtypes and static dims of ``feeds`` must match the model's inputs."""
+    names = [s.name for s in specs]
+    if sorted(feeds) != sorted(names):
+        missing = [n for n in names if n not in feeds]
+        extra = sorted(k for k in feeds if k not in names)
+        parts = [f"missing {missing}"] if missing else []
+        parts += [f"unexpected {extra}"] if extra else []
+        raise InputError(
+            f"{where}: arrays {sorted(feeds)} do not match the model inputs {names} "
+            f"({'; '.join(parts)})."
+        )
+    for s in specs:
+        a = feeds[s.name]
+        if str(a.dtype) != s.dtype:
+            raise InputError(f"{where}: input {s.name!r} is {a.dtype}, the model takes {s.dtype}.")
+        ok = len(a.shape) == len(s.shape) and all(
+            not isinstance(d, int) or d == n for d, n in zip(s.shape, a.shape, strict=True)
+        )
+        if not ok:
+            raise InputError(
+                f"{where}: input {s.name!r} has shape {list(a.shape)}, the model takes "
+                f"{list(s.shape)}."
+            )
+
+
+# --------------------------------------------------------------------------- ONNX files
+
+
+def _load_onnx(source: str, seed: int, given: dict[str, np.ndarray] | None) -> SourceModel:
+    from robopt_compile.numerics import random_feeds, run_onnx
+
+    model = rir.load(source)
+    check_model(model, source)
+    specs = rir.input_specs(model)
+    if given is not None:
+        check_feeds_match(given, specs, "--reference-inputs")
+        feeds = given
+    else:
+        feeds = random_feeds(specs, seed=seed + REFERENCE_SEED_OFFSET)
+    try:
+        outputs = run_onnx(model, feeds)
+    except Exception as exc:
+        what = "the given reference inputs" if given is not None else "random inputs"
+        raise ModelLoadError(
+            f"{source}: ONNX Runtime cannot run the model on {what} "
+            f"({str(exc).splitlines()[0][:200]}). If the model needs valid values (indices, "
+            "masks), pass real samples with --reference-inputs FILE.npz."
+        ) from exc
+    return SourceModel(
+        model=model,
+        name=Path(source).stem,
+        source=source,
+        kind="onnx",
+        exporter=None,
+        reference_inputs=feeds,
+        reference_outputs=outputs,
+        notes=[
+            "reference outputs come from ONNX Runtime on the unmodified input ONNX"
+            + (
+                ""
+                if given is not None
+                else " (random inputs: pass --reference-inputs with "
+                "real samples for meaningful fidelity)"
+            )
+        ],
+    )
+
+
+def check_model(model: ir.Model, where: str) -> None:
+    """ONNX checker + strict shape inference; raises ``ModelLoadError`` naming the problem."""
+    import onnx
+
+    if rir.weight_bytes(model) >= rir.EXTERNAL_DATA_THRESHOLD:
+        return  # the in-memory checker cannot take >2 GB protos; ORT still loads it later
+    proto = rir.to_proto(model)
+    try:
+        onnx.checker.check_model(proto, full_check=False)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{where}: the ONNX model is invalid ({str(exc).splitlines()[0][:200]})."
+        ) from exc
+
+
+# --------------------------------------------------------------------------- torch sources
+
+
+def _call_factory(source: str) -> tuple[Any, Any]:
+    from robopt_compile.compile.userimport import import_callable
+
+    fn = import_callable(source, "factory", ModelLoadError)
+    try:
+        result = fn()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"factory {source} raised {type(exc).__name__}: {str(exc)[:200]}. Fix the factory."
+        ) from exc
+    if not (isinstance(result, tuple | list) and len(result) == 2):
+        raise ModelLoadError(
+            f"factory {source} must return (torch.nn.Module, example_inputs), "
+            f"got {type(result).__name__}."
+        )
+    return result[0], result[1]
+
+
+def _normalise_inputs(module: Any, inputs: Any, source: str) -> dict[str, Any]:
+    """Example inputs as an ordered name -> tensor dict (names from forward's signature)."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"{source}: expected a torch.nn.Module, got {type(module).__name__}.")
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    sig = inspect.signature(module.forward).parameters.values()
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig):
+        raise ModelLoadError(
+            f"{source}: forward() takes *args/**kwargs; robopt names ONNX inputs after forward's "
+            "parameters, so give it explicitly named tensor parameters (wrap the module)."
+        )
+    params = [p.name for p in sig if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(inputs, dict):
+        named = dict(inputs)
+        unknown = [k for k in named if k not in params]
+        if unknown:
+            raise ModelLoadError(
+                f"{source}: example input(s) {unknown} are not parameters of "
+                f"forward{tuple(params)}."
+            )
+    elif isinstance(inputs, tuple | list):
+        if len(inputs) > len(params):
+            raise ModelLoadError(
+                f"{source}: {len(inputs)} example inputs but forward{tuple(params)} takes "
+                f"{len(params)}."
+            )
+        named = dict(zip(params[: len(inputs)], inputs, strict=True))
+    else:
+        raise ModelLoadError(
+            f"{source}: example inputs must be a tensor, a tuple of tensors or a dict, "
+            f"got {type(inputs).__name__}."
+        )
+    bad = [k for k, v in named.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelLoadError(f"{source}: example inputs {bad} are not tensors.")
+    return named
+
+
+def _output_names(module: Any, n: int) -> list[str]:
+    names = getattr(module, "output_names", None)
+    if names and len(names) == n:
+        return list(names)
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def _torch_outputs(module: Any, named: dict[str, Any]) -> list[Any]:
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = module(**named)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the model's forward() raised {type(exc).__name__} on the example inputs: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}. Check the example inputs' "
+            "shapes and dtypes."
+        ) from exc
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, tuple | list) and all(isinstance(o, torch.Tensor) for o in out):
+        return list(out)
+    if isinstance(out, dict):
+        return list(out.values())
+    raise ModelLoadError(
+        f"the model returns {type(out).__name__}; robopt needs a tensor, a tuple of tensors or "
+        "a dict of tensors."
+    )
+
+
+def _fresh_like(named: dict[str, Any], seed: int, batch: int | None = None) -> dict[str, Any]:
+    """Inputs shaped like ``named`` (optionally re-batched) drawn from a separate seed."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    fresh = {}
+    for k, v in named.items():
+        shape = tuple(v.shape)
+        if batch is not None and shape:
+            shape = (batch, *shape[1:])
+        if v.dtype.is_floating_point:
+            lo, hi = float(v.min()), float(v.max())
+            if lo >= 0.0 and hi <= 1.0:  # keep images in [0, 1]
+                t = torch.rand(shape, generator=g)
+            else:
+                t = torch.randn(shape, generator=g) * max(float(v.std()), 1e-3) + float(v.mean())
+            fresh[k] = t.to(v.dtype)
+        elif v.dtype == torch.bool:
+            fresh[k] = torch.rand(shape, generator=g) > 0.5
+        else:
+            lo, hi = int(v.min()), int(v.max())
+            fresh[k] = torch.randint(lo, hi + 1, shape, generator=g, dtype=v.dtype)
+    return fresh
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporters print progress and warnings; keep the user's terminal clean."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger = logging.getLogger("torch")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            logger.setLevel(level)
+
+
+def export_torch(
+    module: Any,
+    named: dict[str, Any],
+    output_names: list[str],
+    *,
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+) -> tuple[ir.Model, str, list[str]]:
+    """Export with dynamo, falling back to TorchScript. Returns (model, exporter, notes)."""
+    import onnx
+    import torch
+
+    notes: list[str] = []
+    example = dict(named)
+    if dynamic_batch:
+        # torch.export specialises a size-1 dim: export with batch 2 so the dim stays symbolic.
+        example = {k: torch.cat([v, v]) if v.dim() else v for k, v in named.items()}
+    input_names = list(example)
+    errors = []
+    try:
+        kwargs: dict[str, Any] = {}
+        if dynamic_batch:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            kwargs["dynamic_shapes"] = {
+                k: ({0: batch} if v.dim() else None) for k, v in example.items()
+            }
+        if opset is not None:
+            kwargs["opset_version"] = opset
+        with quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                args=(),
+                kwargs=example,
+                dynamo=True,
+                verbose=False,
+                input_names=input_names,
+                output_names=output_names,
+                optimize=True,
+                **kwargs,
+            )
+        return program.model, "dynamo", notes
+    except Exception as exc:
+        errors.append(f"dynamo: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        notes.append(f"dynamo exporter failed ({errors[-1]}); used the TorchScript exporter")
+    try:
+        buf = io.BytesIO()
+        with quiet_exporter(), torch.no_grad():
+            torch.onnx.export(
+                module,
+                tuple(example.values()),
+                buf,
+                dynamo=False,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset or 17,
+                dynamic_axes=(
+                    {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
+                ),
+            )
+        return rir.from_proto(onnx.load_from_string(buf.getvalue())), "torchscript", notes
+    except Exception as exc:
+        errors.append(f"torchscript: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    raise ExportError(
+        "both ONNX exporters failed (" + "; ".join(errors) + "). Simplify the forward() "
+        "(no data-dependent Python control flow) or export to ONNX yourself and pass the .onnx."
+    )
+
+
+def parity(
+    model: ir.Model, module: Any, feeds_t: dict[str, Any], threads: int = 1
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Compare the torch module and the ONNX model on ``feeds_t``.
+
+    Returns (figures, numpy inputs, torch outputs by ONNX output name).
+    """
+    from robopt_compile import numerics
+
+    feeds = {k: v.detach().cpu().numpy() for k, v in feeds_t.items()}
+    ref_list = _torch_outputs(module, feeds_t)
+    out_names = [o.name for o in model.graph.outputs]
+    ref = {n: t.detach().cpu().numpy() for n, t in zip(out_names, ref_list, strict=True)}
+    got = numerics.run_onnx(model, feeds, threads=threads)
+    return numerics.judge(ref, got, PARITY_TOLERANCE), feeds, ref
+
+
+def _check_parity(fig: dict[str, Any], what: str) -> None:
+    if not fig["passed"]:
+        bad = fig["outputs"][fig["output"]]
+        raise CheckFailedError(
+            f"{what}: exported ONNX does not match the torch model on output {fig['output']!r} "
+            f"({bad['reason']}). Re-run with --debug; --no-parity-check skips this check at "
+            "your own risk."
+        )
+
+
+def _from_torch(
+    module: Any,
+    inputs: Any,
+    source: str,
+    name: str,
+    kind: str,
+    dynamic_batch: bool,
+    opset: int | None,
+    seed: int,
+    check_parity: bool,
+    given: dict[str, np.ndarray] | None = None,
+) -> SourceModel:
+    named = _normalise_inputs(module, inputs, source)
+    module.eval()
+    out_names = _output_names(module, len(_torch_outputs(module, named)))
+    model, exporter, notes = export_torch(
+        module, named, out_names, dynamic_batch=dynamic_batch, opset=opset
+    )
+    check_model(model, source)
+    ref_t, what = _reference_tensors(model, named, seed, given)
+    figures, feeds, ref = parity(model, module, ref_t)
+    figures["inputs"] = what
+    result = {"export": figures}
+    if dynamic_batch:
+        fig3, _, _ = parity(model, module, _fresh_like(named, seed + REFERENCE_SEED_OFFSET + 1, 3))
+        fig3["inputs"] = "fresh random inputs at batch 3 (dynamic batch check)"
+        result["export_batch3"] = fig3
+    if check_parity:
+        for key, fig in result.items():
+            _check_parity(fig, f"{source} ({key})")
+    return SourceModel(
+        model=model,
+        name=name,
+        source=source,
+        kind=kind,
+        exporter=exporter,
+        reference_inputs=feeds,
+        reference_outputs=ref,
+        parity=result,
+        notes=notes,
+    )
+
+
+def _reference_tensors(
+    model: ir.Model, named: dict[str, Any], seed: int, given: dict[str, np.ndarray] | None
+) -> tuple[dict[str, Any], str]:
+    """The user's reference samples (checked against the exported inputs) or fresh random."""
+    import torch
+
+    if given is None:
+        fresh = _fresh_like(named, seed + REFERENCE_SEED_OFFSET)
+        return fresh, "fresh random inputs (seed offset 1000), not the export's examples"
+    check_feeds_match(given, rir.input_specs(model), "--reference-inputs")
+    return {k: torch.from_numpy(given[k]) for k in named}, "user-supplied --reference-inputs"
+
+
+def _load_pt2(
+    source: str,
+    dynamic_batch: bool,
+    opset: int | None,
+    seed: int,
+    check_parity: bool,
+    given: dict[str, np.ndarray] | None = None,
+) -> SourceModel:
+    import torch
+
+    path = Path(source)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}. Check the path.")
+    try:
+        with quiet_exporter():
+            ep = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path} is not a loadable torch.export program ({type(exc).__name__}: "
+            f"{str(exc)[:160]}). Save it with torch.export.save()."
+        ) from exc
+    args, kwargs = ep.example_inputs or ((), {})
+    if not args and not kwargs:
+        raise ModelLoadError(
+            f"{path} carries no example inputs; save it from torch.export.export(model, args)."
+        )
+    names = list(ep.graph_signature.user_inputs)
+    named = dict(zip(names, args, strict=False)) | dict(kwargs)
+    module = ep.module()
+    out_list = _torch_outputs_positional(module, args, kwargs)
+    out_names = list(ep.graph_signature.user_outputs)[: len(out_list)]
+    if len(set(out_names)) != len(out_list):
+        out_names = _output_names(None, len(out_list))
+    notes: list[str] = []
+    if dynamic_batch:
+        notes.append(
+            "a .pt2 program keeps the shapes it was exported with; --dynamic-batch "
+            "applies only where the program itself has a dynamic batch dim"
+        )
+    try:
+        with quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                ep,
+                args=tuple(args),
+                kwargs=dict(kwargs),
+                dynamo=True,
+                verbose=False,
+                input_names=names,
+                output_names=out_names,
+                optimize=True,
+                **({"opset_version": opset} if opset else {}),
+            )
+    except Exception as exc:
+        raise ExportError(
+            f"{path}: the dynamo exporter failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}). A .pt2 program cannot fall back to TorchScript; "
+            "pass the module through a factory instead."
+        ) from exc
+    model = program.model
+    check_model(model, source)
+    ref_t, what = _reference_tensors(model, named, seed, given)
+
+    class _Call(torch.nn.Module):
+        """Calls the unlifted program with keyword inputs mapped back to positions."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = module
+
+        def forward(self, **kw: Any) -> Any:
+            return self.m(*[kw[n] for n in names[: len(args)]], **{k: kw[k] for k in kwargs})
+
+    figures, feeds, ref = parity(model, _Call(), ref_t)
+    figures["inputs"] = what
+    if check_parity:
+        _check_parity(figures, source)
+    return SourceModel(
+        model=model,
+        name=path.stem,
+        source=source,
+        kind="pt2",
+        exporter="dynamo",
+        reference_inputs=feeds,
+        reference_outputs=ref,
+        parity={"export": figures},
+        notes=notes,
+    )
+
+
+def _torch_outputs_positional(module: Any, args: Any, kwargs: Any) -> list[Any]:
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = module(*args, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the saved program raised {type(exc).__name__} on its own example inputs: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}."
+        ) from exc
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return list(out.values()) if isinstance(out, dict) else list(out)

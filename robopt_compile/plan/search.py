@@ -1,0 +1,471 @@
+"""The planner's search: build and measure the most promising plans, keep the best.
+
+``plan_and_search`` exports the model once to get its analysis facts, asks the planner
+(``robopt_compile.plan.planner``) for ranked candidate plans, and then, within the search budget,
+compiles each proposed plan with the normal pipeline (so every plan gets the same checks,
+accuracy guard and bundle as a hand-written command), benchmarks it with the harness on this
+machine, feeds the measurement back into the predictions of the plans not yet tried, and
+finally keeps the best plan that meets every bound as the output bundle. A plan that fails to
+build is recorded and skipped (the next candidate is tried). Plans whose engine cannot run
+here are ranked on estimates only and never reported as measured.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from robopt_compile.errors import InputError, RoboptError
+from robopt_compile.plan.planner import (
+    COMPUTE_PRECISION,
+    Candidate,
+    Decision,
+    Facts,
+    History,
+    Measured,
+    OptimizationCriteria,
+    candidates,
+    choose,
+    pareto,
+    plan,
+    predict,
+    with_measurement,
+)
+
+Log = Callable[[str], None]
+DEFAULT_MAX_BUILDS = 6
+
+
+@dataclass
+class SearchResult:
+    decisions: list[Decision]
+    measured: list[Measured] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    best: Measured | None = None
+    front: list[Measured] = field(default_factory=list)
+    choice_notes: list[dict[str, Any]] = field(default_factory=list)
+    estimate_only: list[str] = field(default_factory=list)  # backends that cannot run here
+    seconds: float = 0.0
+    stopped: str = ""  # why the search stopped
+    session_id: str | None = None  # the store's session, when one was kept
+    criteria: OptimizationCriteria | None = None  # what the search was held to
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "plan",
+            "criteria": None if self.criteria is None else self.criteria.to_json(),
+            "decisions": [d.to_json() for d in self.decisions],
+            "measured": [m.to_json() for m in self.measured],
+            "failed": self.failed,
+            "best": None if self.best is None else self.best.to_json(),
+            "pareto": [m.candidate.label for m in self.front],
+            "choice": self.choice_notes,
+            "estimate_only": self.estimate_only,
+            "seconds": self.seconds,
+            "stopped": self.stopped,
+            "session": self.session_id,
+        }
+
+
+def _facts(source: str, opts: Any, profile: Any, precisions: set[str], log: Log) -> Facts:
+    from robopt_compile.compile import analysis
+    from robopt_compile.compile.frontend import load_source
+
+    src = load_source(source, seed=opts.seed, check_parity=False)
+    by_prec = {
+        p: analysis.analyze(src.model, profile, precision=p, threads=opts.threads or 1)
+        for p in sorted(precisions)
+        if p in profile.precisions
+    }
+    prunable = True
+    try:
+        from robopt_compile.passes.prune.groups import Analysis
+
+        prunable = any(not g.blocked and g.size >= 16 for g in Analysis(src.model).final_groups())
+    except Exception as exc:  # the planner then lets the build say why
+        log(f"channel analysis failed ({type(exc).__name__}); pruning plans stay in")
+    return Facts.from_analysis(by_prec, prunable)
+
+
+def bundle_size_mb(bundle: Path) -> float:
+    import json
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    engine = bundle / m["engine"]["dir"]
+    return sum(p.stat().st_size for p in engine.rglob("*") if p.is_file()) / 2**20
+
+
+def measure_bundle(bundle: Path, threads: int | None, runs: int) -> dict[str, Any]:
+    from robopt_compile.bench.harness import run_benchmark
+
+    r = run_benchmark(bundle, runs=runs, warmup=max(5, runs // 10), threads=threads or 1)
+    return {
+        "p50": r["latency"]["p50_ms"],
+        "p99": r["latency"]["p99_ms"],
+        "memory_mb": r["memory"]["rss_increase_mib"],
+    }
+
+
+def engine_drop(bundle: Path) -> float:
+    """Relative L2 of the engine's outputs against the bundle's fp32 reference outputs.
+
+    For plans no accuracy guard judged (bf16 is a runtime setting, fp32 is the reference):
+    measured on the bundle's reference inputs, which the export never saw.
+    """
+    import contextlib
+
+    import numpy as np
+
+    from robopt_compile.bench.harness import _enter_runner, _load_npz, _open_bundle
+
+    b = _open_bundle(bundle, verify=False)
+    ref = b.manifest["reference"]
+    feeds = _load_npz(b.root / ref["inputs"])
+    want = _load_npz(b.root / ref["outputs"])
+    with contextlib.ExitStack() as stack:
+        got = _enter_runner(stack, b, 1).infer(feeds)
+    num = sum(float(np.sum((np.asarray(got[k], np.float64) - want[k]) ** 2)) for k in want)
+    den = sum(float(np.sum(np.asarray(want[k], np.float64) ** 2)) for k in want)
+    return (num / den) ** 0.5 if den else num**0.5
+
+
+def accuracy_of(report: dict[str, Any]) -> tuple[float | None, bool]:
+    """The accuracy guard's drop for a built plan (quantization and compression), and whether
+    the guard rolled it back to fp32. None: no guard judged it."""
+    q = report.get("quantization") or {}
+    drop = (q.get("final") or {}).get("drop")
+    c = report.get("compression") or {}
+    steps = [s for s in c.get("steps", []) if not s.get("rolled_back")]
+    if steps:
+        cd = (steps[-1].get("figures") or {}).get("drop")
+        if cd is not None:
+            drop = cd if drop is None else drop + cd  # both against their own input
+    return drop, bool(q.get("rolled_back"))
+
+
+MEASUREMENT = "planner.measurement"  # result kind of one measured plan in the store
+
+
+def history_from_store(store: Any, source: str, target: str) -> History:
+    """Memory: what earlier planner sessions measured for this model on this target.
+
+    Latency corrections (measured / roofline) come from every earlier measurement of the same
+    backend and precision on this target (any model: they describe the runtime on this
+    machine); precisions that broke the accuracy bound before for this model go last.
+    """
+    import json
+    import statistics
+
+    rows = store.query(
+        "SELECT s.source, r.data FROM results r JOIN sessions s ON s.id = r.session_id "
+        "WHERE r.kind = ? AND s.target = ?",
+        (MEASUREMENT, target),
+    )
+    ratios: dict[tuple[str, str], list[float]] = {}
+    broke: set[str] = set()
+    for row in rows:
+        d = json.loads(row["data"])
+        key = (d["backend"], d["precision"])
+        if d.get("ratio") is not None:
+            ratios.setdefault(key, []).append(float(d["ratio"]))
+        if row["source"] == source and d.get("broke_accuracy"):
+            broke.add(d["precision"])
+    return History(
+        ratios={k: statistics.median(v) for k, v in ratios.items()}, broke_accuracy=broke
+    )
+
+
+def plan_and_search(
+    source: str,
+    out: Path,
+    base: Any,  # CompileOptions
+    criteria: OptimizationCriteria,
+    *,
+    plan_only: bool = False,
+    backends: tuple[str, ...] | None = None,
+    history: History | None = None,
+    max_builds: int = DEFAULT_MAX_BUILDS,
+    bench_runs: int = 200,
+    force: bool = False,
+    log: Log = lambda m: None,
+    store: Any = None,
+    resume: Any = None,  # (Session, prior measured, prior failed) from ``resume_search``
+) -> SearchResult:
+    """Plan, then build and measure within the budget; the best plan's bundle goes to ``out``."""
+    from robopt_compile.compile import bundle as bundle_mod
+    from robopt_compile.compile.pipeline import compile_model, resolve_profile, target_status
+    from robopt_compile.evaluate.closed_loop import evaluation_drop
+    from robopt_compile.targets import TARGETS, get_backend
+
+    t0 = time.perf_counter()
+    profile = resolve_profile(base)
+    if not plan_only:
+        bundle_mod.check_output_dir(out, force)
+    names = [b for b in (backends or profile.backends) if b in TARGETS]
+    status = {b: target_status(profile, b) for b in names}
+    buildable = [b for b in names if status[b]["build"] in ("yes", "deferred")]
+    if not buildable:
+        raise InputError(
+            f"no backend of target {profile.name!r} builds here: "
+            + "; ".join(f"{b}: {status[b]['reason']}" for b in names)
+        )
+    runs_here = [b for b in buildable if status[b]["run"]]
+    cands = candidates(
+        buildable,
+        {b: get_backend(b).precisions for b in buildable},
+        profile.precisions,
+        criteria,
+    )
+    needs_data = {"int8"}  # static int8 needs calibration data
+    calib = base.quant.calibration
+    kept, pre_rejected = [], []
+    for c in cands:
+        if c.precision in needs_data and not calib:
+            pre_rejected.append(Decision(c, "reject", "static int8 needs --calibration"))
+        elif c.backend == "tvm" and not base.tune_trials:
+            pre_rejected.append(Decision(c, "reject", (
+                "untuned TVM runs 100-1000x slower than ONNX Runtime here (docs/TVM.md); "
+                "give --tune-trials N to let the planner try it")))  # fmt: skip
+        else:
+            kept.append(c)
+    precisions = {COMPUTE_PRECISION[c.precision] for c in kept} | {"fp32"}
+    log(f"planning: {len(kept)} candidate plans on {', '.join(buildable)}")
+    facts = _facts(source, base, profile, precisions, log)
+    if history is None:
+        history = history_from_store(store, source, profile.name) if store else History()
+        if history.ratios or history.broke_accuracy:
+            log(f"memory: {len(history.ratios)} latency corrections from earlier sessions"
+                + (f"; broke accuracy before: {sorted(history.broke_accuracy)}"
+                   if history.broke_accuracy else ""))  # fmt: skip
+    decisions = plan(kept, facts, criteria, history) + pre_rejected
+    result = SearchResult(
+        decisions, estimate_only=[b for b in buildable if b not in runs_here], criteria=criteria
+    )
+    if plan_only:
+        result.seconds = time.perf_counter() - t0
+        result.stopped = "--plan-only: nothing built"
+        return result
+
+    session = None
+    tried: set[str] = set()
+    if resume is not None:
+        session, prior_measured, prior_failed = resume
+        result.measured.extend(prior_measured)
+        result.failed.extend(prior_failed)
+        tried = {m.candidate.label for m in prior_measured} | {f["plan"] for f in prior_failed}
+        for m in prior_measured:
+            if not m.rolled_back:
+                roof = facts.roofline_ms.get(COMPUTE_PRECISION[m.candidate.precision], float("nan"))
+                history = with_measurement(history, m.candidate, m.latency_ms["p50"], roof)
+        log(f"resuming session {session.id[:12]}: {len(tried)} plan(s) already done")
+    elif store is not None:
+        run = {
+            "out": str(out), "target": base.target,
+            "hwprofile": None if base.hwprofile is None else str(base.hwprofile),
+            "threads": base.threads, "seed": base.seed, "calibration": calib,
+            "max_drop": base.quant.max_drop, "backends": list(backends or ()),
+            "max_builds": max_builds, "bench_runs": bench_runs,
+            "eval": None if base.eval is None else asdict(base.eval),
+        }  # fmt: skip
+        session = store.create_session(
+            source, profile.name, {**criteria.to_json(), RUN_KEY: run},
+            [d.to_json() for d in decisions if d.verdict == "propose"],
+        )  # fmt: skip
+        for d in decisions:
+            session.emit("metric", name="decision", **d.to_json())
+    # Candidate bundles live in the system's temporary folder (a kill -9 leaves them there,
+    # never beside the user's output); the chosen one is copied into ``out``.
+    work = Path(tempfile.mkdtemp(prefix="robopt-search-"))
+    try:
+        queue = [d.candidate for d in decisions if d.verdict == "propose"
+                 and d.candidate.backend in runs_here
+                 and d.candidate.label not in tried]  # fmt: skip
+        builds = len(tried)
+        while queue:
+            if builds >= max_builds:
+                result.stopped = f"{max_builds} builds (the search's build limit)"
+                break
+            spent = time.perf_counter() - t0
+            if criteria.search_budget_s is not None and spent > criteria.search_budget_s:
+                result.stopped = f"search budget {criteria.search_budget_s:g} s spent"
+                break
+            c = queue.pop(0)
+            builds += 1
+            log(f"[{builds}] building {c.label} ...")
+            bdir = work / c.key().replace("/", "_")
+            opts = replace(base, backend=c.backend, precision=c.precision)
+            if c.prune:
+                opts = replace(
+                    opts, compress=replace(opts.compress, prune=(f"channels:{c.prune}",))
+                )
+            if session is not None:
+                cfg = {"backend": c.backend, "precision": c.precision, "prune": c.prune}
+                session.start_step(c.label, config=cfg)
+            try:
+                res = compile_model(source, bdir, opts, force=True)
+                lat = measure_bundle(bdir, base.threads, bench_runs)
+                drop, rolled = accuracy_of(res.report)
+                metric = None if drop is None else "held-out outputs"
+                judged = evaluation_drop(res.evaluation)  # --eval: the task decides
+                if judged is not None:
+                    drop, metric = judged
+                if drop is None:
+                    drop, metric = engine_drop(bdir), "reference relative L2"
+            except RoboptError as exc:  # graceful degradation: record, try the next plan
+                msg = str(exc).splitlines()[0]
+                log(f"[{builds}] {c.label} failed: {msg}")
+                result.failed.append({"plan": c.label, "error": msg})
+                if session is not None:
+                    session.fail_step(msg)
+                continue
+            m = Measured(
+                candidate=c,
+                latency_ms={"p50": lat["p50"], "p99": lat["p99"]},
+                size_mb=bundle_size_mb(bdir),
+                memory_mb=lat["memory_mb"],
+                accuracy_drop=drop,
+                bundle=str(bdir),
+                rolled_back=rolled,
+                accuracy_metric=metric,
+            )
+            result.measured.append(m)
+            shown = "-" if drop is None else f"{drop:.3g} ({metric})"
+            log(f"[{builds}] {c.label}: p50 {lat['p50']:.4g} ms, accuracy drop {shown}"
+                + (" (rolled back to fp32)" if rolled else ""))  # fmt: skip
+            roof = facts.roofline_ms.get(COMPUTE_PRECISION[c.precision], float("nan"))
+            if not rolled:  # a rolled-back plan ran the fp32 engine: no correction for c
+                history = with_measurement(history, c, lat["p50"], roof)
+            if session is not None:
+                from robopt_compile.plan.planner import violations
+
+                v = violations(m, criteria)
+                m.artifact = session.put_tree(bdir)  # resume needs the bundle itself
+                session.finish_step(output_hash=m.artifact, results={MEASUREMENT: {
+                    **m.to_json(), "backend": c.backend, "precision": c.precision,
+                    "roofline_ms": roof,
+                    "ratio": None if rolled else history.ratios.get((c.backend, c.precision)),
+                    "violations": v,
+                    "broke_accuracy": rolled or any(x.startswith("accuracy") for x in v),
+                }})  # fmt: skip
+            # Re-predict what is left with the correction this measurement gave.
+            queue = [q for q in queue if not _now_hopeless(q, facts, criteria, history)]
+        else:
+            result.stopped = "every proposed plan that runs here was measured"
+        result.best, result.choice_notes = choose(result.measured, criteria)
+        result.front = pareto(result.measured, criteria)
+        result.seconds = time.perf_counter() - t0
+        best = result.best
+        if best is not None and (best.bundle is None or not Path(best.bundle).is_dir()):
+            # Measured before a resume: its bundle comes back from the store.
+            if store is None or not best.artifact:
+                raise InputError(
+                    f"the chosen plan {best.candidate.label}'s bundle is not in the store; run "
+                    "the search again without --resume."
+                )
+            dest = work / "resumed-best"
+            store.materialize_tree(best.artifact, dest)
+            best.bundle = str(dest)
+        if result.best is not None and result.best.bundle:
+            from robopt_compile.bench.results import save_result
+
+            with bundle_mod.staged_output(out, force) as tmp:
+                shutil.rmtree(tmp)
+                shutil.copytree(result.best.bundle, tmp)
+                result.best.bundle = str(out)
+                save_result(tmp, "plan", result.to_json())  # published with the bundle
+        if session is not None:
+            summary = {
+                "best": result.best.candidate.label if result.best else None,
+                "measured": len(result.measured),
+                "failed": len(result.failed),
+                "stopped": result.stopped,
+                "bundle": str(out) if result.best else None,
+            }
+            if result.best is not None:
+                tree = session.put_tree(out)
+                session.record_model(f"{source} [{result.best.candidate.label}]", tree,
+                                     None, pass_name="planner")  # fmt: skip
+            session.finish(summary)
+            result.session_id = session.id
+    except BaseException as exc:
+        if session is not None:
+            if isinstance(exc, KeyboardInterrupt):
+                session.cancel("interrupted by the user")
+            else:
+                session.fail(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+RUN_KEY = "_run"  # the search settings kept with a session's criteria, for --resume
+
+
+def resume_search(
+    store: Any, session_id: str, log: Log = lambda m: None, force: bool = False
+) -> SearchResult:
+    """Continue an interrupted planner session from its last finished step.
+
+    The plans measured before are not built again (their measurements and bundles come from
+    the store); a plan whose build was cut off is built again; the choice is made over all.
+    """
+    import json
+
+    from robopt_compile.compile.pipeline import CompileOptions
+    from robopt_compile.compile.quantize import QuantOptions
+    from robopt_compile.plan.planner import OptimizationCriteria
+
+    rec = store.get_session(session_id)
+    crit_json = dict(rec.criteria)
+    run = crit_json.pop(RUN_KEY, None)
+    if run is None or rec.source is None:
+        raise InputError(f"session {rec.id[:12]} is not a planner session; it cannot be resumed.")
+    for k in ("techniques", "precisions"):
+        if crit_json.get(k) is not None:
+            crit_json[k] = tuple(crit_json[k])
+    criteria = OptimizationCriteria(**crit_json)
+    from robopt_compile.evaluate.closed_loop import EvalSpec
+
+    base = CompileOptions(
+        target=run["target"],
+        hwprofile=None if run["hwprofile"] is None else Path(run["hwprofile"]),
+        threads=run["threads"],
+        seed=run["seed"],
+        quant=QuantOptions(calibration=run["calibration"], max_drop=run["max_drop"]),
+        eval=EvalSpec(**run["eval"]) if run.get("eval") else None,
+    )
+    session = store.resume_session(rec.id)  # refuses a running or finished session
+    measured, failed = [], []
+    steps = {st.index: st for st in store.steps(rec.id)}
+    for r in store.results(rec.id):
+        if r.kind != MEASUREMENT:
+            continue
+        d = r.data if isinstance(r.data, dict) else json.loads(r.data)
+        st = steps.get(r.step_index)
+        measured.append(Measured(
+            candidate=Candidate(d["backend"], d["precision"], d.get("prune")),
+            latency_ms=d["latency_ms"], size_mb=d["size_mb"], memory_mb=d.get("memory_mb"),
+            accuracy_drop=d.get("accuracy_drop"), bundle=None, rolled_back=d["rolled_back"],
+            artifact=st.output_hash if st else None, accuracy_metric=d.get("accuracy_metric"),
+        ))  # fmt: skip
+    for st in steps.values():
+        if st.state == "failed":
+            failed.append({"plan": st.name, "error": st.error or "failed"})
+    return plan_and_search(
+        rec.source, Path(run["out"]), base, criteria,
+        backends=tuple(run["backends"]) or None, max_builds=run["max_builds"],
+        bench_runs=run["bench_runs"], force=True, log=log, store=store,
+        resume=(session, measured, failed),
+    )  # fmt: skip
+
+
+def _now_hopeless(c: Candidate, facts: Facts, criteria: OptimizationCriteria, h: History) -> bool:
+    if criteria.max_latency_ms is None:
+        return False
+    return predict(c, facts, h).latency_low_ms > criteria.max_latency_ms

@@ -1,0 +1,55 @@
+"""Helpers shared by the test modules (command-line runs and bundle checks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robopt_compile.cli import main
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(err: str) -> None:
+    """Progress lines may precede it; the error itself is exactly one line, last."""
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("robopt-compile: error:"), err
+    assert sum("error" in line for line in lines) == 1, err
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def assert_bundle(out: Path, backend: str) -> dict:
+    from robopt_compile.bench.manifest import sha256_file
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    assert manifest["backend"] == backend
+    assert manifest["precision"] == "fp32"
+    for rel, digest in manifest["files"].items():
+        assert sha256_file(out / rel) == digest, rel
+    assert "model.onnx" in manifest["files"]
+    assert manifest["engine"]["files"]
+    for f in manifest["engine"]["files"]:
+        assert (out / manifest["engine"]["dir"] / f).is_file()
+    ins = np.load(out / "reference" / "inputs.npz")
+    outs = np.load(out / "reference" / "outputs.npz")
+    assert sorted(ins.files) == sorted(i["name"] for i in manifest["inputs"])
+    assert sorted(outs.files) == sorted(o["name"] for o in manifest["outputs"])
+    assert manifest["parity"]["engine"]["passed"] is True
+    assert manifest["parity"]["engine"]["cosine"] >= 0.9999
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["tool_versions"])
+    return manifest
