@@ -31,7 +31,6 @@ import gzip
 import hashlib
 import json
 import lzma
-import os
 import shutil
 import tempfile
 import zlib
@@ -40,8 +39,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from robopt_compile.errors import InputError
-
-from .manifest import sha256_file
+from robopt_compile.jsonutil import sha256_file
+from robopt_compile.paths import cache_dir
 
 DEFAULT_METHOD = "lzma"
 LZMA_PRESET = 1  # measured above: preset 6 saves 4% more and takes 11x as long
@@ -102,16 +101,6 @@ def compress_engine(engine_dir: Path, method: str = DEFAULT_METHOD) -> dict[str,
             "sha256": digest.hexdigest(),
         }
     return {"method": method, "files": files}
-
-
-def cache_root() -> Path:
-    """``$ROBOPT_CACHE/engines``, else ``$XDG_CACHE_HOME/robopt/engines`` or
-    ``~/.cache/robopt/engines``."""
-    base = os.environ.get("ROBOPT_CACHE")
-    if base:
-        return Path(base).expanduser() / "engines"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "robopt" / "engines"
 
 
 def _relative(rel: Any, what: str) -> PurePosixPath:
@@ -183,7 +172,7 @@ def materialize_engine(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
     """The folder to load the engine from.
 
     The bundle's engine folder itself when the engine is stored plain; otherwise a decompressed
-    copy in ``cache_root()/<sha256 of the compressed files>``, written to a temporary folder
+    copy in ``cache_dir("engines")/<sha256 of the compressed files>``, written to a temporary folder
     and renamed into place (so a crash never leaves a half-written engine) and reused by later
     calls while its files have their recorded sizes.
 
@@ -201,7 +190,7 @@ def materialize_engine(bundle_dir: Path, manifest: dict[str, Any]) -> Path:
         raise InputError(
             f"engine file(s) {missing} missing from {edir}; copy the whole bundle folder again."
         )
-    root = cache_root()
+    root = cache_dir("engines")
     final = root / _key(edir, method, files)
     if _complete(final, files):
         return final

@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import BackendUnavailableError, InputError
-from robopt_compile.paths import member
-
-from .compress import cache_root
-from .manifest import sha256_file
+from robopt_compile.jsonutil import sha256_file
+from robopt_compile.paths import cache_dir, member
 
 ENGINE_JSON = "engine.json"
 
@@ -122,7 +120,7 @@ def complete_deferred(
         raise BackendUnavailableError(deferred_message(config, found, engine_dir))
     trt, gpu = found
     device = engine_key(gpu, trt.__version__)
-    root = cache_root()
+    root = cache_dir("engines")
     final = root / f"{_bundle_key(text, onnx_files)}-{device}"
     cached = _cached(final, device)
     if cached is not None:

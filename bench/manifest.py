@@ -13,12 +13,12 @@ is checked here, before any runtime is imported.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from robopt_compile.errors import InputError
+from robopt_compile.jsonutil import sha256_file
 from robopt_compile.paths import CONFIG_PATHS, member, refuse_links, relative
 
 # The runtimes a graph may name: targets.TARGETS's keys, spelled out here because this module
@@ -27,18 +27,6 @@ RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "tvm")
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-_CHUNK = 1 << 20  # 1 MiB: hashing a multi-GB weights file stays flat in memory
-
-
-def sha256_file(path: Path, chunk: int = _CHUNK) -> str:
-    """The hex sha256 of a file, read in fixed-size chunks into one reused buffer."""
-    h = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def _inside(root: Path, rel: str, what: str) -> Path:

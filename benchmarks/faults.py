@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import http.client
 import json
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.remote import LoopbackServer
+from robopt_compile.jsonutil import sha256_file
 
 OTHER_IP = "127.0.0.2"  # another client
 GUESS_IP = "127.0.0.3"  # the token guesser
@@ -135,10 +135,6 @@ def _bomb(kind: str, size: int) -> bytes:
     return _gzip(parts())
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _outside_bundle(bundle: Path, work: Path, model: str, backend: str | None = None) -> bytes:
     """The bundle with engine.config.model pointing outside it (or, with ``backend``, claiming
     to be a native-code engine of that backend), re-hashed, packed."""
@@ -152,7 +148,7 @@ def _outside_bundle(bundle: Path, work: Path, model: str, backend: str | None = 
     if backend is not None:
         manifest["backend"] = manifest["engine"]["backend"] = backend
     manifest["files"] = {
-        p.relative_to(b).as_posix(): _sha256(p)
+        p.relative_to(b).as_posix(): sha256_file(p)
         for p in sorted(b.rglob("*"))
         if p.is_file() and p.name != "manifest.json" and "results" not in p.parts
     }

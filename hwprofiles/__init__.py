@@ -13,8 +13,9 @@ Optional parts (absent from the x86 files and from ``host``):
 * ``[sources]``: ``KEY = "citation"``; a figure's source may cite ``[KEY]`` and the loader spells
   it out, so every ``Figure.source`` stands on its own.
 * ``[compute]`` keys ``<precision>_sparse`` (2:4 structured sparsity) beside the dense ones; the
-  roofline reads only plain precision keys. Precisions are ``HARDWARE_PRECISIONS`` (robopt's
-  ``KNOWN_PRECISIONS`` plus fp8/fp4, which the hardware has and robopt does not produce yet).
+  roofline reads only plain precision keys. Precisions are ``precision.HARDWARE_FORMATS``
+  (robopt's ``COMPUTE_FORMATS`` plus fp8/fp4, which the hardware has and robopt does not
+  produce yet).
 * ``[cpu]``: ``core`` (what the cores are), ``clock_ghz``, ``source`` (for ``cores``/``isa``) and,
   on device-scope boards, ``[cpu.compute]``: per-core peaks for a CPU runtime on the same board.
 * ``[gpu]``, ``[npu]``, ``dla_count``, ``[dla_compute]`` (all DLAs together), ``[headline]`` (the
@@ -37,14 +38,11 @@ from types import MappingProxyType
 from typing import Any
 
 from robopt_compile.errors import ProfileError, UnknownNameError
+from robopt_compile.precision import HARDWARE_FORMATS
 
 PROFILE_DIR = Path(__file__).parent
 SCHEMA_VERSION = 1
 KNOWN_BACKENDS = ("onnxruntime", "openvino", "tvm", "tensorrt")
-KNOWN_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")  # what robopt computes in
-# What a board's hardware may list and quote peaks for: robopt's precisions plus formats it does
-# not produce yet (Blackwell's FP8/FP4 tensor cores).
-HARDWARE_PRECISIONS = (*KNOWN_PRECISIONS, "fp8", "fp4")
 # What a [compute] key may add to a precision: see the module docstring.
 COMPUTE_SUFFIXES = ("", "_sparse")
 # "[DS]" in a source string cites the file's `[sources]` entry DS; the loader expands it.
@@ -359,10 +357,10 @@ def _peaks(where: str, raw: dict[str, Any], suffixes: tuple[str, ...]) -> dict[s
     """A table of peak GOP/s keyed by precision (plus the allowed suffixes)."""
     out = {}
     for key, value in raw.items():
-        if _precision_of(key, suffixes) not in HARDWARE_PRECISIONS:
+        if _precision_of(key, suffixes) not in HARDWARE_FORMATS:
             allowed = [s for s in suffixes if s]
             raise ProfileError(
-                f"{where}: `{key}` is not a precision {list(HARDWARE_PRECISIONS)}"
+                f"{where}: `{key}` is not a precision {list(HARDWARE_FORMATS)}"
                 + (f" with a suffix {allowed}." if allowed else ".")
             )
         out[key] = _figure(f"{where}.{key}", value)
@@ -577,10 +575,10 @@ def parse_profile(data: dict[str, Any], path: str) -> HardwareProfile:
     if bad or not backends:
         raise ProfileError(f"{where}: unknown backend(s) {bad}; known: {list(KNOWN_BACKENDS)}.")
     precisions = tuple(_req(data, "precisions", list, where))
-    badp = [p for p in precisions if p not in HARDWARE_PRECISIONS]
+    badp = [p for p in precisions if p not in HARDWARE_FORMATS]
     if badp or "fp32" not in precisions:
         raise ProfileError(
-            f"{where}: precisions must include fp32 and only {list(HARDWARE_PRECISIONS)}."
+            f"{where}: precisions must include fp32 and only {list(HARDWARE_FORMATS)}."
         )
     cores = _req(cpu, "cores", int, f"{where} [cpu]")
     if cores < 1:

@@ -2,7 +2,7 @@
 
 CPU model, cores, ISA flags and memory size are read from the OS. Compute peaks are *estimates*
 from the ISA (SIMD width x FMA ports x clock); memory bandwidth is *measured* with a short
-single-thread copy (about 0.1 s) once per boot (kept in the store folder, see
+single-thread copy (about 0.1 s) once per boot (kept in robopt's cache folder, see
 :func:`host_bandwidth`).
 """
 
@@ -91,10 +91,10 @@ def host_bandwidth(machine: str) -> tuple[float, str]:
     """(single-thread copy bandwidth in GB/s, " at TIME (once per boot)"), measured once per
     boot.
 
-    The figure is kept in ``host-bandwidth.json`` in the store folder, keyed by the boot id and
+    The figure is kept in ``$ROBOPT_CACHE/host/bandwidth.json``, keyed by the boot id and
     the CPU, so every compile in one boot analyses with the same figure (a noisy copy would
     otherwise change the analysis, and the build cache's whole-bundle key, on each run).
-    Without a boot id (not Linux) or a writable store folder it is measured every time.
+    Without a boot id (not Linux) or a writable cache folder it is measured every time.
     """
     import json
 
@@ -102,9 +102,9 @@ def host_bandwidth(machine: str) -> tuple[float, str]:
     path = None
     if boot is not None:
         try:
-            from robopt_compile.store.db import default_store_root
+            from robopt_compile.paths import cache_dir
 
-            path = default_store_root() / "host-bandwidth.json"
+            path = cache_dir("host") / "bandwidth.json"
             data = json.loads(path.read_text())
             if data.get("boot_id") == boot and data.get("machine") == machine:
                 return float(data["gbs"]), f" at {data['measured_utc']} (once per boot)"

@@ -117,3 +117,17 @@ def refuse_links(root: Path) -> None:
                 raise InputError(f"{root}: {rel!r} is a symbolic link; {_NO_LINKS}")
             if e.is_dir(follow_symlinks=False):
                 todo.append(Path(e.path))
+
+
+# --- where robopt keeps things on this machine ----------------------------------------------
+
+
+def cache_dir(sub: str) -> Path:
+    """``$ROBOPT_CACHE/<sub>``, else ``$XDG_CACHE_HOME/robopt/<sub>``, else
+    ``~/.cache/robopt/<sub>``: engine caches, tuning records, compiled blobs, the host's
+    measured bandwidth (all safe to delete)."""
+    base = os.environ.get("ROBOPT_CACHE")
+    if base:
+        return Path(base).expanduser() / sub
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "robopt" / sub

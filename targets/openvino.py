@@ -46,10 +46,9 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT")
 
 def cache_dir() -> Path:
     """Where compiled blobs are kept between starts (``$ROBOPT_CACHE/openvino``)."""
-    root = os.environ.get("ROBOPT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "robopt"
-    )
-    return Path(root) / "openvino"
+    from robopt_compile.paths import cache_dir as robopt_cache
+
+    return robopt_cache("openvino")
 
 
 def runtime_properties(cfg: dict[str, Any], threads: int | None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def leftovers(parent: Path) -> list[str]:
 
 
 def assert_bundle(out: Path, backend: str) -> dict:
-    from robopt_compile.bench.manifest import sha256_file
+    from robopt_compile.jsonutil import sha256_file
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema_version"] == 1

@@ -13,9 +13,10 @@ from typing import Any
 import onnx_ir as ir
 
 from robopt_compile.errors import PassError
-from robopt_compile.hwprofiles import KNOWN_PRECISIONS, HardwareProfile
+from robopt_compile.hwprofiles import HardwareProfile
 from robopt_compile.passes.analysis.flops import NodeCost, node_costs
 from robopt_compile.passes.base import AnalysisPass
+from robopt_compile.precision import COMPUTE_FORMATS
 
 METHOD = (
     "roofline: time = max(flops / peak_compute, bytes_moved / bandwidth) per node, "
@@ -56,9 +57,9 @@ class RooflinePass(AnalysisPass):
         self, profile: HardwareProfile, precision: str = "fp32", threads: int = 1, batch: int = 1
     ) -> None:
         super().__init__()
-        if precision not in KNOWN_PRECISIONS:
+        if precision not in COMPUTE_FORMATS:
             raise PassError(
-                f"roofline: unknown precision {precision!r}; use one of {list(KNOWN_PRECISIONS)}."
+                f"roofline: unknown precision {precision!r}; use one of {list(COMPUTE_FORMATS)}."
             )
         if threads < 1 or batch < 1:
             raise PassError(f"roofline: threads and batch must be >= 1 (got {threads}, {batch}).")

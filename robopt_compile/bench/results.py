@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import InputError
+from robopt_compile.jsonutil import json_default
 
 RESULTS_DIR = "results"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -37,15 +38,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 def results_dir(bundle_dir: Path | str) -> Path:
     """The folder a bundle's measurements live in (it may not exist yet)."""
     return Path(bundle_dir) / RESULTS_DIR
-
-
-def _json_default(obj: Any) -> Any:
-    """numpy scalars and arrays, and paths, without importing numpy."""
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _finite(x: Any) -> Any:
@@ -125,7 +117,7 @@ def save_result(
     if not isinstance(data, dict):
         raise InputError(f"result {stem!r} must be a JSON object, not {type(data).__name__}.")
     try:
-        text = json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False)
+        text = json.dumps(_finite(data), indent=2, default=json_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InputError(f"result {stem!r} cannot be written as JSON: {exc}.") from exc
     folder = results_dir(root)

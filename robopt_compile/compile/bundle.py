@@ -18,17 +18,17 @@ import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from robopt_compile import __version__
 
 # The robot-side reader owns the format's constants and hashing; the writer follows it.
-from robopt_compile.bench.manifest import MANIFEST, SCHEMA_VERSION, sha256_file
+from robopt_compile.bench.manifest import MANIFEST, SCHEMA_VERSION
 from robopt_compile.errors import InputError, OutputExistsError
+from robopt_compile.jsonutil import sha256_file, write_json
 
-__all__ = ["MANIFEST", "SCHEMA_VERSION", "sha256_file"]
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "sha256_file", "write_json"]
 TOOLS = ("torch", "onnx", "onnx-ir", "onnxscript", "onnxslim", "onnxruntime", "openvino", "numpy")
 
 
@@ -261,21 +261,6 @@ def tool_versions() -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
     return found
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def utc_now() -> str:

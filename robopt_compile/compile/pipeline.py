@@ -25,15 +25,10 @@ from robopt_compile.errors import (
     InputError,
     UnknownNameError,
 )
+from robopt_compile.jsonutil import json_default, json_sha, sha256_file
+from robopt_compile.precision import PRECISIONS, get_precision
 
 Progress = Callable[[str, str, float], None]  # (stage, "start" | "done", seconds)
-
-# The engine must reproduce the source model's outputs this closely on the reference inputs.
-ENGINE_TOLERANCE = {
-    "fp32": {"cosine_min": 0.9999, "atol": 1e-3, "rtol": 1e-3},
-    # bf16 keeps 8 mantissa bits: ~0.4% relative error per op, accumulating over layers.
-    "bf16": {"cosine_min": 0.995, "atol": 5e-2, "rtol": 5e-2},
-}
 
 
 @dataclass(frozen=True)
@@ -159,24 +154,8 @@ def resolve_backend(profile: Any, requested: str | None):
     )
 
 
-# The hardware number format each robopt precision computes in (what a profile lists).
-HARDWARE_PRECISION = {
-    "fp32": "fp32",
-    "fp16": "fp16",
-    "bf16": "bf16",
-    "int8": "int8",
-    "int8-dynamic": "int8",
-    "int8-weight": "fp32",  # weights stored in int8/int4, dequantized to fp32 for compute
-    "int4-weight": "fp32",
-}
-
-
 def check_precision(profile: Any, backend: Any, precision: str) -> None:
-    if precision not in HARDWARE_PRECISION:
-        from robopt_compile.errors import UnknownNameError
-
-        raise UnknownNameError("precision", precision, list(HARDWARE_PRECISION))
-    if HARDWARE_PRECISION[precision] not in profile.precisions:
+    if get_precision(precision).compute not in profile.precisions:
         raise InputError(
             f"target {profile.name!r} does not support precision {precision!r}; "
             f"it supports {list(profile.precisions)}."
@@ -568,7 +547,7 @@ def _compile_rest(
                 src.reference_outputs = cres.reference_outputs
 
         precision = opts.precision
-        tol = ENGINE_TOLERANCE.get(precision, ENGINE_TOLERANCE["fp32"])
+        tol = dict(PRECISIONS[precision].tolerance)
         quant_report = None
         quant_data_used = opts.compress.active
         if (
@@ -622,7 +601,7 @@ def _compile_rest(
         facts = analysis.analyze(
             model,
             profile,
-            precision=HARDWARE_PRECISION[precision],
+            precision=PRECISIONS[precision].compute,
             threads=opts.threads or profile.cpu_cores,
         )
 
@@ -1006,7 +985,7 @@ def _cached_export(
             "parity": src.parity,
             "notes": src.notes,
         }
-        meta = json.loads(json.dumps(meta, default=_json_default))
+        meta = json.loads(json.dumps(meta, default=json_default))
         with tempfile.TemporaryDirectory(prefix="robopt-cache-") as d:
             folder = _save_model_dir(
                 src.model, Path(d), src.reference_inputs, src.reference_outputs
@@ -1063,21 +1042,6 @@ def _cached_record(
         cache.put(key, "record", {"spec": spec}, files={"calibration": dest})
     except Exception as exc:
         _cache_note(progress, "calibration recording not stored", exc)
-
-
-def json_sha(data: Any) -> str:
-    """sha256 of a canonical JSON document."""
-    import hashlib
-
-    from robopt_compile.store.cache import canonical_json
-
-    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
-
-
-def _json_default(obj: Any) -> Any:
-    from robopt_compile.compile.bundle import _json_default as default
-
-    return default(obj)
 
 
 # What the transform stage runs (``module:attr``): part of its cache key, see
@@ -1197,7 +1161,7 @@ def _cached_transform(
     try:
         meta = {k: v for k, v in done.items() if k != "model"}
         meta["notes"] = notes
-        meta = json.loads(json.dumps(meta, default=_json_default))
+        meta = json.loads(json.dumps(meta, default=json_default))
         with tempfile.TemporaryDirectory(prefix="robopt-cache-") as d:
             folder = _save_model_dir(
                 done["model"], Path(d), src.reference_inputs, src.reference_outputs
@@ -1229,7 +1193,6 @@ def _cached_build(
     from dataclasses import asdict
 
     from robopt_compile.store.cache import implementation, profile_fingerprint
-    from robopt_compile.store.db import sha256_path
     from robopt_compile.targets import Artifact
 
     engine = tmp / "engine"
@@ -1240,7 +1203,7 @@ def _cached_build(
         "profile": profile_fingerprint(profile),
         "options": asdict(build_opts),
     }
-    key = cache.key("build", json_sha([[p.name, sha256_path(p)] for p in model_files]), config)
+    key = cache.key("build", json_sha([[p.name, sha256_file(p)] for p in model_files]), config)
     entry = cache.get(key)
     if entry is not None:
         try:
@@ -1257,7 +1220,7 @@ def _cached_build(
 
     def put() -> None:
         try:
-            meta = json.loads(json.dumps({"artifact": artifact.to_json()}, default=_json_default))
+            meta = json.loads(json.dumps({"artifact": artifact.to_json()}, default=json_default))
             cache.put(key, "build", meta, trees={"engine": Path(artifact.root)})
         except Exception as exc:
             _cache_note(progress, "engine not stored", exc)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import CheckFailedError, InputError
+from robopt_compile.precision import PRECISIONS
 
 # (backend, precision) -> (registered pass name, constructor kwargs)
 PLAN: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
@@ -32,10 +33,6 @@ PLAN: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     ("tensorrt", "int8"): ("int8-static-trt", {}),
     ("tensorrt", "fp16"): ("float16", {"dtype": "fp16"}),
 }
-# Precisions whose quantizer reads calibration data (the others only need held-out data).
-CALIBRATED = {"int8"}
-# Precisions whose Q/DQ graph supports per-layer mixed precision by graph surgery.
-MIXED = {"int8"}
 # Options a quantizer needs for that surgery to be exact (NNCF's SmoothQuant rescales weights,
 # so a layer put back in fp32 would not compute what the fp32 model does).
 SURGERY_OPTIONS: dict[str, dict[str, Any]] = {"int8-nncf": {"smooth_quant": False}}
@@ -89,7 +86,7 @@ def _data(model: Any, opts: QuantOptions, precision: str):
 
     specs = rir.input_specs(model)
     if opts.calibration is None:
-        if precision in CALIBRATED:
+        if PRECISIONS[precision].calibrated:
             raise InputError(
                 f"--precision {precision} needs calibration data: --calibration DIR|FILE.npz|"
                 "module:iterator (or --calibration random, which makes accuracy figures "
@@ -211,7 +208,7 @@ def quantize(
     }
     final_model, final_fig, layers = qmodel, full, []
     retry = SURGERY_OPTIONS.get(pass_name)
-    if precision in MIXED and retry and (full["drop"] > bound or opts.measure_sensitivity):
+    if PRECISIONS[precision].mixed and retry and (full["drop"] > bound or opts.measure_sensitivity):
         rpass = cls(**kwargs, **retry)
         rmodel = runner.run([rpass], model)
         rfull = evaluator.score(rmodel)
@@ -225,7 +222,7 @@ def quantize(
         sweep_model, sweep_full = rmodel, rfull
     else:
         sweep_model, sweep_full = qmodel, full
-    if precision in MIXED and full["drop"] > bound:
+    if PRECISIONS[precision].mixed and full["drop"] > bound:
         res = search(qmodel, model, evaluator.score, bound, full_figures=full, progress=progress)
         if res.met and len(res.fp32_nodes) >= len(res.rows):
             res.met = False  # every layer back in fp32 is the fp32 model, not an int8 one
@@ -239,7 +236,7 @@ def quantize(
             "steps": res.steps,
         }
         layers = res.table()
-    elif precision in MIXED and opts.measure_sensitivity:
+    elif PRECISIONS[precision].mixed and opts.measure_sensitivity:
         rows = sensitivities(
             sweep_model, model, evaluator.score, sweep_full["drop"], progress=progress
         )
@@ -260,7 +257,7 @@ def quantize(
         msg = (
             f"{precision} breaks --max-accuracy-drop {bound}: held-out {evaluator.metric_name} "
             f"{final_fig['drop']:.4g} even with mixed precision"
-            if precision in MIXED
+            if PRECISIONS[precision].mixed
             else f"{precision} breaks --max-accuracy-drop {bound}: held-out "
             f"{evaluator.metric_name} {final_fig['drop']:.4g}"
         )

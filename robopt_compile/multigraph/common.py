@@ -146,7 +146,7 @@ def multigraph_key(
     ``cache.Uncacheable`` for what cannot be hashed (a ``module:iterator`` calibration)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from robopt_compile.compile.pipeline import json_sha
+    from robopt_compile.jsonutil import json_sha
     from robopt_compile.store.cache import (
         Uncacheable,
         _plain,

@@ -27,33 +27,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from robopt_compile.errors import InputError
+from robopt_compile.precision import PRECISIONS
 
 OBJECTIVES = ("latency", "size", "memory")
 TECHNIQUES = ("quantize", "prune")
 PERCENTILES = ("p50", "p99")
-# Bytes per weight as stored in the engine (weight-only int4 packs two per byte plus scales).
-WEIGHT_BYTES = {
-    "fp32": 4.0,
-    "fp16": 2.0,
-    "bf16": 2.0,
-    "int8": 1.0,
-    "int8-dynamic": 1.0,
-    "int8-weight": 1.05,
-    "int4-weight": 0.55,
-}
-# The hardware precision a plan computes in (what the roofline must assume).
-COMPUTE_PRECISION = {
-    "fp32": "fp32",
-    "fp16": "fp16",
-    "bf16": "bf16",
-    "int8": "int8",
-    "int8-dynamic": "int8",
-    "int8-weight": "fp32",
-    "int4-weight": "fp32",
-}
-# Accuracy risk of a technique, ordered: tried later when history says it broke accuracy.
-RISK = {"fp32": 0, "bf16": 1, "fp16": 1, "int8-weight": 1, "int8": 2, "int8-dynamic": 2,
-        "int4-weight": 3}  # fmt: skip
 PRUNE_RATIOS = (0.25, 0.5)
 # A roofline estimate without a measurement to correct it can be off by this factor either way
 # (measured here: ORT runs the CNN at 8-20x its roofline time on one core): never reject on it.
@@ -212,7 +190,7 @@ def candidates(
     out = []
     for b in backends:
         for p in backend_precisions.get(b, ()):
-            if p not in COMPUTE_PRECISION or COMPUTE_PRECISION[p] not in hw:
+            if p not in PRECISIONS or PRECISIONS[p].compute not in hw:
                 continue
             if p != "fp32" and "quantize" not in criteria.techniques:
                 continue
@@ -234,7 +212,7 @@ def predict(c: Candidate, facts: Facts, history: History) -> Prediction:
     keep = 1.0 - (c.prune or 0.0)
     # Channel pruning at ratio r keeps (1-r) of both the in- and out-channels of inner layers.
     work = keep * keep if c.prune else 1.0
-    compute = COMPUTE_PRECISION[c.precision]
+    compute = PRECISIONS[c.precision].compute
     roof = facts.roofline_ms.get(compute) or facts.roofline_ms.get("fp32") or float("nan")
     ratio = history.ratios.get((c.backend, c.precision))
     if ratio is None:
@@ -247,12 +225,14 @@ def predict(c: Candidate, facts: Facts, history: History) -> Prediction:
         lat, err = roof * ratio * work, CORRECTED_ERROR
     else:
         lat, err = roof * work, UNCORRECTED_ERROR
-    wb = WEIGHT_BYTES.get(c.precision, 4.0) / 4.0
+    wb = PRECISIONS[c.precision].weight_bytes / 4.0
     size = facts.weight_mb * wb * work
     act_bytes = 1.0 if c.precision in ("int8", "int8-dynamic") else 0.5 if compute in (
         "fp16", "bf16") else 1.0  # fmt: skip
     memory = size + facts.peak_activation_mb * act_bytes * keep
-    risk = RISK.get(c.precision, 2) + (1 if c.prune else 0) + (1 if (c.prune or 0) >= 0.5 else 0)
+    risk = (
+        PRECISIONS[c.precision].risk + (1 if c.prune else 0) + (1 if (c.prune or 0) >= 0.5 else 0)
+    )
     if c.precision in history.broke_accuracy:
         risk += 10
     return Prediction(

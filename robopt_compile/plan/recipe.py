@@ -12,15 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from robopt_compile.errors import InputError
-from robopt_compile.plan.planner import (
-    OBJECTIVES,
-    PERCENTILES,
-    TECHNIQUES,
-    WEIGHT_BYTES,
-    parse_budget,
-)
+from robopt_compile.plan.planner import OBJECTIVES, PERCENTILES, TECHNIQUES, parse_budget
+from robopt_compile.precision import PRECISIONS as TABLE
 
-PRECISIONS = tuple(WEIGHT_BYTES)
+PRECISIONS = tuple(TABLE)
 
 # What each key allows, for the error line.
 ALLOWED = {

@@ -22,7 +22,6 @@ from typing import Any
 
 from robopt_compile.errors import InputError, RoboptError
 from robopt_compile.plan.planner import (
-    COMPUTE_PRECISION,
     Candidate,
     Decision,
     Facts,
@@ -36,6 +35,7 @@ from robopt_compile.plan.planner import (
     predict,
     with_measurement,
 )
+from robopt_compile.precision import PRECISIONS
 
 Log = Callable[[str], None]
 DEFAULT_MAX_BUILDS = 6
@@ -221,11 +221,10 @@ def plan_and_search(
         profile.precisions,
         criteria,
     )
-    needs_data = {"int8"}  # static int8 needs calibration data
     calib = base.quant.calibration
     kept, pre_rejected = [], []
     for c in cands:
-        if c.precision in needs_data and not calib:
+        if PRECISIONS[c.precision].calibrated and not calib:
             pre_rejected.append(Decision(c, "reject", "static int8 needs --calibration"))
         elif c.backend == "tvm" and not base.tune_trials:
             pre_rejected.append(Decision(c, "reject", (
@@ -233,7 +232,7 @@ def plan_and_search(
                 "give --tune-trials N to let the planner try it")))  # fmt: skip
         else:
             kept.append(c)
-    precisions = {COMPUTE_PRECISION[c.precision] for c in kept} | {"fp32"}
+    precisions = {PRECISIONS[c.precision].compute for c in kept} | {"fp32"}
     log(f"planning: {len(kept)} candidate plans on {', '.join(buildable)}")
     facts = _facts(source, base, profile, precisions, log)
     if history is None:
@@ -260,7 +259,9 @@ def plan_and_search(
         tried = {m.candidate.label for m in prior_measured} | {f["plan"] for f in prior_failed}
         for m in prior_measured:
             if not m.rolled_back:
-                roof = facts.roofline_ms.get(COMPUTE_PRECISION[m.candidate.precision], float("nan"))
+                roof = facts.roofline_ms.get(
+                    PRECISIONS[m.candidate.precision].compute, float("nan")
+                )
                 history = with_measurement(history, m.candidate, m.latency_ms["p50"], roof)
         log(f"resuming session {session.id[:12]}: {len(tried)} plan(s) already done")
     elif store is not None:
@@ -337,7 +338,7 @@ def plan_and_search(
             shown = "-" if drop is None else f"{drop:.3g} ({metric})"
             log(f"[{builds}] {c.label}: p50 {lat['p50']:.4g} ms, accuracy drop {shown}"
                 + (" (rolled back to fp32)" if rolled else ""))  # fmt: skip
-            roof = facts.roofline_ms.get(COMPUTE_PRECISION[c.precision], float("nan"))
+            roof = facts.roofline_ms.get(PRECISIONS[c.precision].compute, float("nan"))
             if not rolled:  # a rolled-back plan ran the fp32 engine: no correction for c
                 history = with_measurement(history, c, lat["p50"], roof)
             if session is not None:

@@ -22,7 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from robopt_compile.store.db import Store, StoreError, open_store, sha256_path, utc_now
+from robopt_compile.jsonutil import canonical_json, sha256_file, sha256_tree
+from robopt_compile.store.db import Store, StoreError, open_store, utc_now
 
 CACHE_FORMAT = "robopt-cache/1"
 # The tools whose versions enter every key (what exports, transforms and builds depend on).
@@ -39,23 +40,6 @@ KEY_TOOLS = (
     "apache-tvm",
     "tensorrt",
 )
-
-
-def canonical_json(data: Any) -> str:
-    """Sorted-key, compact JSON; Paths and other objects as ``str`` (for hashing)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def sha256_tree(root: Path) -> str:
-    """sha256 over a folder's sorted relative paths and file hashes (or a file's own hash)."""
-    root = Path(root)
-    if root.is_file():
-        return sha256_path(root)
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(f"{p.relative_to(root).as_posix()}\0{sha256_path(p)}\n".encode())
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -78,7 +62,7 @@ def code_fingerprint() -> str:
     for root in roots:
         for p in sorted(root.rglob("*")):
             if p.is_file() and p.suffix in (".py", ".npz", ".json", ".toml"):
-                h.update(f"{p.relative_to(root).as_posix()}\0{sha256_path(p)}\n".encode())
+                h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
     return h.hexdigest()
 
 
@@ -108,7 +92,7 @@ def profile_fingerprint(profile: Any) -> dict[str, Any]:
     if isinstance(fields, dict):
         fields = {k: v for k, v in fields.items() if k not in PROFILE_FIGURES}
     path = Path(str(getattr(profile, "path", "") or ""))
-    file_sha = sha256_path(path) if path.suffix and path.is_file() else None
+    file_sha = sha256_file(path) if path.suffix and path.is_file() else None
     return {"name": getattr(profile, "name", None), "file_sha256": file_sha, "fields": fields}
 
 
@@ -191,7 +175,7 @@ class BuildCache:
             path = self.store.get_path(sha)
         except StoreError:
             return False
-        if sha256_path(path) != sha:
+        if sha256_file(path) != sha:
             self._discard(path)
             return False
         if tree:
@@ -327,7 +311,7 @@ def source_identity(source: str) -> dict[str, Any]:
             raise Uncacheable(f"{source} cannot be read as ONNX ({type(exc).__name__})") from exc
         return {
             "kind": kind,
-            "files": [[p.name, sha256_path(p)] for p in files if p.is_file()],
+            "files": [[p.name, sha256_file(p)] for p in files if p.is_file()],
         }
     import importlib.util
 
@@ -338,7 +322,7 @@ def source_identity(source: str) -> dict[str, Any]:
         raise Uncacheable(f"factory module {mod} cannot be located ({exc})") from exc
     if spec is None or not spec.origin or not Path(spec.origin).is_file():
         raise Uncacheable(f"factory module {mod} has no source file to hash")
-    return {"kind": kind, "factory": source, "module_sha256": sha256_path(Path(spec.origin))}
+    return {"kind": kind, "factory": source, "module_sha256": sha256_file(Path(spec.origin))}
 
 
 def data_identity(spec: str | None) -> dict[str, Any] | None:

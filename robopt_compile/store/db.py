@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from robopt_compile.errors import InputError, RoboptError
+from robopt_compile.jsonutil import sha256_file
 
 if TYPE_CHECKING:
     from robopt_compile.store.events import Session
@@ -172,9 +173,10 @@ def new_id() -> str:
 
 
 def _dumps(data: Any) -> str:
-    from robopt_compile.bench.results import _finite, _json_default
+    from robopt_compile.bench.results import _finite
+    from robopt_compile.jsonutil import json_default
 
-    return json.dumps(_finite(data), default=_json_default, allow_nan=False, sort_keys=True)
+    return json.dumps(_finite(data), default=json_default, allow_nan=False, sort_keys=True)
 
 
 def _loads(text: str | None, default: Any = None) -> Any:
@@ -275,15 +277,6 @@ def pid_alive(pid: int | None, proc_start: str | None = None) -> bool:
     if fields and fields[0] in ("Z", "X"):
         return False
     return not (proc_start and len(fields) > 19 and fields[19] != proc_start)
-
-
-def sha256_path(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass
@@ -1147,7 +1140,7 @@ class Store:
         on_disk = set()
         for p in self._object_files():
             on_disk.add(p.name)
-            actual = sha256_path(p)
+            actual = sha256_file(p)
             checked += 1
             nbytes += p.stat().st_size
             if actual != p.name:

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import BackendUnavailableError, BuildError, InputError
+from robopt_compile.jsonutil import sha256_file
 from robopt_compile.targets.base import Artifact, Backend, BuildOptions, Runner
 
 RECIPE_VERSION = 1
@@ -122,9 +123,9 @@ def engine_key(gpu: GpuInfo, trt_version: str) -> str:
 
 def cache_base() -> Path:
     """``$ROBOPT_CACHE`` (else ``$XDG_CACHE_HOME/robopt`` or ``~/.cache/robopt``)."""
-    from robopt_compile.bench.compress import cache_root
+    from robopt_compile.paths import cache_dir
 
-    return cache_root().parent
+    return cache_dir("engines").parent
 
 
 def timing_cache_path(key: str) -> Path:
@@ -234,12 +235,6 @@ def _dla_request(profile: Any, requested: int | None) -> int | None:
     return core
 
 
-def _sha256(path: Path) -> str:
-    from robopt_compile.bench.manifest import sha256_file
-
-    return sha256_file(path)
-
-
 def _external_files(model: Any, model_path: Path) -> list[str]:
     """External data files the ONNX refers to (relative to its folder); all must exist."""
     names = {
@@ -303,7 +298,7 @@ def make_recipe(
         "recipe_version": RECIPE_VERSION,
         "backend": "tensorrt",
         "onnx": ONNX_FILE,
-        "onnx_sha256": _sha256(model_path),
+        "onnx_sha256": sha256_file(model_path),
         "onnx_external_data": external,
         "precision": options.precision,
         "strongly_typed": True,

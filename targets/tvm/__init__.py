@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import BackendUnavailableError, BuildError, InputError
+from robopt_compile.paths import cache_dir
 from robopt_compile.targets.base import Artifact, Backend, BuildOptions, Runner
 
 log = logging.getLogger("robopt.tvm")
@@ -104,10 +105,6 @@ def target_key(target: dict[str, Any], tvm_version: str) -> str:
     """Tuning records are valid for one target and one TVM version: their folder's name."""
     blob = json.dumps({"target": target, "tvm": tvm_version}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ROBOPT_CACHE", Path.home() / ".cache" / "robopt")) / "tvm"
 
 
 def _cross_compiler(target: dict[str, Any], opts: dict[str, Any]) -> str | None:
@@ -731,7 +728,7 @@ class TvmBackend(Backend):
         tuning = None
         database = None
         if options.tune_trials:
-            work_dir = cache_root() / target_key(target_dict, tvm.__version__)
+            work_dir = cache_dir("tvm") / target_key(target_dict, tvm.__version__)
             work_dir.mkdir(parents=True, exist_ok=True)
             (work_dir / "target.json").write_text(
                 json.dumps({"target": target_dict, "tvm": tvm.__version__}, indent=1)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from robopt_compile.bench.manifest import load_manifest, sha256_file
+from robopt_compile.bench.manifest import load_manifest
 from robopt_compile.errors import InputError
+from robopt_compile.jsonutil import sha256_file
 
 
 def fake_bundle(root: Path) -> Path:

@@ -14,9 +14,7 @@ import pytest
 
 from robopt_compile.errors import ProfileError, UnknownNameError
 from robopt_compile.hwprofiles import (
-    HARDWARE_PRECISIONS,
     KNOWN_BACKENDS,
-    KNOWN_PRECISIONS,
     PROFILE_DIR,
     Fact,
     Figure,
@@ -26,6 +24,7 @@ from robopt_compile.hwprofiles import (
     profile_names,
 )
 from robopt_compile.passes.analysis.roofline import RooflinePass
+from robopt_compile.precision import COMPUTE_FORMATS, HARDWARE_FORMATS
 
 # name, arch, cpu core, cpu cores, GPU sm, DLAs, memory GB/s, headline (vendor unit),
 #   fp32 / int8 roofline peak in GOP/s (all cores), first backend, TVM mcpu
@@ -201,7 +200,7 @@ def test_every_figure_is_sourced_and_estimates_say_how(name):
 def test_backends_precisions_and_options_are_consistent(name):
     p = load_profile(name)
     assert set(p.backends) <= set(KNOWN_BACKENDS)
-    assert set(p.precisions) <= set(HARDWARE_PRECISIONS)
+    assert set(p.precisions) <= set(HARDWARE_FORMATS)
     assert set(p.backend_options) <= set(p.backends)
     if p.npu:
         assert set(p.npu.backends) <= set(p.backends)
@@ -258,7 +257,7 @@ def test_roofline_runs_on_every_profile_and_mode(name):
     base = load_profile(name)
     for p in [base, *(base.with_power_mode(m.name) for m in base.power_modes)]:
         # The roofline takes robopt's precisions; fp8/fp4 are hardware-only for now.
-        for precision in [q for q in p.precisions if q in KNOWN_PRECISIONS]:
+        for precision in [q for q in p.precisions if q in COMPUTE_FORMATS]:
             rp = RooflinePass(p, precision=precision, threads=p.cpu_cores)
             result = rp(_tiny_model())
             facts = rp.facts
