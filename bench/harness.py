@@ -8,7 +8,6 @@ engine's and not Python's; ``measure_overhead`` checks that claim against a bare
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import gc
 import os
@@ -26,6 +25,7 @@ import numpy as np
 from robopt_compile.errors import BackendUnavailableError, InputError, RoboptError
 from robopt_compile.paths import member
 from robopt_compile.targets import Artifact, Backend, Runner, get_backend
+from robopt_compile.targets.base import BareLoop
 
 from .compress import materialize_engine
 from .control import paced_loop
@@ -80,13 +80,6 @@ def _reference(b: _Bundle, key: str) -> dict[str, np.ndarray]:
     """The bundle's reference ``inputs`` or ``outputs`` (a checked file of the bundle)."""
     rel = b.manifest["reference"][key]
     return _load_npz(member(b.root, rel, f"{b.root / MANIFEST}: reference.{key}"))
-
-
-def _engine_model(artifact: Artifact) -> Path:
-    """The engine file the bare loops load: the runner's own check (``Runner.engine_file``)."""
-    root = artifact.root
-    return member(root, artifact.config.get("model"), f"{root}: engine.config.model",
-                  artifact.files)  # fmt: skip
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -428,100 +421,8 @@ def run_benchmark(
 # --- harness overhead ------------------------------------------------------------------------
 
 
-class _BareLoop(abc.ABC):
-    """The runtime called directly, with the runner's settings, in the plainest timed loop.
-
-    Subclasses repeat their runner's session settings (``targets/<backend>.py``) instead of
-    calling into it, so the floor does not share code with what it measures; tests/bench
-    checks the two agree so the comparison stays fair.
-    """
-
-    @abc.abstractmethod
-    def __init__(
-        self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None
-    ) -> None: ...
-
-    @abc.abstractmethod
-    def block(self, n: int) -> list[int]:
-        """Latencies in ns of ``n`` back-to-back calls."""
-
-
-class _OrtBareLoop(_BareLoop):
-    def __init__(self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None):
-        model = _engine_model(artifact)
-        import onnxruntime as ort
-
-        cfg = artifact.config
-        levels = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        so = ort.SessionOptions()
-        so.graph_optimization_level = levels[cfg.get("runtime_optimization_level", "all")]
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(model),
-            sess_options=so,
-            providers=cfg.get("providers", ["CPUExecutionProvider"]),
-        )
-        self.feeds = {i.name: feeds[i.name] for i in self.session.get_inputs()}
-
-    def block(self, n: int) -> list[int]:
-        run, feeds, pc = self.session.run, self.feeds, time.perf_counter_ns
-        out = []
-        for _ in range(n):
-            t0 = pc()
-            run(None, feeds)
-            out.append(pc() - t0)
-        return out
-
-
-class _OvBareLoop(_BareLoop):
-    def __init__(self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None):
-        model = _engine_model(artifact)
-        import openvino as ov
-
-        cfg = artifact.config
-        props: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": cfg.get("inference_precision_hint", "f32"),
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-        }
-        if threads:
-            props["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(model), cfg.get("device", "CPU"), props)
-        self.request = self.compiled.create_infer_request()
-        for i, port in enumerate(self.compiled.inputs):
-            arr = np.ascontiguousarray(feeds[port.get_any_name()])
-            self.request.set_input_tensor(i, ov.Tensor(arr))
-
-    def block(self, n: int) -> list[int]:
-        infer, pc = self.request.infer, time.perf_counter_ns
-        out = []
-        for _ in range(n):
-            t0 = pc()
-            infer()
-            out.append(pc() - t0)
-        return out
-
-
-BARE_LOOPS: dict[str, type[_BareLoop]] = {
-    "onnxruntime": _OrtBareLoop,
-    "openvino": _OvBareLoop,
-}
-
-
-def _bare_loop(b: _Bundle, feeds: dict[str, np.ndarray], threads: int | None) -> _BareLoop:
-    cls = BARE_LOOPS.get(b.backend.name)
-    if cls is None:
-        raise InputError(f"no bare-loop reference for backend {b.backend.name!r} yet.")
-    return cls(b.artifact, feeds, threads)
+def _bare_loop(b: _Bundle, feeds: dict[str, np.ndarray], threads: int | None) -> BareLoop:
+    return b.backend.bare_loop(b.artifact, feeds, threads)
 
 
 def bare_loop_p50(

@@ -39,10 +39,11 @@ from typing import Any
 
 from robopt_compile.errors import ProfileError, UnknownNameError
 from robopt_compile.precision import HARDWARE_FORMATS
+from robopt_compile.targets import TARGETS
 
 PROFILE_DIR = Path(__file__).parent
 SCHEMA_VERSION = 1
-KNOWN_BACKENDS = ("onnxruntime", "openvino", "tvm", "tensorrt")
+KNOWN_BACKENDS = tuple(TARGETS)  # the registry of targets/ (a plain table, no runtime import)
 # What a [compute] key may add to a precision: see the module docstring.
 COMPUTE_SUFFIXES = ("", "_sparse")
 # "[DS]" in a source string cites the file's `[sources]` entry DS; the loader expands it.

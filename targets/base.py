@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.errors import BackendUnavailableError, InputError
+from robopt_compile.errors import BackendUnavailableError, BuildError, InputError
 from robopt_compile.paths import member
 
 
@@ -113,13 +113,87 @@ class Runner(abc.ABC):
         """Release the session; the default relies on garbage collection."""
 
 
+class BareLoop(abc.ABC):
+    """The runtime called directly, with the runner's settings, in the plainest timed loop:
+    the floor ``robopt-bench --overhead`` measures the harness against.
+
+    A backend's bare loop repeats its runner's session settings instead of calling into the
+    runner, so the floor does not share code with what it measures; tests/bench checks the two
+    agree so the comparison stays fair.
+    """
+
+    @abc.abstractmethod
+    def __init__(
+        self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def block(self, n: int) -> list[int]:
+        """Latencies in ns of ``n`` back-to-back calls."""
+
+
+# One node's per-layer figures, summed over runs: name -> {"op_type", "total_us", "calls", ...}
+NodeTimes = dict[str, dict[str, Any]]
+# (nodes, each run's ms, how it was measured) from a backend's own profiler
+LayerProfile = tuple[NodeTimes, list[float], dict[str, Any]]
+
+
+def add_node_time(nodes: NodeTimes, name: str, op_type: str, us: float, **extra: Any) -> None:
+    """Add one node execution of ``us`` microseconds to ``nodes``."""
+    entry = nodes.setdefault(name, {"op_type": op_type, "total_us": 0.0, "calls": 0, **extra})
+    entry["total_us"] += us
+    entry["calls"] += 1
+
+
 class Backend(abc.ABC):
-    """A target backend: builds engines for a profile and runs them."""
+    """A target backend: builds engines for a profile and runs them.
+
+    What a backend can do is declared here, next to its code, and read by everyone else: the
+    precisions it builds, the quantization pass each precision needs, whether it builds where
+    its runtime is missing (a deferred build completed on the device), whether it runs
+    multi-graph bundles, and the options ``configure()`` takes.
+    """
 
     name: str = ""
     runtime_module: str = ""  # the Python module the runner needs on the robot
     pip_extra: str = ""  # what to install: `pip install robopt-compile[<extra>]`
     precisions: tuple[str, ...] = ("fp32",)
+    # precision -> (registered quantize pass, its keyword arguments) for the precisions whose
+    # ONNX must be rewritten before this backend builds it (Q/DQ, MatMulNBits, fp16 types)
+    quantizers: dict[str, tuple[str, dict[str, Any]]] = {}  # noqa: RUF012 - read-only table
+    builds_without_runtime: bool = False  # build() writes a recipe the device completes
+    multigraph: bool = False  # runs the graphs of multi-graph bundles (VLA, diffusion policy)
+    option_names: tuple[str, ...] = ()  # what configure() takes
+
+    def __init__(self) -> None:
+        self.options: dict[str, Any] = {}
+
+    def configure(self, **options: Any) -> Backend:
+        """Set backend options (e.g. TensorRT's ``dla_core``); returns self.
+
+        Raises:
+            InputError: an option this backend does not take (the message names the backends
+                that take it).
+        """
+        for key in options:
+            if key not in self.option_names:
+                from robopt_compile.targets import TARGETS, get_backend
+
+                takers = [n for n in TARGETS if key in get_backend(n).option_names]
+                flag = "--" + key.replace("_", "-")
+                raise InputError(
+                    f"{flag} needs the {' or '.join(takers) or 'no'} backend, not {self.name!r}."
+                )
+        self.options.update(options)
+        return self
+
+    def check_precision(self, precision: str) -> None:
+        """Raises InputError when this backend does not build ``precision``."""
+        if precision not in self.precisions:
+            raise InputError(
+                f"backend {self.name!r} does not build {precision!r} in this robopt version; "
+                f"it builds {list(self.precisions)}."
+            )
 
     def availability(self) -> tuple[bool, str]:
         """(available, reason). Checks the runtime is importable without importing it."""
@@ -140,12 +214,53 @@ class Backend(abc.ABC):
         if not ok:
             raise BackendUnavailableError(f"backend {self.name!r} cannot run here: {why}.")
 
-    @abc.abstractmethod
     def build(
         self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path
     ) -> Artifact:
-        """Build an engine from the ONNX at ``model_path`` into ``out_dir``."""
+        """Build an engine from the ONNX at ``model_path`` into ``out_dir``.
+
+        Raises:
+            BuildError: a precision this backend does not build (the compile refuses that
+                earlier with ``check_precision``), or the runtime rejected the model.
+        """
+        if options.precision not in self.precisions:
+            raise BuildError(
+                f"{self.name} backend builds {list(self.precisions)}, not {options.precision!r}."
+            )
+        return self._build(model_path, profile, options, out_dir)
+
+    @abc.abstractmethod
+    def _build(
+        self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path
+    ) -> Artifact: ...
 
     @abc.abstractmethod
     def runner(self, artifact: Artifact, threads: int | None = None) -> Runner:
         """A runner for ``artifact``; it imports only numpy and the runtime."""
+
+    def bare_loop(
+        self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None
+    ) -> BareLoop:
+        """The runtime's plainest timed loop over ``artifact`` (``robopt-bench --overhead``).
+
+        Raises:
+            InputError: this backend has none yet.
+        """
+        raise InputError(f"no bare-loop reference for backend {self.name!r} yet.")
+
+    def profile_layers(
+        self, model: Path, config: dict[str, Any], feeds: dict[str, Any], runs: int,
+        warmup: int, threads: int | None,
+    ) -> LayerProfile:  # fmt: skip
+        """Per-node times of the engine file ``model`` from the runtime's own profiler.
+
+        Raises:
+            BackendUnavailableError: this backend has no profiler robopt reads.
+        """
+        from robopt_compile.targets import TARGETS, get_backend
+
+        have = [n for n in TARGETS
+                if type(get_backend(n)).profile_layers is not Backend.profile_layers]  # fmt: skip
+        raise BackendUnavailableError(
+            f"per-layer profiling supports {sorted(have)}; this bundle's engine is {self.name}."
+        )

@@ -25,9 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.errors import BuildError
+from robopt_compile.errors import BackendUnavailableError, BuildError, InputError
 from robopt_compile.paths import member
-from robopt_compile.targets.base import Artifact, Backend, BuildOptions, Runner
+from robopt_compile.targets.base import (
+    Artifact,
+    Backend,
+    BareLoop,
+    BuildOptions,
+    LayerProfile,
+    NodeTimes,
+    Runner,
+    add_node_time,
+)
 
 # robopt precision -> OpenVINO inference precision hint
 # Quantized graphs (NNCF Q/DQ, compressed weights) run their int8 parts in int8 whatever the
@@ -141,17 +150,19 @@ class OpenVinoBackend(Backend):
     runtime_module = "openvino"
     pip_extra = "openvino"
     precisions = tuple(PRECISION_HINTS)
+    quantizers = {  # noqa: RUF012 - read-only table
+        "int8": ("int8-nncf", {}),
+        "int8-weight": ("weight-only-nncf", {"bits": 8}),
+        "int4-weight": ("weight-only-nncf", {"bits": 4}),
+    }
+    multigraph = True
 
-    def build(
+    def _build(
         self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path
     ) -> Artifact:
         self.require()
         import openvino as ov
 
-        if options.precision not in PRECISION_HINTS:
-            raise BuildError(
-                f"openvino backend builds {list(PRECISION_HINTS)} here, not {options.precision!r}."
-            )
         opts = dict(getattr(profile, "backend_options", {}).get("openvino", {}))
         device = str(opts.get("device", "CPU"))
         hint = str(opts.get("performance_hint", "LATENCY")).upper()
@@ -233,6 +244,95 @@ class OpenVinoBackend(Backend):
     def runner(self, artifact: Artifact, threads: int | None = None) -> Runner:
         self.require()
         return OpenVinoRunner(artifact, threads)
+
+    def bare_loop(
+        self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None
+    ) -> BareLoop:
+        return OvBareLoop(artifact, feeds, threads)
+
+    def profile_layers(
+        self, model: Path, config: dict[str, Any], feeds: dict[str, Any], runs: int,
+        warmup: int, threads: int | None,
+    ) -> LayerProfile:  # fmt: skip
+        """OpenVINO's ``PERF_COUNT`` (``InferRequest.get_profiling_info``): each executed node
+        of the *compiled* graph (after OpenVINO's fusions) with ``real_time``, ``node_type``
+        and ``exec_type`` (the kernel chosen, which says which precision really ran)."""
+        import time
+
+        import openvino as ov
+
+        props = runtime_properties(config, threads)
+        props[ov.properties.enable_profiling()] = True  # "PERF_COUNT"
+        device = config.get("device", "CPU")
+        try:
+            compiled = ov.Core().compile_model(str(model), device, props)
+        except Exception as exc:  # a plugin's refusal has no common Python exception type
+            raise BackendUnavailableError(
+                f"OpenVINO cannot compile the engine for {device!r} here: {_ov_reason(exc)}."
+            ) from exc
+        request = compiled.create_infer_request()
+        for i, port in enumerate(compiled.inputs):
+            name = port.get_any_name()
+            if name not in feeds:
+                raise InputError(f"reference inputs lack {name!r}; the engine takes other inputs.")
+            request.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(feeds[name])))
+        executed = ov.ProfilingInfo.Status.EXECUTED
+        nodes: NodeTimes = {}
+        run_ms = []
+        for k in range(warmup + runs):
+            t0 = time.perf_counter()
+            request.infer()
+            dt = (time.perf_counter() - t0) * 1e3
+            if k < warmup:
+                continue
+            run_ms.append(dt)
+            for p in request.get_profiling_info():
+                if p.status == executed:
+                    add_node_time(nodes, p.node_name, p.node_type,
+                                  p.real_time.total_seconds() * 1e6,
+                                  exec_type=p.exec_type)  # fmt: skip
+        info = {
+            "method": "OpenVINO PERF_COUNT (InferRequest.get_profiling_info): real_time of "
+            "each executed node of the compiled graph",
+            "runtime_version": ov.get_version(),
+            "device": device,
+        }
+        return nodes, run_ms, info
+
+
+class OvBareLoop(BareLoop):
+    """OpenVINO's ``InferRequest.infer`` in a plain loop, with the runner's settings written
+    out again here (not shared with the runner: see ``BareLoop``)."""
+
+    def __init__(self, artifact: Artifact, feeds: dict[str, np.ndarray], threads: int | None):
+        model = member(artifact.root, artifact.config.get("model"),
+                       f"{artifact.root}: engine.config.model", artifact.files)  # fmt: skip
+        import openvino as ov
+
+        cfg = artifact.config
+        props: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": cfg.get("inference_precision_hint", "f32"),
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if threads:
+            props["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(str(model), cfg.get("device", "CPU"), props)
+        self.request = self.compiled.create_infer_request()
+        for i, port in enumerate(self.compiled.inputs):
+            arr = np.ascontiguousarray(feeds[port.get_any_name()])
+            self.request.set_input_tensor(i, ov.Tensor(arr))
+
+    def block(self, n: int) -> list[int]:
+        import time
+
+        infer, pc = self.request.infer, time.perf_counter_ns
+        out = []
+        for _ in range(n):
+            t0 = pc()
+            infer()
+            out.append(pc() - t0)
+        return out
 
 
 def _devices(device: str) -> list[str]:

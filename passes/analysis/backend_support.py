@@ -23,7 +23,6 @@ from typing import Any
 import onnx_ir as ir
 
 from robopt_compile.errors import UnknownNameError
-from robopt_compile.hwprofiles import KNOWN_BACKENDS
 from robopt_compile.passes.analysis.flops import (
     StaticShapes,
     infer_static_shapes,
@@ -31,6 +30,7 @@ from robopt_compile.passes.analysis.flops import (
 )
 from robopt_compile.passes.analysis.op_histogram import norm_domain, op_key
 from robopt_compile.passes.base import AnalysisPass
+from robopt_compile.targets import TARGETS
 
 _MAX_REASON = 300
 
@@ -380,8 +380,8 @@ class BackendSupportPass(AnalysisPass):
     ) -> None:
         super().__init__()
         for b in backends:
-            if b not in KNOWN_BACKENDS:
-                raise UnknownNameError("backend", b, KNOWN_BACKENDS)
+            if b not in TARGETS:
+                raise UnknownNameError("backend", b, list(TARGETS))
         self.backends = tuple(backends)
         self.options = {"openvino_device": openvino_device}
 

@@ -103,7 +103,7 @@ def target_status(profile: Any, backend_name: str) -> dict[str, Any]:
     ok, why = backend.availability()
     host_arch = platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
     if not ok:
-        if getattr(backend, "builds_without_runtime", False):
+        if backend.builds_without_runtime:
             return {
                 "build": "deferred",
                 "run": False,
@@ -136,7 +136,7 @@ def resolve_backend(profile: Any, requested: str | None):
                 f"it supports {list(profile.backends)}."
             )
         backend = get_backend(requested)
-        if not getattr(backend, "builds_without_runtime", False):
+        if not backend.builds_without_runtime:
             backend.require()
         return backend
     reasons = []
@@ -146,7 +146,7 @@ def resolve_backend(profile: Any, requested: str | None):
             continue
         backend = get_backend(name)
         ok, why = backend.availability()
-        if ok or getattr(backend, "builds_without_runtime", False):
+        if ok or backend.builds_without_runtime:
             return backend
         reasons.append(f"{name}: {why}")
     raise BackendUnavailableError(
@@ -160,11 +160,7 @@ def check_precision(profile: Any, backend: Any, precision: str) -> None:
             f"target {profile.name!r} does not support precision {precision!r}; "
             f"it supports {list(profile.precisions)}."
         )
-    if precision not in backend.precisions:
-        raise InputError(
-            f"backend {backend.name!r} does not build {precision!r} in this robopt version; "
-            f"it builds {list(backend.precisions)}."
-        )
+    backend.check_precision(precision)
 
 
 def check_options(opts: CompileOptions) -> None:
@@ -208,9 +204,7 @@ def compile_model(
         profile = resolve_profile(opts)
         backend = resolve_backend(profile, opts.backend)
         if opts.dla_core is not None:
-            if backend.name != "tensorrt":
-                raise InputError(f"--dla-core needs the tensorrt backend, not {backend.name!r}.")
-            backend.dla_core = opts.dla_core
+            backend.configure(dla_core=opts.dla_core)
         check_precision(profile, backend, opts.precision)
         bundle.check_output_dir(out, force)
         check_options(opts)
@@ -1199,7 +1193,7 @@ def _cached_build(
     config = {
         "implementation": implementation(type(backend), type(backend).build),
         "backend": backend.name,
-        "dla_core": getattr(backend, "dla_core", None),
+        "dla_core": backend.options.get("dla_core"),
         "profile": profile_fingerprint(profile),
         "options": asdict(build_opts),
     }
@@ -1251,7 +1245,7 @@ def bundle_key(
     config = {
         "implementation": implementation(type(backend), type(backend).build),
         "backend": backend.name,
-        "dla_core": getattr(backend, "dla_core", None),
+        "dla_core": backend.options.get("dla_core"),
         "profile": profile_fingerprint(profile),
         "profile_figures": _plain(profile),
         "options": {

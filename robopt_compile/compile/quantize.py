@@ -2,8 +2,9 @@
 calibration data, guard the accuracy on held-out data in the target runtime, search mixed
 precision when the bound is broken, and roll back when even that cannot meet it.
 
-Which pass serves which backend is one table (``PLAN``), not a chain of ifs: ONNX Runtime gets
-ONNX Runtime's quantizer, OpenVINO gets NNCF (the placement OpenVINO's int8 kernels expect).
+Which pass serves which backend is the backend's own table (``Backend.quantizers`` in
+``targets/``), not a chain of ifs: ONNX Runtime gets ONNX Runtime's quantizer, OpenVINO gets NNCF
+(the placement OpenVINO's int8 kernels expect).
 """
 
 from __future__ import annotations
@@ -18,21 +19,6 @@ import numpy as np
 from robopt_compile.errors import CheckFailedError, InputError
 from robopt_compile.precision import PRECISIONS
 
-# (backend, precision) -> (registered pass name, constructor kwargs)
-PLAN: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
-    ("onnxruntime", "int8"): ("int8-static-ort", {}),
-    ("onnxruntime", "int8-dynamic"): ("int8-dynamic", {}),
-    ("onnxruntime", "int8-weight"): ("weight-only-ort", {"bits": 8}),
-    ("onnxruntime", "int4-weight"): ("weight-only-ort", {"bits": 4}),
-    ("onnxruntime", "fp16"): ("float16", {"dtype": "fp16"}),
-    ("openvino", "int8"): ("int8-nncf", {}),
-    ("openvino", "int8-weight"): ("weight-only-nncf", {"bits": 8}),
-    ("openvino", "int4-weight"): ("weight-only-nncf", {"bits": 4}),
-    # TensorRT 10/11 strongly typed networks take their precision from the ONNX itself:
-    # explicit symmetric Q/DQ for int8 (implicit calibration is gone in TensorRT 11), fp16 types.
-    ("tensorrt", "int8"): ("int8-static-trt", {}),
-    ("tensorrt", "fp16"): ("float16", {"dtype": "fp16"}),
-}
 # Options a quantizer needs for that surgery to be exact (NNCF's SmoothQuant rescales weights,
 # so a layer put back in fp32 would not compute what the fp32 model does).
 SURGERY_OPTIONS: dict[str, dict[str, Any]] = {"int8-nncf": {"smooth_quant": False}}
@@ -41,7 +27,10 @@ RANDOM_HOLDOUT = 16  # samples when no --calibration is given for a data-free pr
 
 
 def needs_quantization(backend: str, precision: str) -> bool:
-    return (backend, precision) in PLAN
+    """Whether ``backend`` builds ``precision`` from a rewritten ONNX (``Backend.quantizers``)."""
+    from robopt_compile.targets import get_backend
+
+    return precision in get_backend(backend).quantizers
 
 
 @dataclass(frozen=True)
@@ -162,7 +151,7 @@ def quantize(
     from robopt_compile.passes.quantize.mixed_precision import search, sensitivities
     from robopt_compile.targets import BuildOptions
 
-    pass_name, base_kwargs = PLAN[(backend.name, precision)]
+    pass_name, base_kwargs = backend.quantizers[precision]
     bound = DEFAULT_MAX_DROP if opts.max_drop is None else opts.max_drop
     if bound < 0:
         raise InputError("--max-accuracy-drop must be >= 0.")

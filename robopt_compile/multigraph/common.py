@@ -11,15 +11,21 @@ from typing import Any
 
 from robopt_compile.errors import InputError
 
-BACKENDS = ("onnxruntime", "openvino")
+
+def multigraph_backends() -> list[str]:
+    """The backends that run multi-graph bundles (``Backend.multigraph``)."""
+    from robopt_compile.targets import TARGETS, get_backend
+
+    return [n for n in TARGETS if get_backend(n).multigraph]
 
 
 def check_backend(backend: Any, what: str) -> None:
-    """Multi-graph bundles are built with ONNX Runtime or OpenVINO; else one InputError."""
-    if backend.name not in BACKENDS:
+    """Multi-graph bundles are built with a backend that runs them; else one InputError."""
+    if not backend.multigraph:
+        names = multigraph_backends()
         raise InputError(
-            f"a {what} bundle is built with onnxruntime or openvino in this version, not "
-            f"{backend.name!r}; pass -b onnxruntime or -b openvino."
+            f"a {what} bundle is built with {' or '.join(names)} in this version, not "
+            f"{backend.name!r}; pass " + " or ".join(f"-b {n}" for n in names) + "."
         )
 
 

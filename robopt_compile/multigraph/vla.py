@@ -308,7 +308,11 @@ def validate(opts: Any, profile: Any, backend: Any) -> tuple[dict[str, str], str
     """What is refused before any work (one line each): the per-graph precisions, the
     OpenVINO activation precision and the decode runtime (``--decode-backend``; returned, or
     None when the decode steps run on ``backend``)."""
-    from robopt_compile.multigraph.common import BACKENDS, check_activations, check_backend
+    from robopt_compile.multigraph.common import (
+        check_activations,
+        check_backend,
+        multigraph_backends,
+    )
     from robopt_compile.targets import get_backend
 
     require_transformers()
@@ -327,8 +331,10 @@ def validate(opts: Any, profile: Any, backend: Any) -> tuple[dict[str, str], str
             return plan, activations, None
     if name is None or name == backend.name:
         return plan, activations, None
-    if name not in BACKENDS:
-        raise InputError(f"--decode-backend must be one of {', '.join(BACKENDS)}, not {name!r}.")
+    if name not in multigraph_backends():
+        raise InputError(
+            f"--decode-backend must be one of {', '.join(multigraph_backends())}, not {name!r}."
+        )
     decode = get_backend(name)
     decode.require()  # a missing runtime: one line, exit 3
     if plan["llm"] not in DECODE_PRECISIONS:

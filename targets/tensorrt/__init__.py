@@ -691,19 +691,22 @@ class TensorRTRunner(Runner):
 class TensorRTBackend(Backend):
     """TensorRT engines where TensorRT >= 10 and a CUDA GPU exist, deferred builds elsewhere.
 
-    Args:
-        dla_core: run on this DLA core with GPU fallback (else the profile's
-            ``backend_options.tensorrt.dla_core``; the profile's ``dla_cores`` bounds it).
+    Options (``configure``): ``dla_core``: run on this DLA core with GPU fallback (else the
+    profile's ``backend_options.tensorrt.dla_core``; the profile's ``dla_cores`` bounds it).
     """
 
     name = "tensorrt"
     runtime_module = "tensorrt"
     pip_extra = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
+    # TensorRT 10/11 strongly typed networks take their precision from the ONNX itself:
+    # explicit symmetric Q/DQ for int8 (implicit calibration is gone in TensorRT 11), fp16 types.
+    quantizers = {  # noqa: RUF012 - read-only table
+        "int8": ("int8-static-trt", {}),
+        "fp16": ("float16", {"dtype": "fp16"}),
+    }
     builds_without_runtime = True  # no TensorRT or GPU here: build() writes a deferred build
-
-    def __init__(self, dla_core: int | None = None) -> None:
-        self.dla_core = dla_core
+    option_names = ("dla_core",)
 
     def availability(self) -> tuple[bool, str]:
         """Needs the tensorrt module and a CUDA GPU (probed with cuda-python, not torch)."""
@@ -714,15 +717,11 @@ class TensorRTBackend(Backend):
             return False, why
         return True, f"{self.runtime_module} is installed and {why} is present"
 
-    def build(
+    def _build(
         self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path
     ) -> Artifact:
-        if options.precision not in self.precisions:
-            raise BuildError(
-                f"tensorrt backend builds {list(self.precisions)}, not {options.precision!r}."
-            )
         model_path = Path(model_path)
-        recipe = make_recipe(model_path, profile, options, self.dla_core)
+        recipe = make_recipe(model_path, profile, options, self.options.get("dla_core"))
         ok, why = self.availability()
         if ok:
             found = builder_here()

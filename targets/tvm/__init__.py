@@ -700,14 +700,10 @@ class TvmBackend(Backend):
     pip_extra = "tvm"
     precisions = ("fp32",)
 
-    def build(
+    def _build(
         self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path
     ) -> Artifact:
         self.require()
-        if options.precision not in self.precisions:
-            raise BuildError(
-                f"tvm backend builds {list(self.precisions)} here, not {options.precision!r}."
-            )
         if options.dynamic_batch is not None:
             raise BuildError(
                 "the tvm backend builds static shapes: drop --dynamic-batch for --backend tvm."

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from robopt_compile.bench.harness import (
-    BARE_LOOPS,
     bare_loop_p50,
     compare_outputs,
     measure_overhead,
@@ -158,7 +157,7 @@ def test_bare_loop_uses_the_runner_settings(bundle: Path, threads: int | None) -
     artifact = Artifact.from_json(engine, bundle / engine["dir"])
     with np.load(bundle / "reference" / "inputs.npz") as z:
         feeds = {k: z[k] for k in z.files}
-    loop = BARE_LOOPS[name](artifact, feeds, threads)
+    loop = get_backend(name).bare_loop(artifact, feeds, threads)
     with get_backend(name).runner(artifact, threads) as runner:
         handle = runner.session if name == "onnxruntime" else runner.compiled
         bare = loop.session if name == "onnxruntime" else loop.compiled

@@ -392,7 +392,7 @@ def test_availability_needs_tensorrt_and_a_gpu(
 
 
 def build_deferred(tmp_path: Path, model: Path, prof: Any = None, **opts: Any):
-    backend = trt_backend.TensorRTBackend(dla_core=opts.pop("dla_core", None))
+    backend = trt_backend.TensorRTBackend().configure(dla_core=opts.pop("dla_core", None))
     return backend.build(model, prof or profile(), BuildOptions(**opts), tmp_path / "engine")
 
 
