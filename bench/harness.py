@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
-import platform
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ from robopt_compile.targets.base import BareLoop
 from .compress import materialize_engine
 from .control import paced_loop
 from .deferred import complete_deferred, is_deferred, require_device_build
+from .machine import machine_summary, memory_summary, rss_bytes, runtime_version
 from .manifest import MANIFEST, load_manifest, runtimes
 from .stats import control_loop_stats, latency_stats
 
@@ -48,7 +46,7 @@ class _Bundle:
     build_ms: float | None = None  # time to build a deferred engine now (None: none was built)
 
 
-def _open_bundle(bundle_dir: str | Path, verify: bool) -> _Bundle:
+def open_bundle(bundle_dir: str | Path, verify: bool) -> _Bundle:
     root = Path(bundle_dir)
     manifest = load_manifest(root, verify=verify)
     backend = get_backend(manifest["backend"])
@@ -79,101 +77,15 @@ def _first_line(exc: BaseException) -> str:
 def _reference(b: _Bundle, key: str) -> dict[str, np.ndarray]:
     """The bundle's reference ``inputs`` or ``outputs`` (a checked file of the bundle)."""
     rel = b.manifest["reference"][key]
-    return _load_npz(member(b.root, rel, f"{b.root / MANIFEST}: reference.{key}"))
+    return load_npz(member(b.root, rel, f"{b.root / MANIFEST}: reference.{key}"))
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as exc:
         raise InputError(f"cannot read {path}: {_first_line(exc)}; the bundle is corrupt.") from exc
-
-
-# --- memory and machine ---------------------------------------------------------------------
-
-
-def rss_bytes() -> int | None:
-    """Current resident set size from /proc/self/statm (Linux); None elsewhere."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _peak_rss_bytes() -> int | None:
-    """The process's lifetime peak RSS (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def _mib(n: int | None) -> float | None:
-    return None if n is None else n / (1 << 20)
-
-
-def memory_summary(rss0: int | None, rss_loaded: int | None, rss_runs: int | None) -> dict:
-    """A result's ``memory``: the process's peak RSS and its RSS before the engine(s) load,
-    after they load and after the timed runs, in MiB (None where the OS does not say)."""
-    return {
-        "peak_rss_mib": _mib(_peak_rss_bytes()),
-        "rss_before_load_mib": _mib(rss0),
-        "rss_after_load_mib": _mib(rss_loaded),
-        "rss_after_runs_mib": _mib(rss_runs),
-        "rss_increase_mib": _mib(None if rss0 is None or rss_runs is None else rss_runs - rss0),
-    }
-
-
-def _cpu_model() -> str:
-    """The CPU's marketing name; ARM boards often have none, so fall back to the board model."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        info = ""
-    for key in ("model name", "Hardware", "Model", "cpu model"):
-        for line in info.splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == key and value.strip():
-                return value.strip()
-    with contextlib.suppress(OSError):
-        return Path("/proc/device-tree/model").read_text().strip("\x00\n ")
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _runtime_version(module: str) -> str | None:
-    mod = sys.modules.get(module)
-    version = getattr(mod, "__version__", None)
-    if version:
-        return str(version)
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version(module)
-    except PackageNotFoundError:
-        return None
-
-
-def machine_summary(runtime_module: str) -> dict[str, Any]:
-    """What a result needs to be comparable: CPU, cores, OS, runtime version, load."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return {
-        "platform": platform.platform(),
-        "arch": platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cores_logical": os.cpu_count(),
-        "cores_available": len(affinity(0)) if affinity else os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "runtime": runtime_module,
-        "runtime_version": _runtime_version(runtime_module),
-        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
 
 
 # --- fidelity --------------------------------------------------------------------------------
@@ -271,7 +183,7 @@ def _batch(feeds: dict[str, np.ndarray]) -> int:
     return int(first.shape[0]) if first.ndim else 1
 
 
-def _enter_runner(stack: contextlib.ExitStack, b: _Bundle, threads: int | None) -> Runner:
+def enter_runner(stack: contextlib.ExitStack, b: _Bundle, threads: int | None) -> Runner:
     try:
         return stack.enter_context(b.backend.runner(b.artifact, threads))
     except RoboptError:
@@ -281,7 +193,7 @@ def _enter_runner(stack: contextlib.ExitStack, b: _Bundle, threads: int | None) 
         raise BackendUnavailableError(
             f"{b.backend.name} could not load the engine: {_first_line(exc)} (engine built "
             f"with {built or 'unknown versions'}; runtime here "
-            f"{_runtime_version(b.backend.runtime_module)})."
+            f"{runtime_version(b.backend.runtime_module)})."
         ) from exc
 
 
@@ -339,9 +251,9 @@ def run_benchmark(
         res["machine"] = machine_summary(get_backend(manifest["backend"]).runtime_module)
         others = [get_backend(b).runtime_module for b in runtimes(manifest)[1:]]
         if others:  # e.g. a VLA whose decode steps run on a second runtime
-            res["machine"]["other_runtimes"] = {m: _runtime_version(m) for m in others}
+            res["machine"]["other_runtimes"] = {m: runtime_version(m) for m in others}
         return res
-    b = _open_bundle(bundle_dir, verify=False)
+    b = open_bundle(bundle_dir, verify=False)
     check_ms = (time.perf_counter() - t0) * 1e3 - (b.unpack_ms or 0.0) - (b.build_ms or 0.0)
     ref = b.manifest["reference"]
     ref_in, ref_out = _reference(b, "inputs"), _reference(b, "outputs")
@@ -349,7 +261,7 @@ def run_benchmark(
 
     with contextlib.ExitStack() as stack:
         t0 = time.perf_counter()
-        runner = _enter_runner(stack, b, threads)
+        runner = enter_runner(stack, b, threads)
         load_ms = (time.perf_counter() - t0) * 1e3
         rss_loaded = rss_bytes()
 
@@ -437,7 +349,7 @@ def bare_loop_p50(
     The floor the harness is compared against: no runner, no ``bind``, no progress hook.
     """
     _check_counts(runs, warmup, threads)
-    b = _open_bundle(bundle_dir, verify)
+    b = open_bundle(bundle_dir, verify)
     feeds = _reference(b, "inputs")
     loop = _bare_loop(b, feeds, threads)
     with _gc_paused():
@@ -472,12 +384,12 @@ def measure_overhead(
         raise InputError(f"blocks must be >= 1 (got {blocks}).")
     blocks = min(blocks, runs)
     sizes = [runs // blocks + (k < runs % blocks) for k in range(blocks)]
-    b = _open_bundle(bundle_dir, verify)
+    b = open_bundle(bundle_dir, verify)
     ref_in = _reference(b, "inputs")
     harness: list[int] = []
     bare: list[int] = []
     with contextlib.ExitStack() as stack:
-        runner = _enter_runner(stack, b, threads)
+        runner = enter_runner(stack, b, threads)
         feeds = _check_feeds(runner, ref_in, "reference/inputs.npz")
         fn = runner.bind(feeds)
         _call(fn, "reference inputs")

@@ -131,7 +131,7 @@ def run_graph_benchmark(
     keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Fidelity of the driver loop on the reference observations, then ``runs`` timed steps."""
-    from .harness import memory_summary, rss_bytes
+    from .machine import memory_summary, rss_bytes
 
     ref = manifest["reference"]
     obs = load_arrays(member(root, ref["inputs"], "manifest.json: reference.inputs"))

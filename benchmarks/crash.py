@@ -36,7 +36,8 @@ def bench_crash(
     work: Path, log: Callable[[str], None], rounds: int = 20, seed: int = 0
 ) -> dict[str, Any]:
     from robopt_compile.bench.manifest import load_manifest
-    from robopt_compile.store.db import open_store, utc_now
+    from robopt_compile.store import open_store
+    from robopt_compile.store.records import utc_now
 
     rng = random.Random(seed)
     store_dir = work / "crash-store"

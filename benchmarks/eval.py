@@ -52,7 +52,8 @@ def crude_int4(src: Path, dst: Path) -> int:
 def _build(
     source: str, out: Path, log: Callable[[str], None], **kw: Any
 ) -> tuple[Path | None, dict[str, Any]]:
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.compile.options import CompileOptions
+    from robopt_compile.compile.pipeline import compile_model
     from robopt_compile.errors import RoboptError
 
     t0 = time.perf_counter()
@@ -72,8 +73,8 @@ def _build(
 
 
 def bench_model(name: str, work: Path, episodes: int, log: Callable[[str], None]) -> dict:
-    from robopt_compile.compile.quantize import QuantOptions
-    from robopt_compile.evaluate import closed_loop as ev
+    from robopt_compile import evaluate as ev
+    from robopt_compile.compile.options import QuantOptions
     from robopt_compile.tasks import get_task
     from robopt_compile.zoo import ZOO
 

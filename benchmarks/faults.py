@@ -231,9 +231,10 @@ def bench_faults(
     work: Path, log: Callable[[str], None], model: str = "state-mlp"
 ) -> dict[str, Any]:
     """Replay each attack on a fresh ``robopt-bench serve``; the outcomes (see module doc)."""
-    from robopt_compile.bench.harness import machine_summary
+    from robopt_compile.bench.machine import machine_summary
     from robopt_compile.bench.remote import pack_bundle
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.compile.options import CompileOptions
+    from robopt_compile.compile.pipeline import compile_model
 
     work.mkdir(parents=True, exist_ok=True)
     bundle = work / f"faults-{model}"

@@ -76,8 +76,7 @@ def _recipes(name: str, base: Any, crit: Any, work: Path, runs: int, log: Callab
 
 
 def bench_planner(work: Path, log: Callable[[str], None], runs: int = 200) -> dict[str, Any]:
-    from robopt_compile.compile.pipeline import CompileOptions
-    from robopt_compile.compile.quantize import QuantOptions
+    from robopt_compile.compile.options import CompileOptions, QuantOptions
     from robopt_compile.plan.planner import choose, objective_of
     from robopt_compile.plan.search import plan_and_search
 

@@ -51,9 +51,8 @@ def bench_prune(
 
 
 def _compile(source: str, out: Path, **kw: Any) -> tuple[Path, Any, float]:
-    from robopt_compile.compile.compress import CompressOptions
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
-    from robopt_compile.compile.quantize import QuantOptions
+    from robopt_compile.compile.options import CompileOptions, CompressOptions, QuantOptions
+    from robopt_compile.compile.pipeline import compile_model
 
     quant = QuantOptions(calibration=kw.pop("calibration"))
     comp = CompressOptions(

@@ -103,8 +103,8 @@ def bench_quant(workdir: Path, rounds: int, per_round: int, log: Callable[[str],
     from robopt_compile import ir as rir
     from robopt_compile.compile.accuracy import accuracy_figures
     from robopt_compile.compile.frontend import export_torch
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
-    from robopt_compile.compile.quantize import QuantOptions
+    from robopt_compile.compile.options import CompileOptions, QuantOptions
+    from robopt_compile.compile.pipeline import compile_model
     from robopt_compile.targets import Artifact, get_backend
     from robopt_compile.zoo import load_zoo
 

@@ -79,7 +79,8 @@ class LoopbackServer:
 
 
 def _compile(model: str, workdir: Path, log: Callable[[str], None]) -> Path:
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.compile.options import CompileOptions
+    from robopt_compile.compile.pipeline import compile_model
 
     bundle = workdir / f"remote-{model}-onnxruntime"
     log(f"[bench] remote: compiling zoo:{model} for host, onnxruntime, 1 thread")
@@ -114,7 +115,8 @@ def run_remote_section(
         remote overheads (``pack_ms``, ``upload_ms``, ``validate_ms``, ``queue_wait_ms``), the
         calls' wall times, and every round.
     """
-    from robopt_compile.bench.harness import machine_summary, run_benchmark
+    from robopt_compile.bench.harness import run_benchmark
+    from robopt_compile.bench.machine import machine_summary
     from robopt_compile.bench.remote import remote_benchmark
 
     workdir.mkdir(parents=True, exist_ok=True)

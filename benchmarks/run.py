@@ -74,7 +74,8 @@ def bench_model(name: str, workdir: Path, rounds: int, per_round: int) -> dict[s
 
     from robopt_compile import ir as rir
     from robopt_compile.compile.frontend import export_torch
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.compile.options import CompileOptions
+    from robopt_compile.compile.pipeline import compile_model
     from robopt_compile.numerics import compare, worst
     from robopt_compile.targets import Artifact, get_backend
     from robopt_compile.zoo import load_zoo
@@ -179,7 +180,7 @@ def bench_startup(repeats: int = 7) -> dict[str, float]:
 
 
 def _machine() -> str:
-    from robopt_compile.bench.harness import machine_summary
+    from robopt_compile.bench.machine import machine_summary
     from robopt_compile.compile.bundle import tool_versions
 
     m = machine_summary("onnxruntime")

@@ -50,7 +50,8 @@ def _start(bundle: Path, cache: Path) -> dict[str, float]:
 
 
 def bench_openvino_cache(workdir: Path, log: Callable[[str], None], repeats: int = 5) -> dict:
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.compile.options import CompileOptions
+    from robopt_compile.compile.pipeline import compile_model
 
     rows = []
     for model, precision in (("visuomotor-cnn", "fp32"), ("visuomotor-cnn", "bf16"),

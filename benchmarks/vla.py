@@ -161,8 +161,7 @@ def bench_vla(work: Path, log: Callable[[str], None], runs: int = 15) -> dict[st
     """Eager vs every build, timed interleaved; the 7B estimates per Jetson profile."""
     import torch
 
-    from robopt_compile.compile.pipeline import CompileOptions
-    from robopt_compile.compile.quantize import QuantOptions
+    from robopt_compile.compile.options import CompileOptions, QuantOptions
     from robopt_compile.multigraph.estimates import jetson_table
     from robopt_compile.multigraph.vla import HELDOUT_SEED
     from robopt_compile.zoo.vla import OPENVLA_7B, describe, make_vla
@@ -237,7 +236,7 @@ def bench_diffusion(work: Path, log: Callable[[str], None], runs: int) -> dict[s
     """diffusion-policy: eager control step (10 DDIM steps) vs the bundles, interleaved."""
     import torch
 
-    from robopt_compile.compile.pipeline import CompileOptions
+    from robopt_compile.compile.options import CompileOptions
     from robopt_compile.multigraph.diffusion import HELDOUT_SEED
     from robopt_compile.zoo.diffusion import DIFFUSION, describe, make_diffusion
 

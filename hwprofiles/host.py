@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import MappingProxyType
 
-from robopt_compile.hwprofiles import Figure, HardwareProfile
+from robopt_compile.hwprofiles.schema import Figure, HardwareProfile
 
 # Ops per cycle per core, for the widest ISA the CPU reports (two FMA pipes assumed on
 # AVX-512/AVX2 cores: Intel Optimization Reference Manual, AMD Zen 4/5 Software Optimization

@@ -177,7 +177,7 @@ class Backend(abc.ABC):
         """
         for key in options:
             if key not in self.option_names:
-                from robopt_compile.targets import TARGETS, get_backend
+                from robopt_compile.targets.registry import TARGETS, get_backend
 
                 takers = [n for n in TARGETS if key in get_backend(n).option_names]
                 flag = "--" + key.replace("_", "-")
@@ -257,7 +257,7 @@ class Backend(abc.ABC):
         Raises:
             BackendUnavailableError: this backend has no profiler robopt reads.
         """
-        from robopt_compile.targets import TARGETS, get_backend
+        from robopt_compile.targets.registry import TARGETS, get_backend
 
         have = [n for n in TARGETS
                 if type(get_backend(n)).profile_layers is not Backend.profile_layers]  # fmt: skip

@@ -1,10 +1,11 @@
 """What ``robopt-bench serve`` checks of a request before it becomes a job (docs/REMOTE.md).
 
-The limits (every default in one table), the query's benchmark settings (bounded), the request
-body read under deadlines (a whole-header deadline and a minimum average upload rate, not only a
-per-read timeout a client resets with every byte it drips), and the unpacked bundle's check:
-every path its manifest names is judged on its own before anything is opened, then
-``load_manifest(verify=True)``. Answers never name a server path.
+The limits (every default in one table), wrong tokens counted per address (``AuthLimiter``),
+the query's benchmark settings (bounded), the request body read under deadlines (a whole-header
+deadline and a minimum average upload rate, not only a per-read timeout a client resets with
+every byte it drips), and the unpacked bundle's check: every path its manifest names is judged
+on its own before anything is opened, then ``load_manifest(verify=True)``. Answers never name a
+server path.
 
 Standard library only.
 """
@@ -17,8 +18,10 @@ import json
 import math
 import os
 import socket
+import threading
 import time
 import urllib.parse
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -61,6 +64,40 @@ class HTTPError(Exception):
         self.status = status
         self.message = " ".join(message.split())
         self.headers = headers or {}
+
+
+# --- wrong tokens ----------------------------------------------------------------------------
+
+
+class AuthLimiter:
+    """Wrong tokens per client address in a sliding window; memory bounded."""
+
+    def __init__(self, max_failures: int, window_s: float, max_addresses: int = 4096) -> None:
+        self.max_failures, self.window_s, self.max_addresses = max_failures, window_s, max_addresses
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until ``address`` may try again, or None when it may now."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._failures.get(address)
+            if seen is None:
+                return None
+            while seen and seen[0] <= now - self.window_s:
+                seen.popleft()
+            if len(seen) < self.max_failures:
+                return None
+            return max(1, math.ceil(seen[0] + self.window_s - now))
+
+    def failed(self, address: str) -> None:
+        """Count one wrong token from ``address`` (the least recent address goes first)."""
+        with self._lock:
+            seen = self._failures.setdefault(address, deque(maxlen=self.max_failures))
+            seen.append(time.monotonic())
+            self._failures.move_to_end(address)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
 
 
 # --- request settings ------------------------------------------------------------------------

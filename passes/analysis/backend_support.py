@@ -30,7 +30,7 @@ from robopt_compile.passes.analysis.flops import (
 )
 from robopt_compile.passes.analysis.op_histogram import norm_domain, op_key
 from robopt_compile.passes.base import AnalysisPass
-from robopt_compile.targets import TARGETS
+from robopt_compile.targets.registry import TARGETS
 
 _MAX_REASON = 300
 

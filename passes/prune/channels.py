@@ -16,7 +16,7 @@ Importance criteria:
   silent on real data (or dead after a ReLU) go first. Needs calibration samples.
 
 First-order Taylor (``|a * dL/da|``) needs gradients of a loss, which an ONNX graph does not
-give; the distillation step (``robopt_compile.distill.distill``) is where gradients are used.
+give; the distillation step (``robopt_compile.distill``) is where gradients are used.
 
 Ratios: a layer ratio (each group loses ``ratio`` of its channels), ``scope="global"`` (the
 lowest ``ratio`` of all candidate channels, scores normalised per group, at least

@@ -138,7 +138,7 @@ def _source_options(f: Any) -> Any:
 
 
 def _options(kw: dict[str, Any], **extra: Any):
-    from robopt_compile.compile.pipeline import CompileOptions
+    from robopt_compile.compile.options import CompileOptions
 
     return CompileOptions(
         target=kw["target"],
@@ -441,10 +441,9 @@ def compile_cmd(
         raise click.UsageError("Missing option '-o' / '--output'.")
     out = out if out is not None else Path("plan-only")
     token = _device_token(device, token_file)  # before the build: fail fast on a bad file
-    from robopt_compile.compile.compress import CompressOptions
+    from robopt_compile.compile.options import CompressOptions, QuantOptions
     from robopt_compile.compile.pipeline import compile_model
-    from robopt_compile.compile.quantize import QuantOptions
-    from robopt_compile.evaluate.closed_loop import Criteria, parse_eval_spec
+    from robopt_compile.evaluate import Criteria, parse_eval_spec
 
     quant = QuantOptions(
         calibration=calibration,
@@ -640,7 +639,7 @@ def _run_planner(
         crit_kw["max_accuracy_drop"] = max_accuracy_drop
     criteria = OptimizationCriteria(**crit_kw)
     source = kw["source"]
-    from robopt_compile.evaluate.closed_loop import task_for_source
+    from robopt_compile.evaluate import task_for_source
 
     if opts.quant.calibration is None and task_for_source(source):
         # A trained policy with a task: calibrate on what it sees doing the task.
@@ -650,7 +649,7 @@ def _run_planner(
     backends = (opts.backend,) if opts.backend is not None else None
     as_json = kw["as_json"]
     log = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
-    from robopt_compile.store.db import open_store
+    from robopt_compile.store import open_store
 
     store = open_store(store_spec)  # sessions, measurements and the planner's memory
     try:
@@ -692,7 +691,7 @@ def _resume(kw: dict[str, Any], resume_id: str, store_spec: str | None) -> None:
     global _RESUMING
     from robopt_compile.compile.session import compile_command
     from robopt_compile.plan.search import RUN_KEY, resume_search
-    from robopt_compile.store.db import StoreError, open_store
+    from robopt_compile.store import StoreError, open_store
 
     as_json = kw["as_json"]
     store = open_store(store_spec, create=False)
@@ -993,7 +992,7 @@ def analyze_cmd(precision: str, top: int, **kw: Any) -> None:
     """Print facts about SOURCE for a target: ops, params, FLOPs, memory, roofline, support."""
     from robopt_compile.compile import analysis
     from robopt_compile.compile.frontend import load_source
-    from robopt_compile.compile.pipeline import build_passes, check_options, resolve_profile
+    from robopt_compile.compile.resolve import build_passes, check_options, resolve_profile
     from robopt_compile.passes.base import DumpIRInstrument, PassRunner
 
     opts = _options(kw, precision=precision)
@@ -1100,7 +1099,7 @@ def report_cmd(
     bundle_dir: Path, profile_layers: bool, runs: int, as_json: bool, debug: bool
 ) -> None:
     """Write BUNDLE_DIR/report.html (self-contained, offline) and report.md (for CI)."""
-    from robopt_compile.report.html import refresh_reports
+    from robopt_compile.report import refresh_reports
 
     paths = refresh_reports(
         bundle_dir, profile_layers, runs, lambda m: click.echo(f"{PROG}: warning: {m}", err=True)
@@ -1117,7 +1116,7 @@ def report_cmd(
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def targets_cmd(as_json: bool, debug: bool) -> None:
     """List board profiles, their backends and whether each runs on this machine."""
-    from robopt_compile.compile.pipeline import target_status
+    from robopt_compile.compile.resolve import target_status
     from robopt_compile.hwprofiles import load_profile, profile_aliases, profile_names
     from robopt_compile.targets import TARGETS, get_backend
 
@@ -1234,9 +1233,9 @@ def evaluate_cmd(
     """
     import contextlib
 
+    from robopt_compile import evaluate as ev
     from robopt_compile.bench.manifest import load_manifest
     from robopt_compile.bench.results import save_result
-    from robopt_compile.evaluate import closed_loop as ev
     from robopt_compile.tasks import get_task
 
     manifest = load_manifest(bundle_dir, verify=False)
@@ -1349,7 +1348,7 @@ def format_open_loop(r: dict[str, Any]) -> str:
 
 def _regenerate_report(bundle_dir: Path) -> None:
     """Rewrite report.html/report.md with the new results (never fails the command)."""
-    from robopt_compile.report.html import refresh_reports
+    from robopt_compile.report import refresh_reports
 
     try:
         refresh_reports(bundle_dir, warn=lambda m: click.echo(f"{PROG}: warning: {m}", err=True))
@@ -1376,7 +1375,7 @@ def _store_options(f: Any) -> Any:
 
 
 def _open_existing_store(spec: str | None):
-    from robopt_compile.store.db import open_store
+    from robopt_compile.store import open_store
 
     return open_store(spec, create=False)
 
@@ -1513,7 +1512,7 @@ def store_ls_cmd(
 @_store_options
 def store_show_cmd(item_id: str, store_spec: str | None, as_json: bool, debug: bool) -> None:
     """Show a model (id or prefix) or, failing that, an artifact (sha256 or prefix)."""
-    from robopt_compile.store.db import UnknownIdError
+    from robopt_compile.store import UnknownIdError
 
     with _open_existing_store(store_spec) as store:
         try:

@@ -122,7 +122,7 @@ class Evaluator:
     metric_name: str = "relative_l2"
     runs: int = 0  # how many candidates were evaluated (for the report)
 
-    # Closed-loop task guard (evaluate.closed_loop.ClosedLoopGuard): when set, the drop
+    # Closed-loop task guard (evaluate.ClosedLoopGuard): when set, the drop
     # is the task's return or success drop on seeded episodes, not the output error.
     closed_loop: Any = None
 

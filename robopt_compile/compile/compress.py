@@ -26,21 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from robopt_compile.compile.options import CompressOptions
 from robopt_compile.errors import CheckFailedError, InputError
 
 RANDOM_SAMPLES = 64  # with no --calibration: random inputs, half held out
-
-
-@dataclass(frozen=True)
-class CompressOptions:
-    prune: tuple[str, ...] = ()  # "channels:0.5,criterion=l1", "2:4", "unstructured:0.8"
-    prune_layers: tuple[str, ...] = ()  # "NODE=RATIO" overrides for channel pruning
-    low_rank: str | None = None  # "energy=0.95" | "rank=0.25"
-    distill: str | None = None  # "steps=2000,lr=1e-3,batch=8,loss=mse"
-
-    @property
-    def active(self) -> bool:
-        return bool(self.prune or self.low_rank)
 
 
 def parse_spec(text: str, flag: str, head_keys: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
@@ -266,7 +255,7 @@ def compress(
         entry["figures_before"] = last_fig
         entry["figures"] = fig
         if dist is not None and name in ("prune-channels", "low-rank"):
-            from robopt_compile.distill.distill import distill
+            from robopt_compile.distill import distill
 
             note("distill", "start", 0.0)
 

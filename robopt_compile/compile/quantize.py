@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from robopt_compile.compile.options import QuantOptions
 from robopt_compile.errors import CheckFailedError, InputError
 from robopt_compile.precision import PRECISIONS
 
@@ -31,21 +32,6 @@ def needs_quantization(backend: str, precision: str) -> bool:
     from robopt_compile.targets import get_backend
 
     return precision in get_backend(backend).quantizers
-
-
-@dataclass(frozen=True)
-class QuantOptions:
-    calibration: str | None = None  # folder, .npz, module:iterator or "random"
-    method: str | None = None  # calibration method: minmax, entropy, percentile
-    max_drop: float | None = None  # None: DEFAULT_MAX_DROP
-    strict: bool = False
-    metric: str | None = None  # module:function
-    # evaluate.closed_loop.ClosedLoopGuard: judge candidates by closed-loop task figures.
-    closed_loop: Any = None
-    measure_sensitivity: bool = False
-    block_size: int | None = None  # weight-only block/group size
-    holdout_fraction: float = 0.25
-    seed: int = 0
 
 
 @dataclass
@@ -108,7 +94,7 @@ def _data(model: Any, opts: QuantOptions, precision: str):
 def evaluation_backend(backend: Any, profile: Any) -> tuple[Any, str]:
     """The backend that scores candidates: the target's own when it runs here, else ONNX
     Runtime on the same Q/DQ graph (a TensorRT or cross-compiled target), said in the report."""
-    from robopt_compile.compile.pipeline import target_status
+    from robopt_compile.compile.resolve import target_status
     from robopt_compile.targets import get_backend
 
     status = target_status(profile, backend.name)

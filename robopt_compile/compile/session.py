@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from robopt_compile.store.db import Store, StoreError, open_store
+from robopt_compile.store import Store, StoreError, open_store
 
 Progress = Callable[[str, str, float], None]
 COMPILE_KEY = "_compile"  # in a session's criteria: the command to re-run on --resume

@@ -155,9 +155,9 @@ def multigraph_key(
     from robopt_compile.jsonutil import json_sha
     from robopt_compile.store.cache import (
         Uncacheable,
-        _plain,
         data_identity,
         implementation,
+        plain_data,
         profile_fingerprint,
         sha256_tree,
     )
@@ -177,7 +177,7 @@ def multigraph_key(
         "implementation": implementation(type(backend), type(backend).build),
         "backend": backend.name,
         "profile": profile_fingerprint(profile),
-        "profile_figures": _plain(profile),
+        "profile_figures": plain_data(profile),
         "options": {
             "precision": opts.precision,
             "activations": opts.activations,
@@ -203,8 +203,10 @@ def compile_cached(
     building and checking again; a new bundle is stored for next time, unless it is larger
     than ROBOPT_STORE_BUNDLE_MAX_MB (default 512; openvla-mini at fp32 is about 1 GB). The
     cache never fails a compile: a problem is one warning and the full build."""
-    from robopt_compile.compile.pipeline import _cache_note, _stage, reuse_bundle
+    from robopt_compile.compile.reuse import reuse_bundle
     from robopt_compile.compile.session import bundle_max_bytes, tree_bytes
+    from robopt_compile.compile.stages import cache_note as _cache_note
+    from robopt_compile.compile.stages import stage as _stage
     from robopt_compile.store.cache import BuildCache
 
     cache = BuildCache.open(lambda m: progress(m, "note", 0.0)) if opts.cache else None

@@ -100,8 +100,9 @@ def compile_diffusion(
     from robopt_compile.bench.driver import DdimDriver
     from robopt_compile.bench.multigraph import chunk_fidelity
     from robopt_compile.compile import bundle
-    from robopt_compile.compile.pipeline import CompileResult, _stage, write_report
     from robopt_compile.compile.quantize import quantize
+    from robopt_compile.compile.stages import CompileResult, write_report
+    from robopt_compile.compile.stages import stage as _stage
     from robopt_compile.multigraph.common import build_graphs, graph_entries, manifest_common, seal
     from robopt_compile.passes.base import PassRunner
     from robopt_compile.zoo.diffusion import describe, make_diffusion

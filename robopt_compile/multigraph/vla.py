@@ -321,7 +321,7 @@ def validate(opts: Any, profile: Any, backend: Any) -> tuple[dict[str, str], str
     activations = check_activations(opts, backend, profile, opts.precision == "bf16")
     name = opts.decode_backend
     if name == "auto":  # the other runtime, when it can be built and timed here
-        from robopt_compile.compile.pipeline import target_status
+        from robopt_compile.compile.resolve import target_status
 
         name = "onnxruntime" if backend.name == "openvino" else "openvino"
         other = get_backend(name)
@@ -359,7 +359,8 @@ def compile_vla(
     from robopt_compile.bench.driver import VlaGreedyDriver
     from robopt_compile.bench.multigraph import token_fidelity
     from robopt_compile.compile import bundle
-    from robopt_compile.compile.pipeline import CompileResult, _stage, write_report
+    from robopt_compile.compile.stages import CompileResult, write_report
+    from robopt_compile.compile.stages import stage as _stage
     from robopt_compile.multigraph.common import build_graphs, graph_entries, manifest_common, seal
     from robopt_compile.numerics import judge
     from robopt_compile.passes import get_pass_class

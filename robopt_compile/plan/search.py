@@ -121,14 +121,14 @@ def engine_drop(bundle: Path) -> float:
 
     import numpy as np
 
-    from robopt_compile.bench.harness import _enter_runner, _load_npz, _open_bundle
+    from robopt_compile.bench.harness import enter_runner, load_npz, open_bundle
 
-    b = _open_bundle(bundle, verify=False)
+    b = open_bundle(bundle, verify=False)
     ref = b.manifest["reference"]
-    feeds = _load_npz(b.root / ref["inputs"])
-    want = _load_npz(b.root / ref["outputs"])
+    feeds = load_npz(b.root / ref["inputs"])
+    want = load_npz(b.root / ref["outputs"])
     with contextlib.ExitStack() as stack:
-        got = _enter_runner(stack, b, 1).infer(feeds)
+        got = enter_runner(stack, b, 1).infer(feeds)
     num = sum(float(np.sum((np.asarray(got[k], np.float64) - want[k]) ** 2)) for k in want)
     den = sum(float(np.sum(np.asarray(want[k], np.float64) ** 2)) for k in want)
     return (num / den) ** 0.5 if den else num**0.5
@@ -198,8 +198,9 @@ def plan_and_search(
 ) -> SearchResult:
     """Plan, then build and measure within the budget; the best plan's bundle goes to ``out``."""
     from robopt_compile.compile import bundle as bundle_mod
-    from robopt_compile.compile.pipeline import compile_model, resolve_profile, target_status
-    from robopt_compile.evaluate.closed_loop import evaluation_drop
+    from robopt_compile.compile.pipeline import compile_model
+    from robopt_compile.compile.resolve import resolve_profile, target_status
+    from robopt_compile.evaluate import evaluation_drop
     from robopt_compile.targets import TARGETS, get_backend
 
     t0 = time.perf_counter()
@@ -418,8 +419,7 @@ def resume_search(
     """
     import json
 
-    from robopt_compile.compile.pipeline import CompileOptions
-    from robopt_compile.compile.quantize import QuantOptions
+    from robopt_compile.compile.options import CompileOptions, QuantOptions
     from robopt_compile.plan.planner import OptimizationCriteria
 
     rec = store.get_session(session_id)
@@ -431,7 +431,7 @@ def resume_search(
         if crit_json.get(k) is not None:
             crit_json[k] = tuple(crit_json[k])
     criteria = OptimizationCriteria(**crit_json)
-    from robopt_compile.evaluate.closed_loop import EvalSpec
+    from robopt_compile.evaluate import EvalSpec
 
     base = CompileOptions(
         target=run["target"],

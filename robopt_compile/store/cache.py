@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.jsonutil import canonical_json, sha256_file, sha256_tree
-from robopt_compile.store.db import Store, StoreError, open_store, utc_now
+from robopt_compile.store.records import StoreError, utc_now
+from robopt_compile.store.store import Store, open_store
 
 CACHE_FORMAT = "robopt-cache/1"
 # The tools whose versions enter every key (what exports, transforms and builds depend on).
@@ -88,7 +89,7 @@ def profile_fingerprint(profile: Any) -> dict[str, Any]:
     the roofline figures (:data:`PROFILE_FIGURES`), which a detected host re-measures on each
     run and which only the analysis stage (always run) reads.
     """
-    fields = _plain(profile)
+    fields = plain_data(profile)
     if isinstance(fields, dict):
         fields = {k: v for k, v in fields.items() if k not in PROFILE_FIGURES}
     path = Path(str(getattr(profile, "path", "") or ""))
@@ -112,16 +113,16 @@ PROFILE_FIGURES = frozenset(
 )
 
 
-def _plain(obj: Any) -> Any:
+def plain_data(obj: Any) -> Any:
     """Dataclasses, mappings and sequences as JSON-able data (anything else as ``str``)."""
     from collections.abc import Mapping
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: plain_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_data(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
-        items = [_plain(v) for v in obj]
+        items = [plain_data(v) for v in obj]
         return sorted(items, key=canonical_json) if isinstance(obj, set | frozenset) else items
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
@@ -139,7 +140,7 @@ class CacheEntry:
 
 
 class BuildCache:
-    """Stage outputs in a :class:`~robopt_compile.store.db.Store`, keyed by :meth:`key`."""
+    """Stage outputs in a :class:`~robopt_compile.store.store.Store`, keyed by :meth:`key`."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -307,7 +308,7 @@ def source_identity(source: str) -> dict[str, Any]:
             raise Uncacheable(f"{source} is not a file")
         try:
             files = _onnx_files(path) if kind == "onnx" else [path]
-        except Exception as exc:  # not a readable model: the export reports it
+        except Exception as exc:  # onnx.load raises protobuf, OS or onnx errors: re-raised
             raise Uncacheable(f"{source} cannot be read as ONNX ({type(exc).__name__})") from exc
         return {
             "kind": kind,

@@ -3,7 +3,7 @@
 A task owns a simulator (gymnasium + pybullet or MuJoCo, imported only when an episode runs),
 turns each observation into the engine's feeds (``{input name: array}``, batch 1), applies the
 engine's first output as the action and says whether the episode succeeded. Closed-loop
-evaluation (``robopt_compile.evaluate.closed_loop``) runs the same seeds through the original
+evaluation (``robopt_compile.evaluate.closedloop``) runs the same seeds through the original
 and the optimized engine, so a per-seed paired comparison is possible.
 
 Importing this package must stay free of gymnasium, pybullet, MuJoCo and torch (the CLI lists

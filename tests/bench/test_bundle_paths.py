@@ -171,9 +171,9 @@ def test_runners_refuse_a_model_outside_their_engine(
     (tmp_path / "outside" / "model").write_bytes(b"x")
     (engine / "unlisted").write_bytes(b"x")
     (engine / "link").symlink_to(tmp_path / "outside" / "model")
-    from robopt_compile.targets.tvm import _machine
+    from robopt_compile.targets.tvm import host_arch
 
-    config = {"model": model, "arch": _machine(), "engine_key": "k", "inputs": [], "outputs": []}
+    config = {"model": model, "arch": host_arch(), "engine_key": "k", "inputs": [], "outputs": []}
     art = Artifact("x", engine, ("link", "model.bin"), config)
     runner = getattr(importlib.import_module(module), cls)(art)
     with pytest.raises(InputError, match=rf"engine\.config\.model '{model}'"):

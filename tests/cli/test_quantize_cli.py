@@ -46,8 +46,8 @@ def test_int8_static_with_calibration(policy_dir, calib_npz, tmp_path, capsys, b
 def test_accuracy_is_measured_on_holdout_only(policy_dir, calib_npz, tmp_path, monkeypatch):
     """Fails if any scored sample is a calibration sample."""
     from robopt_compile.compile import accuracy
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
-    from robopt_compile.compile.quantize import QuantOptions
+    from robopt_compile.compile.options import CompileOptions, QuantOptions
+    from robopt_compile.compile.pipeline import compile_model
 
     scored: list[dict] = []
     real = accuracy.Evaluator.outputs

@@ -127,7 +127,7 @@ def test_tvm_runner_leaves_the_process_affinity_alone(policy_dir, tmp_path, caps
 def test_a_deferred_bundle_says_what_was_checked_everywhere(policy_dir, tmp_path, capsys):
     """Issue 15, defect 10: ONNX checked in ONNX Runtime is not an engine PASS."""
     from robopt_compile.bench.results import save_result
-    from robopt_compile.report.html import load_bundle, verdict, write_reports
+    from robopt_compile.report import load_bundle, verdict, write_reports
 
     out = tmp_path / "orin"
     args = ["tiny_policies:make_tiny", "--target", "jetson-orin", "-o", str(out)]  # an alias

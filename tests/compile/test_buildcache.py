@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robopt_compile.compile.pipeline import CompileOptions, compile_model
-from robopt_compile.compile.quantize import QuantOptions
+from robopt_compile.compile.options import CompileOptions, QuantOptions
+from robopt_compile.compile.pipeline import compile_model
+from robopt_compile.store import Store, open_store
 from robopt_compile.store.cache import BuildCache
-from robopt_compile.store.db import SCHEMA_VERSION, Store, open_store
+from robopt_compile.store.schema import SCHEMA_VERSION
 
 MODEL = "zoo:state-mlp"
 SAME = ("model.onnx", "reference/inputs.npz", "reference/outputs.npz")
@@ -171,7 +172,7 @@ def test_unopenable_store_warns_once_and_compiles(
 
 
 def test_store_migration_gc_and_verify_know_the_cache(tmp_path: Path) -> None:
-    from robopt_compile.store import db as store_mod
+    from robopt_compile.store import schema as store_mod
 
     old = tmp_path / "old"
     old.mkdir()

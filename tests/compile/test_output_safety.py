@@ -16,7 +16,8 @@ from helpers import assert_bundle, leftovers, run_cli
 
 from robopt_compile.bench.manifest import load_manifest
 from robopt_compile.compile import bundle
-from robopt_compile.compile.pipeline import CompileOptions, compile_model
+from robopt_compile.compile.options import CompileOptions
+from robopt_compile.compile.pipeline import compile_model
 from robopt_compile.errors import EXIT_BAD_INPUT, OutputExistsError
 
 MODEL = "zoo:state-mlp"
@@ -113,7 +114,8 @@ KILL_AT_STAGE = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.compile.options import CompileOptions
+    from robopt_compile.compile.pipeline import compile_model
 
     def hook(name, event, seconds):
         if name == sys.argv[2] and event == "start":

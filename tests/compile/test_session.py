@@ -15,7 +15,7 @@ import pytest
 from helpers import run_cli
 
 from robopt_compile.errors import EXIT_BAD_INPUT
-from robopt_compile.store.db import open_store
+from robopt_compile.store import open_store
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from robopt_compile.compile.accuracy import accuracy_figures
-from robopt_compile.distill import distill as distill_mod
-from robopt_compile.distill.distill import OnnxModule, distill
+from robopt_compile.distill import OnnxModule, distill, interpreter
 from robopt_compile.errors import InputError, PassError
 from robopt_compile.ir import input_specs
 from robopt_compile.numerics import random_feeds, run_onnx, run_onnx_many
@@ -362,7 +361,7 @@ def test_distill_is_deterministic_and_batches_dynamic_models() -> None:
 def test_distill_refuses_a_trainer_that_disagrees_with_onnxruntime(monkeypatch) -> None:
     teacher = _mlp()
     train = [random_feeds(input_specs(teacher), seed=0)]
-    monkeypatch.setitem(distill_mod._OPS, "Tanh", lambda s, x: x)  # a deliberately wrong kernel
+    monkeypatch.setitem(interpreter.OPS, "Tanh", lambda s, x: x)  # a deliberately wrong kernel
     with pytest.raises(PassError, match="does not reproduce the student"):
         distill(teacher, teacher, train, steps=1)
 
@@ -376,3 +375,43 @@ def test_distill_rejects_bad_arguments() -> None:
         distill(teacher, teacher, train, steps=1, loss="l1")
     with pytest.raises(InputError, match="steps"):
         distill(teacher, teacher, train, steps=0)
+
+
+def test_a_hard_coded_batch_is_not_batched_and_other_errors_propagate() -> None:
+    """A graph that says "dynamic batch" but reshapes to batch 1 refuses stacked samples in
+    both runners: that reads as "not batched"; an error of any other kind is a bug."""
+    from robopt_compile.distill.data import runs_batched
+    from robopt_compile.distill.train import OrtRunner
+
+    rng = np.random.default_rng(4)
+    teacher = _model(
+        """
+        g (float[N, 4] X) => (float[N, 3] Y)
+        {
+          one = Constant<value = int64[2] {1, 4}>()
+          r = Reshape(X, one)
+          Y = MatMul(r, W)
+        }
+        """,
+        {"W": _w(rng, 4, 3)},
+    )
+    train = [random_feeds(input_specs(teacher), seed=i) for i in range(4)]
+    runner = OrtRunner(teacher, threads=1)
+    assert not runs_batched(runner, train, ["X"], runner.refusals)
+
+    def student(feeds):
+        with torch.no_grad():
+            return {
+                k: v.numpy() for k, v in OnnxModule(teacher)(X=torch.from_numpy(feeds["X"])).items()
+            }
+
+    assert not runs_batched(student, train, ["X"], (PassError,))
+
+    def broken(feeds):
+        raise ZeroDivisionError("a bug, not a batch refusal")
+
+    with pytest.raises(ZeroDivisionError):
+        runs_batched(broken, train, ["X"], (PassError,))
+
+    result = distill(_perturbed(teacher, 0.3, seed=3), teacher, train, steps=5, threads=1)
+    assert result.report["batched"] is False

@@ -1,4 +1,5 @@
-"""Closed- and open-loop evaluation: statistics, the pybullet zoo, tasks, CLI end to end.
+"""Closed- and open-loop evaluation: paired verdicts, specs, the pybullet zoo, tasks, CLI end to
+end (the statistics themselves: test_eval_stats.py).
 
 The end-to-end tests use InvertedPendulumSwingup (1000-step episodes in ~0.05 s) so real
 closed-loop runs fit the suite's budget.
@@ -16,38 +17,12 @@ import pytest
 from helpers import run_cli
 from onnx import numpy_helper
 
+from robopt_compile import evaluate as ev
 from robopt_compile.cli.main import main
 from robopt_compile.errors import InputError, UnknownNameError
-from robopt_compile.evaluate import closed_loop as ev
 from robopt_compile.tasks import TASKS, Episode, get_task
 
 SWINGUP = "InvertedPendulumSwingupBulletEnv-v0"
-
-
-# --- statistics -------------------------------------------------------------------------------
-
-
-def test_mean_ci_matches_scipy_t_interval() -> None:
-    from scipy import stats
-
-    x = [1.0, 2.0, 4.0, 7.0, 11.0]
-    got = ev.mean_ci(x)
-    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
-    assert got["mean"] == pytest.approx(5.0)
-    assert got["ci95"] == pytest.approx([lo, hi])
-
-
-def test_wilson_interval_known_values() -> None:
-    lo, hi = ev.wilson(48, 50)
-    assert lo == pytest.approx(0.8654, abs=1e-3) and hi == pytest.approx(0.9890, abs=1e-3)
-    assert ev.wilson(0, 20)[0] == 0.0 and ev.wilson(20, 20)[1] == 1.0
-
-
-def test_mcnemar_exact() -> None:
-    assert ev._mcnemar_p(0, 0) == 1.0
-    # 10 discordant pairs all one way: p = 2 * 0.5**10
-    assert ev._mcnemar_p(10, 0) == pytest.approx(2 * 0.5**10)
-    assert ev._mcnemar_p(5, 5) == 1.0
 
 
 def _eps(rets: list[float], succ: list[bool]) -> list[Episode]:

@@ -199,7 +199,7 @@ def test_search_keeps_the_best_plan_that_meets_the_bounds(tmp_path: Path, capsys
 def test_search_judges_plans_by_the_task_with_eval(tmp_path: Path, capsys) -> None:
     """--eval with planner bounds: every plan drives the task; its accuracy figure is the
     closed-loop return drop against the fp32 export on the same seeds."""
-    from robopt_compile.evaluate.closed_loop import evaluation_drop
+    from robopt_compile.evaluate import evaluation_drop
 
     out = tmp_path / "auto"
     code, stdout, err = run_cli(
@@ -227,7 +227,7 @@ def test_impossible_bound_writes_nothing(tmp_path: Path, capsys) -> None:
 
 def test_sessions_and_memory(tmp_path: Path, capsys) -> None:
     """A planner run is a session in the store; the next run starts from its measurements."""
-    from robopt_compile.store.db import open_store
+    from robopt_compile.store import open_store
 
     store = tmp_path / "store"
     args = ["zoo:pendulum-swingup-mlp", "--target", "host", "--threads", "1", "-b", "onnxruntime",
@@ -263,7 +263,7 @@ def test_kill_9_then_resume(tmp_path: Path, capsys) -> None:
     import sys
     import time
 
-    from robopt_compile.store.db import open_store
+    from robopt_compile.store import open_store
 
     store = tmp_path / "store"
     out = tmp_path / "auto"

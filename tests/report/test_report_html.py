@@ -19,7 +19,7 @@ import pytest
 
 from robopt_compile.bench.results import load_results, result_kind, save_result
 from robopt_compile.errors import BackendUnavailableError, InputError
-from robopt_compile.report.html import SECTIONS, write_reports
+from robopt_compile.report import SECTIONS, write_reports
 
 NASTY = '<script>alert("x")</script> & <img src="https://example.com/x.png">'
 
@@ -30,8 +30,8 @@ NASTY = '<script>alert("x")</script> & <img src="https://example.com/x.png">'
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """state-mlp compiled for the host: fp32 and int8 (sensitivity measured), 1 thread."""
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
-    from robopt_compile.compile.quantize import QuantOptions
+    from robopt_compile.compile.options import CompileOptions, QuantOptions
+    from robopt_compile.compile.pipeline import compile_model
 
     root = tmp_path_factory.mktemp("report")
     rng = np.random.default_rng(3)
@@ -325,7 +325,8 @@ def test_profile_layers_onnxruntime(bundles, copy) -> None:
 @pytest.mark.openvino
 def test_profile_layers_openvino(bundles, tmp_path: Path) -> None:
     pytest.importorskip("openvino", reason="openvino is not installed")
-    from robopt_compile.compile.pipeline import CompileOptions, compile_model
+    from robopt_compile.compile.options import CompileOptions
+    from robopt_compile.compile.pipeline import compile_model
     from robopt_compile.plan.layer_profile import profile_layers
 
     src = bundles["fp32"] / "model.onnx"

@@ -1,8 +1,10 @@
-"""Fixtures of the backend tests."""
+"""Fixtures of the backend tests: a tiny torch-exported model for the shared contract, and the
+TensorRT tests' environments (helpers in ``tensorrt_helpers.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,3 +31,37 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, di
     with torch.no_grad():
         ref = m(x).numpy()
     return path, {"x": x.numpy()}, {"y": ref}
+
+
+# --- TensorRT ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``$ROBOPT_CACHE`` (engines, timing caches)."""
+    monkeypatch.setenv("ROBOPT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def no_trt(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    """Neither TensorRT nor cuda-python here, whatever is installed."""
+    from tensorrt_helpers import force_no_tensorrt
+
+    force_no_tensorrt(monkeypatch)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, cache: Path) -> SimpleNamespace:
+    """The strict fake TensorRT 10.3 and a fake cuda-python with an Orin GPU."""
+    from tensorrt_helpers import install_fake
+
+    return install_fake(monkeypatch)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, cache: Path) -> Path:
+    """A bundle laid out as the compile pipeline writes it, holding a deferred TensorRT build."""
+    from tensorrt_helpers import conv_policy, write_deferred_bundle
+
+    return write_deferred_bundle(tmp_path / "bundle", conv_policy(tmp_path / "m.onnx"))

@@ -4,6 +4,7 @@ Every test talks to a real ``BenchServer`` on 127.0.0.1 (port 0) or, for signals
 ``robopt-bench serve`` subprocess. Deadlines are shortened through the server's own settings
 so each test ends in a few seconds; every socket has a timeout, so a regression fails the
 test instead of hanging it. A second loopback address (127.0.0.2) plays "another client".
+``work`` and ``packed`` come from conftest.py; ``make_server`` here holds the worker by default.
 """
 
 from __future__ import annotations
@@ -57,17 +58,13 @@ def endless(bundle: Path, settings: dict[str, Any], progress: Any) -> dict[str, 
 
 
 @pytest.fixture
-def work(tmp_path: Path) -> Path:
-    return tmp_path / "work"
-
-
-@pytest.fixture
 def logs() -> list[str]:
     return []
 
 
 @pytest.fixture
 def make_server(work: Path, logs: list[str]) -> Iterator[Callable[..., BenchServer]]:
+    """Overrides conftest.py's: the worker is held by default and the log is kept."""
     servers: list[BenchServer] = []
 
     def make(**kw: Any) -> BenchServer:
@@ -81,13 +78,6 @@ def make_server(work: Path, logs: list[str]) -> Iterator[Callable[..., BenchServ
         if isinstance(s.runner, Held):
             s.runner.release.set()
         s.close(grace_s=5)
-
-
-@pytest.fixture(scope="module")
-def packed(ort_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("packed") / "b.tar.gz"
-    pack_bundle(ort_bundle, path)
-    return path.read_bytes()
 
 
 def port(srv: BenchServer) -> int:

@@ -1,0 +1,66 @@
+"""What a compile was asked to do (``CompileOptions``, with its quantization and compression
+options), resolved from the CLI, a recipe or the Python API; frozen, so a stage never changes
+what the user asked for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    calibration: str | None = None  # folder, .npz, module:iterator or "random"
+    method: str | None = None  # calibration method: minmax, entropy, percentile
+    max_drop: float | None = None  # None: DEFAULT_MAX_DROP
+    strict: bool = False
+    metric: str | None = None  # module:function
+    # evaluate.ClosedLoopGuard: judge candidates by closed-loop task figures.
+    closed_loop: Any = None
+    measure_sensitivity: bool = False
+    block_size: int | None = None  # weight-only block/group size
+    holdout_fraction: float = 0.25
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    prune: tuple[str, ...] = ()  # "channels:0.5,criterion=l1", "2:4", "unstructured:0.8"
+    prune_layers: tuple[str, ...] = ()  # "NODE=RATIO" overrides for channel pruning
+    low_rank: str | None = None  # "energy=0.95" | "rank=0.25"
+    distill: str | None = None  # "steps=2000,lr=1e-3,batch=8,loss=mse"
+
+    @property
+    def active(self) -> bool:
+        return bool(self.prune or self.low_rank)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    target: str = "host"
+    hwprofile: Path | None = None  # a user's TOML file; overrides ``target``
+    backend: str | None = None  # None: the profile's first available backend
+    precision: str = "fp32"
+    threads: int | None = None  # None: the runtime's default (all cores)
+    dynamic_batch: bool = False
+    opset: int | None = None
+    simplify: str = "default"  # a SimplifyPass tool name, "default" or "none"
+    dump_ir: Path | None = None
+    check_parity: bool = True
+    seed: int = 0
+    reference_inputs: Path | None = None  # .npz of real samples keyed by input name
+    quant: QuantOptions = field(default_factory=QuantOptions)
+    compress: CompressOptions = field(default_factory=CompressOptions)
+    tune_trials: int | None = None  # TVM MetaSchedule budget
+    max_batch: int = 16  # upper bound of a dynamic batch (TensorRT optimization profile)
+    dla_core: int | None = None  # TensorRT: run on this DLA core, GPU fallback
+    eval: Any = None  # robopt_compile.evaluate.EvalSpec: closed-loop task evaluation
+    eval_criteria: Any = None  # robopt_compile.evaluate.Criteria for that evaluation
+    cache: bool = True  # the build cache in the store (robopt_compile/store/cache.py)
+    # Multi-graph bundles on OpenVINO: compute activations in "fp32" or "bf16" (None: the
+    # precision's own); see graph_bundle.check_activations.
+    activations: str | None = None
+    # VLA bundles: the runtime of the language model's decode steps when it is not --backend's
+    # (an ``llm-decode`` graph; see vla_compile.validate).
+    decode_backend: str | None = None

@@ -1,0 +1,131 @@
+"""The compile stages that run the policy in its task: recording calibration observations
+(``--calibration task``) and the closed-loop evaluation of the fresh bundle (``--eval``)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from robopt_compile.compile.options import CompileOptions
+from robopt_compile.compile.stages import Progress, noop
+from robopt_compile.compile.verify import engine_runs_here
+from robopt_compile.errors import (
+    InputError,
+    UnknownNameError,
+)
+
+CALIBRATION_SEED_OFFSET = 1_000_000  # task calibration episodes start at this seed
+
+
+CALIBRATION_SAMPLES = 512
+
+
+def record_calibration(
+    spec: str, source: str, model: Any, out: Path, opts: CompileOptions
+) -> dict[str, Any]:
+    """``--calibration task[:episodes=N,name=TASK]``: record observations for calibration.
+
+    The fp32 model (ONNX Runtime) drives its task for N episodes (default 4) from seed
+    1,000,000 + ``--seed``; up to 512 steps, spread evenly, are kept.
+    """
+    import numpy as np
+
+    from robopt_compile import evaluate as ev
+    from robopt_compile.tasks import get_task
+
+    espec = ev.parse_eval_spec(spec, option="--calibration")
+    if "episodes=" not in spec:
+        espec.episodes = 4
+    name = resolve_eval_task(espec, source)
+    seeds = ev.seeds_for(espec.episodes, CALIBRATION_SEED_OFFSET + opts.seed)
+    with get_task(name) as task, ev.onnx_policy(model, opts.threads or 1) as pol:
+        from robopt_compile import ir as rir
+
+        ev.check_policy_fits(task, [s.to_json() for s in rir.input_specs(model)], source)
+        eps = ev.run_episodes(task, pol, seeds, record=True)
+    arrays = {n: np.concatenate([e.feeds[n] for e in eps]) for n in task.input_names}
+    steps = next(iter(arrays.values())).shape[0]
+    keep = np.unique(np.linspace(0, steps - 1, min(steps, CALIBRATION_SAMPLES)).astype(int))
+    # One sample per step, with the batch axis of 1 the model expects.
+    np.savez(out, **{n: a[keep][:, None] for n, a in arrays.items()})
+    return {"task": name, "episodes": len(eps), "seeds": seeds, "samples": int(keep.size)}
+
+
+def resolve_eval_task(spec: Any, source: str) -> str:
+    """The task ``--eval`` runs: named in the spec, or the trained zoo model's own task."""
+    from robopt_compile.tasks import TASKS
+    from robopt_compile.zoo import ZOO
+
+    name = spec.task
+    if name is None:
+        entry = ZOO.get(source.removeprefix("zoo:")) if source.startswith("zoo:") else None
+        name = entry.task if entry else None
+    if name is None:
+        raise InputError(
+            f"--eval: {source} has no known task; name one, e.g. --eval "
+            f"task:name={next(iter(TASKS))},episodes=50 (tasks: {', '.join(TASKS)})."
+        )
+    if name not in TASKS:
+        raise UnknownNameError("task", name, list(TASKS))
+    from robopt_compile.tasks import get_task
+
+    # Start the simulator once now: a missing one fails before the build, not after it.
+    get_task(name).close()
+    return name
+
+
+def evaluate_bundle(
+    out: Path,
+    task_name: str,
+    opts: CompileOptions,
+    reference: Path,
+    progress: Progress = noop,
+    published: Path | None = None,
+) -> dict[str, Any]:
+    """Closed-loop evaluation of a fresh bundle against the exported fp32 model.
+
+    An engine that cannot run here (a deferred TensorRT build) is stood in for by its
+    optimized ONNX in ONNX Runtime, labelled as such. ``out`` may be the staged folder of a
+    bundle not yet published at ``published``, the path the result names.
+    """
+    import json as _json
+
+    from robopt_compile import evaluate as ev
+    from robopt_compile.bench.results import save_result
+    from robopt_compile.tasks import get_task
+
+    manifest = _json.loads((out / "manifest.json").read_text())
+    spec = opts.eval
+    done, total = [0], 2 * spec.episodes
+
+    def tick(n: int) -> None:
+        done[0] += n
+        progress(f"evaluate: episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
+
+    with get_task(task_name) as task:
+        ev.check_policy_fits(task, manifest["inputs"], str(out))
+        meta = ev.bundle_meta(out)
+        meta["bundle"] = str((published or out).resolve())
+        label = f"optimized {manifest['precision']} ({manifest['backend']})"
+        with contextlib.ExitStack() as stack:
+            ref = stack.enter_context(ev.onnx_policy(reference, opts.threads or 1))
+            if engine_runs_here(manifest["engine"].get("config", {})):
+                cand = stack.enter_context(ev.bundle_policy(out, opts.threads or 1))
+            else:
+                cand = stack.enter_context(ev.onnx_policy(out / "model.onnx", opts.threads or 1))
+                label += " via its ONNX in onnxruntime (engine does not run here)"
+                meta["proxy"] = True
+            result = ev.closed_loop(
+                task,
+                ref,
+                [(label, cand, meta)],
+                episodes=spec.episodes,
+                seed=spec.seed,
+                metric=spec.metric,
+                criteria=opts.eval_criteria,
+                progress=tick,
+            )
+    saved = save_result(out, f"eval-{task_name}", result)
+    result["path"] = str((published or out) / saved.relative_to(out))
+    return result

@@ -1,0 +1,135 @@
+"""The engines under evaluation as policies (feeds -> outputs), each call timed.
+
+The original runs as fp32 ONNX in ONNX Runtime (``onnx_policy``, ``source_policy``); a bundle
+runs through the benchmark harness's runner for its backend (``bundle_policy``), as on the
+robot. Runtimes are imported when a policy is opened, never at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robopt_compile.errors import InputError
+from robopt_compile.evaluate.spec import looks_like_bundle
+from robopt_compile.tasks import Task
+
+
+@dataclass
+class TimedPolicy:
+    """Wraps feeds -> outputs, recording each call's latency (ns)."""
+
+    fn: Callable[[dict[str, np.ndarray]], Any]
+    output_names: list[str]
+    latencies_ns: list[int] = field(default_factory=list)
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        t0 = time.perf_counter_ns()
+        out = self.fn(feeds)
+        self.latencies_ns.append(time.perf_counter_ns() - t0)
+        if isinstance(out, dict):
+            return [out[n] for n in self.output_names]
+        return list(out)
+
+    def latency(self) -> dict[str, float] | None:
+        if not self.latencies_ns:
+            return None
+        ms = np.asarray(self.latencies_ns, np.float64) / 1e6
+        p50, p99 = np.percentile(ms, [50, 99])
+        return {"p50": float(p50), "p99": float(p99), "calls": int(ms.size)}
+
+
+@contextlib.contextmanager
+def onnx_policy(model: Any, threads: int | None = 1) -> Iterator[TimedPolicy]:
+    """An fp32 ONNX model (path or ``ir.Model``) in ONNX Runtime, as the reference."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="robopt-ref-") as tmp:
+        path = model
+        if not isinstance(model, (str, Path)):
+            from robopt_compile import ir as rir
+
+            path = Path(tmp) / "reference.onnx"
+            rir.save(model, path)
+        so = ort.SessionOptions()
+        if threads is not None:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        yield TimedPolicy(lambda feeds: sess.run(names, feeds), names)
+
+
+@contextlib.contextmanager
+def bundle_policy(bundle_dir: str | Path, threads: int | None = 1) -> Iterator[TimedPolicy]:
+    """A bundle's engine through the harness's runner (the backend runs it as on the robot)."""
+    from robopt_compile.bench.harness import enter_runner, open_bundle
+
+    b = open_bundle(bundle_dir, verify=True)
+    names = [o["name"] for o in b.manifest["outputs"]]
+    with contextlib.ExitStack() as stack:
+        runner = enter_runner(stack, b, threads)
+        # The runner's unchecked call, as in the harness's timed loop: the task builds feeds
+        # of the right names, shapes and dtypes, so per-step checks would only add overhead.
+        yield TimedPolicy(runner._infer, names)
+
+
+@contextlib.contextmanager
+def source_policy(source: str, threads: int | None = 1) -> Iterator[TimedPolicy]:
+    """A model source (zoo:NAME, .onnx, .pt2, module:factory) exported to fp32 ONNX."""
+    from robopt_compile.compile.frontend import load_source
+
+    src = load_source(source, check_parity=False)
+    with onnx_policy(src.model, threads) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def any_policy(spec: str | Path, threads: int | None = 1) -> Iterator[TimedPolicy]:
+    """A bundle folder or a model source."""
+    if looks_like_bundle(spec):
+        with bundle_policy(spec, threads) as p:
+            yield p
+    else:
+        with source_policy(str(spec), threads) as p:
+            yield p
+
+
+def check_policy_fits(task: Task, manifest_inputs: Sequence[dict[str, Any]], what: str) -> None:
+    """Refuse, in one line, a model whose input names or fixed shapes the task cannot feed."""
+    names = [i["name"] for i in manifest_inputs]
+    if list(task.input_names) != names:
+        raise InputError(
+            f"{what} takes inputs {names} but task {task.name} feeds {list(task.input_names)}; "
+            "pick the task the model was trained for (--task)."
+        )
+    shapes = getattr(task, "feed_shapes", None) or {}
+    for spec in manifest_inputs:
+        want = shapes.get(spec["name"])
+        got = list(spec.get("shape", [])[1:])
+        fixed = got and all(isinstance(d, int) for d in got)
+        if want is not None and fixed and tuple(got) != tuple(want):
+            raise InputError(
+                f"{what} takes {spec['name']} of shape {['B', *got]} but task {task.name} "
+                f"feeds {['B', *want]}; pick the task the model was trained for (--task)."
+            )
+
+
+def bundle_meta(bundle_dir: str | Path) -> dict[str, Any]:
+    """What the results say about a bundle engine: its folder, precision, backend, target."""
+    import json
+
+    m = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+    return {
+        "bundle": str(Path(bundle_dir).resolve()),
+        "precision": m.get("precision"),
+        "backend": m.get("backend"),
+        "target": m.get("target", {}).get("profile"),
+    }
