@@ -350,7 +350,7 @@ def run(
             json.dumps(result, indent=2, allow_nan=False) if as_json else format_result(result)
         )
         _check_fidelity(result)
-    except Exception as exc:
+    except Exception as exc:  # CLI boundary: one line and an exit code; others are internal errors
         _fail(exc, debug)
 
 
@@ -575,5 +575,5 @@ def serve(
             stop_grace_s=stop_grace_s,
             allow_native_code=allow_native_code,
         )
-    except Exception as exc:
+    except Exception as exc:  # CLI boundary: one line and an exit code; others are internal errors
         _fail(exc, debug)

@@ -84,6 +84,8 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+    # Broad: a corrupt .npz fails in numpy, zipfile, zlib, ast or tokenize with a dozen unrelated
+    # types (ValueError, BadZipFile, zlib.error, TokenError, MemoryError...); only numpy runs here.
     except Exception as exc:
         raise InputError(f"cannot read {path}: {_first_line(exc)}; the bundle is corrupt.") from exc
 
@@ -162,7 +164,7 @@ def _call(fn: Callable[[], Any], what: str) -> Any:
         return fn()
     except RoboptError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # each runtime raises its own types (ORT, OpenVINO, TRT, TVM)
         raise InputError(f"the engine failed on the {what}: {_first_line(exc)}") from exc
 
 
@@ -188,7 +190,7 @@ def enter_runner(stack: contextlib.ExitStack, b: _Bundle, threads: int | None) -
         return stack.enter_context(b.backend.runner(b.artifact, threads))
     except RoboptError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # each runtime raises its own types (ORT, OpenVINO, TRT, TVM)
         built = {k: v for k, v in b.artifact.config.items() if k.endswith("_version")}
         raise BackendUnavailableError(
             f"{b.backend.name} could not load the engine: {_first_line(exc)} (engine built "

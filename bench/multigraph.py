@@ -112,7 +112,7 @@ def open_driver(
             runners[g["name"]] = stack.enter_context(backend.runner(art, threads))
         except RoboptError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # each runtime raises its own types (ORT, OpenVINO, TRT, TVM)
             raise BackendUnavailableError(
                 f"{backend.name} could not load graph {g['name']!r}: "
                 f"{str(exc).splitlines()[0][:200]}"

@@ -70,7 +70,7 @@ def with_retries(
     for i in range(attempts):
         try:
             return fn()
-        except Exception as exc:
+        except Exception as exc:  # ``transient`` decides; everything else re-raises at once
             if i == attempts - 1 or not is_transient(exc):
                 raise
             if on_retry is not None:

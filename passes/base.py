@@ -141,7 +141,7 @@ class PassRunner:
                 result = p(model)
             except RoboptError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # any pass (onnx_ir's too) may raise any type; named here
                 raise PassError(
                     f"pass {pass_name(p)!r} failed on this model: {type(exc).__name__}: "
                     f"{str(exc)[:200]}. Re-run with --debug for details, or skip the pass."

@@ -69,7 +69,21 @@ def output_specs(model: ir.Model) -> list[TensorSpec]:
 
 def load(path: str | os.PathLike[str]) -> ir.Model:
     """Load an ONNX file (external data is resolved next to it) with a clear error."""
+    import onnx
     import onnx_ir as ir
+    from google.protobuf import json_format, message, text_format
+
+    # OSError; each format's parse error (.onnx protobuf, .json, .textproto, .onnxtxt);
+    # onnx_ir's SerdeError for a proto it cannot turn into a graph; ValueError for bad fields.
+    unreadable = (
+        OSError,
+        ValueError,
+        ir.serde.SerdeError,
+        message.Error,
+        json_format.Error,
+        text_format.Error,
+        onnx.parser.ParseError,
+    )
 
     p = Path(path)
     if not p.exists():
@@ -78,7 +92,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         raise ModelLoadError(f"{p} is a folder; give the path of an .onnx file.")
     try:
         model = ir.load(p)
-    except Exception as exc:  # protobuf raises DecodeError and friends
+    except unreadable as exc:
         raise ModelLoadError(
             f"{p} is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:160]}). "
             "Re-export it, or check the file is complete."
@@ -92,7 +106,9 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
             for init in model.graph.initializers.values():
                 if init.const_value is not None:
                     init.const_value.raw  # noqa: B018 - opens the file, maps the tensor
-    except Exception as exc:
+    # OSError: missing or unreadable file; ValueError: offset, length or path out of bounds;
+    # TypeError: a dtype with no byte size (onnx_ir's nbytes raises it)
+    except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(
             f"{p}: external weight data cannot be read ({type(exc).__name__}: {str(exc)[:160]}). "
             "Keep the .onnx file next to its external data file."

@@ -113,7 +113,7 @@ class OnnxRuntimeBackend(Backend):
             ort.InferenceSession(
                 str(model_path), sess_options=so, providers=["CPUExecutionProvider"]
             )
-        except Exception as exc:
+        except Exception as exc:  # onnxruntime's errors share no base but Exception
             raise BuildError(
                 f"ONNX Runtime could not load the model: {str(exc).splitlines()[0][:200]}. "
                 "Check `robopt-compile analyze` for unsupported operators."

@@ -176,7 +176,7 @@ class OpenVinoBackend(Backend):
         try:
             model = core.read_model(str(model_path))
             ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=False)
-        except Exception as exc:
+        except Exception as exc:  # OpenVINO raises RuntimeError or its own types (no common base)
             raise BuildError(
                 f"OpenVINO could not convert the model: {_ov_reason(exc)}. "
                 "Check `robopt-compile analyze` for unsupported operators."
@@ -212,7 +212,7 @@ class OpenVinoBackend(Backend):
             try:
                 try:
                     compile_now()
-                except Exception as exc:
+                except Exception as exc:  # re-raised below unless it is the snippets gap
                     if SNIPPETS_GAP not in str(exc) or not device.startswith("CPU"):
                         raise
                     # The CPU plugin's code generator (snippets) lacks a kernel for an op in
@@ -220,7 +220,7 @@ class OpenVinoBackend(Backend):
                     config["snippets_mode"] = "DISABLE"
                     config["snippets_note"] = f"compiled without CPU snippets: {_ov_reason(exc)}"
                     compile_now()
-            except Exception as exc:
+            except Exception as exc:  # a plugin's refusal has no common Python exception type
                 raise BuildError(
                     f"OpenVINO {device} plugin rejected the model: {_ov_reason(exc)}."
                 ) from exc

@@ -124,7 +124,7 @@ def _has_onnx_function(op_type: str, domain: str, opset: int) -> bool:
 
     try:
         schema = onnx.defs.get_schema(op_type, opset, domain)
-    except Exception:
+    except onnx.defs.SchemaError:  # no schema for this op at this opset
         return False
     return bool(schema.has_function or schema.has_context_dependent_function)
 
@@ -288,12 +288,14 @@ def check_openvino(model: ir.Model, options: dict[str, Any]) -> dict[str, Any]:
     try:
         converted = frontend.convert(frontend.load(io.BytesIO(data)))
         message = ""
-    except Exception as exc:  # OpConversionFailure lists every op it could not convert
+    # Broad: OpenVINO raises OpConversionFailure (its message lists every op it could not
+    # convert), GeneralFailure or RuntimeError, which share no base; only OpenVINO runs here.
+    except Exception as exc:
         converted, message = None, str(exc)
     if converted is None:
         try:
             partial = frontend.convert_partially(frontend.load(io.BytesIO(data)))
-        except Exception as exc:
+        except Exception as exc:  # OpenVINO's frontend errors share no base; reported as is
             return {**_result([], notes, **extra), "supported": False, "error": message or str(exc)}
         names = _display_names(model)
         missing, failed = _conversion_reasons(message)
@@ -330,7 +332,7 @@ def check_openvino(model: ir.Model, options: dict[str, Any]) -> dict[str, Any]:
         return _result(rows, notes, **extra)
     try:
         placed = ov.Core().query_model(converted, device)
-    except Exception as exc:
+    except Exception as exc:  # a plugin's refusal has no common type; noted in the report
         notes.append(f"query_model on {device} failed: {str(exc)[:_MAX_REASON]}")
         return _result([], notes, **extra)
     rows = [

@@ -135,7 +135,7 @@ def _onnx_knows(node: ir.Node) -> bool:
 
     try:
         return bool(onnx.defs.has(node.op_type, norm_domain(node.domain)))
-    except Exception:
+    except TypeError:  # an op type or domain that is not valid UTF-8 loads as bytes
         return False
 
 
@@ -180,7 +180,9 @@ def infer_static_shapes(model: ir.Model, batch: int = 1) -> StaticShapes:
         proto = onnx.shape_inference.infer_shapes(
             proto, check_type=False, strict_mode=False, data_prop=True
         )
-    except Exception as exc:  # inference is best effort: unknowns are reported, not guessed
+    # Broad: onnx's C++ inference raises InferenceError, ValidationError, ValueError or
+    # RuntimeError (no common base); inference is best effort, so the error is reported.
+    except Exception as exc:
         error = f"{type(exc).__name__}: {str(exc)[:200]}"
     inferred = ir.serde.deserialize_model(proto)
     tensors: dict[str, TensorInfo] = {}

@@ -312,7 +312,7 @@ def run_quantizer(
                 quantize(str(src), str(dst), use_external_data_format=big, **kwargs)
             out = ir.load(dst)
             ir.external_data.load_to_model(out)
-        except Exception as exc:
+        except Exception as exc:  # ORT's quantizers raise any type (pybind, onnx, numpy, own)
             msg = " ".join(str(exc).split())[:240]
             raise PassError(
                 f"{pass_name}: ONNX Runtime {ort_version()}'s {quantize.__name__} failed "

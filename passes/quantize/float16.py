@@ -170,7 +170,7 @@ class Float16Pass(QuantizePass):
                     op_block_list=list(self.op_block_list),
                     node_block_list=node_block,
                 )
-        except Exception as exc:
+        except Exception as exc:  # ORT's fp16 converter raises any type (onnx, numpy, asserts)
             msg = " ".join(str(exc).split())[:200]
             raise PassError(
                 f"onnxruntime's fp16 converter failed: {type(exc).__name__}: {msg}. Keep the "

@@ -180,7 +180,7 @@ class NncfInt8Pass(QuantizePass):
         try:
             with common.quiet("nncf"):
                 qproto = nncf.quantize(proto, nncf.Dataset(feeds), **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # NNCF raises any type from its graph code and ORT runs
             msg = " ".join(str(exc).split())[:200]
             raise PassError(
                 f"NNCF {common.version('nncf')} could not quantize this model: "

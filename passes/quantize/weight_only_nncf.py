@@ -168,7 +168,7 @@ class NncfWeightOnlyPass(QuantizePass):
         try:
             with common.quiet("nncf"):
                 qproto = nncf.compress_weights(proto, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # NNCF raises any type from its graph and numpy code
             msg = " ".join(str(exc).split())[:200]
             raise PassError(
                 f"NNCF {common.version('nncf')} could not compress this model's weights: "

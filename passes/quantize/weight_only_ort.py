@@ -143,7 +143,7 @@ class OrtWeightOnlyPass(QuantizePass):
                     nodes_to_exclude=others,
                 )
                 quantizer.process()
-        except Exception as exc:
+        except Exception as exc:  # ORT's MatMulNBitsQuantizer raises any type (onnx, numpy)
             msg = " ".join(str(exc).split())[:200]
             raise PassError(
                 f"onnxruntime {common.version('onnxruntime')} MatMulNBitsQuantizer failed: "

@@ -162,7 +162,8 @@ def quiet_stdout(fds: tuple[int, ...] = (1,)) -> Iterator[None]:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        with contextlib.suppress(Exception):  # C stdio buffers too, before the fds come back
+        # C stdio buffers too, before the fds come back; broad, as nothing may stop the restore
+        with contextlib.suppress(Exception):
             import ctypes
 
             ctypes.CDLL(None).fflush(None)

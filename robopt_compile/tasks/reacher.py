@@ -95,7 +95,9 @@ class ReacherPixelsTask(Task):
         self._sim: Any = self._env.unwrapped
         try:
             self._renderer: Any = mujoco.Renderer(self._sim.model, IMAGE_SIZE, IMAGE_SIZE)
-        except Exception as exc:  # no OpenGL context: EGL/OSMesa missing
+        # No OpenGL context (EGL/OSMesa missing): ImportError, RuntimeError, mujoco.FatalError
+        # or PyOpenGL's and GLFW's errors, which share no base; only mujoco runs here.
+        except Exception as exc:
             self._env.close()
             raise BackendUnavailableError(
                 f"cannot render MuJoCo frames offscreen with MUJOCO_GL="

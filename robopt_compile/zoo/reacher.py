@@ -132,6 +132,8 @@ def load_weights(model: ReacherCNNPolicy, path: Path = WEIGHTS_FILE) -> ReacherC
         with np.load(path, allow_pickle=False) as data:
             state = {k: torch.from_numpy(np.array(data[k], dtype=np.float32)) for k in data.files}
         model.load_state_dict(state, strict=True)
+    # Broad: a corrupt .npz fails in numpy, zipfile, zlib, ast or tokenize with a dozen unrelated
+    # types, a misfit in torch (RuntimeError); only numpy and torch run here.
     except Exception as exc:
         raise ModelLoadError(
             f"reacher-cnn weights {path} are unreadable or do not fit the model ({exc}); "
