@@ -35,6 +35,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tests/layers.py
 
 format: install
 	$(BIN)/ruff format .

@@ -20,10 +20,10 @@ from typing import Any
 from robopt_compile.errors import InputError
 from robopt_compile.jsonutil import sha256_file
 from robopt_compile.paths import CONFIG_PATHS, member, refuse_links, relative
+from robopt_compile.targets.registry import TARGETS
 
-# The runtimes a graph may name: targets.TARGETS's keys, spelled out here because this module
-# imports only the standard library (tests/test_vla.py keeps the two equal).
-RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "tvm")
+# The runtimes a graph may name: the backend registry's names (a standard-library table).
+RUNTIMES = tuple(TARGETS)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

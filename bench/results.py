@@ -10,7 +10,7 @@ bundle. Names say what a file holds (docs/REPORTS.md):
     results/eval-<task>.json         closed-loop evaluation (``"kind": "closed_loop"``)
     results/openloop-<dataset>.json  open-loop evaluation (``"kind": "open_loop"``)
     results/control-<label>.json     control-loop timing (``"kind": "control_loop"``)
-    results/layers.json              per-layer times (``robopt_compile.plan.layer_profile``)
+    results/layers.json              per-layer times (``robopt_compile.report.layers``)
 
 Files are written atomically (a temporary file in the same folder, then a rename), so a reader
 never sees half a result. This module imports only the standard library: the robot writes

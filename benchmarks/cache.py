@@ -32,7 +32,7 @@ def _compile(out: Path, calib: Path, store: Path, threads: int = 1) -> tuple[flo
     cmd = [
         sys.executable,
         "-m",
-        "robopt_compile.cli.main",
+        "robopt_compile.cli",
         f"zoo:{MODEL}",
         "--target",
         "host",

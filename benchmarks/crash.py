@@ -26,7 +26,7 @@ MODEL = "zoo:pendulum-swingup-mlp"
 
 def _cmd(out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "robopt_compile.cli.main", MODEL, "--target", "host", "--threads",
+        sys.executable, "-m", "robopt_compile.cli", MODEL, "--target", "host", "--threads",
         "1", "-b", "onnxruntime", "--max-latency-ms", "5", "--max-accuracy-drop", "0.05",
         "-o", str(out),
     ]  # fmt: skip
@@ -80,7 +80,7 @@ def bench_crash(
             rows.append(row)
             continue
         r = subprocess.run(
-            [sys.executable, "-m", "robopt_compile.cli.main", MODEL, "--resume", rec.id, "--json"],
+            [sys.executable, "-m", "robopt_compile.cli", MODEL, "--resume", rec.id, "--json"],
             env=env, capture_output=True, text=True,
         )  # fmt: skip
         row["resume_exit"] = r.returncode

@@ -74,6 +74,7 @@ def _build(
 
 def bench_model(name: str, work: Path, episodes: int, log: Callable[[str], None]) -> dict:
     from robopt_compile import evaluate as ev
+    from robopt_compile.compile.frontend import load_fp32
     from robopt_compile.compile.options import QuantOptions
     from robopt_compile.tasks import get_task
     from robopt_compile.zoo import ZOO
@@ -108,7 +109,7 @@ def bench_model(name: str, work: Path, episodes: int, log: Callable[[str], None]
     log(f"[bench] eval {name}: {episodes} episodes x {1 + len(builds)} engines on {task_name}")
     with contextlib.ExitStack() as stack:
         task = stack.enter_context(get_task(task_name))
-        ref = stack.enter_context(ev.source_policy(f"zoo:{name}", 1))
+        ref = stack.enter_context(ev.source_policy(f"zoo:{name}", 1, load_fp32))
         cands = []
         for label, (path, info) in builds.items():
             if path is None:

@@ -8,7 +8,7 @@ ONNX Runtime and OpenVINO at fp32, int8-weight and int4-weight (OpenVINO also wi
 ``--activations bf16`` and at bf16), timed by ``robopt-bench``'s
 multi-graph harness on the same observation. Token agreement and action error are measured on
 the bundle's 8 held-out observations against the fp32 torch model. The 7B rows are ESTIMATES
-(robopt_compile/multigraph/estimates.py), not measurements.
+(robopt_compile/compile/multigraph/estimates.py), not measurements.
 """
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ def bench_vla(work: Path, log: Callable[[str], None], runs: int = 15) -> dict[st
     """Eager vs every build, timed interleaved; the 7B estimates per Jetson profile."""
     import torch
 
+    from robopt_compile.compile.multigraph.estimates import jetson_table
+    from robopt_compile.compile.multigraph.vla import HELDOUT_SEED
     from robopt_compile.compile.options import CompileOptions, QuantOptions
-    from robopt_compile.multigraph.estimates import jetson_table
-    from robopt_compile.multigraph.vla import HELDOUT_SEED
     from robopt_compile.zoo.vla import OPENVLA_7B, describe, make_vla
 
     torch.set_num_threads(1)
@@ -236,8 +236,8 @@ def bench_diffusion(work: Path, log: Callable[[str], None], runs: int) -> dict[s
     """diffusion-policy: eager control step (10 DDIM steps) vs the bundles, interleaved."""
     import torch
 
+    from robopt_compile.compile.multigraph.diffusion import HELDOUT_SEED
     from robopt_compile.compile.options import CompileOptions
-    from robopt_compile.multigraph.diffusion import HELDOUT_SEED
     from robopt_compile.zoo.diffusion import DIFFUSION, describe, make_diffusion
 
     torch.set_num_threads(1)
@@ -393,7 +393,8 @@ def report_lines(d: dict[str, Any]) -> list[str]:
         "",
         "### OpenVLA-7B on the Jetson boards: ESTIMATES (not measured)",
         "",
-        "Roofline lower bounds from the board profiles (robopt_compile/multigraph/estimates.py): "
+        "Roofline lower bounds from the board profiles "
+        "(robopt_compile/compile/multigraph/estimates.py): "
         "decode reads every language-model weight once per token (bandwidth bound), prefill "
         "and vision at the dense peak for 16-bit compute; one action = vision + prefill + 6 "
         "decode steps. Weights: the language model at the row's precision (with group "

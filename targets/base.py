@@ -87,6 +87,11 @@ class Runner(abc.ABC):
             raise InputError(f"missing input(s) {missing}; the engine takes {self.input_names}.")
         return self._infer(feeds)
 
+    def infer_unchecked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``infer`` without its per-call checks, for a loop whose feeds were checked once
+        (a closed-loop episode: the same names, shapes and dtypes every step)."""
+        return self._infer(feeds)
+
     def engine_file(self, key: str = "model") -> Path:
         """The file ``config[key]`` names: one of the artifact's files, inside its folder and
         reached without a symbolic link (``robopt_compile.paths.member``). Runners open engine

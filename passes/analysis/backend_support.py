@@ -23,12 +23,9 @@ from typing import Any
 import onnx_ir as ir
 
 from robopt_compile.errors import UnknownNameError
-from robopt_compile.passes.analysis.flops import (
-    StaticShapes,
-    infer_static_shapes,
-    iter_named_nodes,
-)
+from robopt_compile.passes.analysis.flops import iter_named_nodes
 from robopt_compile.passes.analysis.op_histogram import norm_domain, op_key
+from robopt_compile.passes.analysis.shapes import StaticShapes, infer_static_shapes
 from robopt_compile.passes.base import AnalysisPass
 from robopt_compile.targets.registry import TARGETS
 

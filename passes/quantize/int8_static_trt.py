@@ -209,7 +209,7 @@ class TensorRTInt8Pass(QuantizePass):
     ) -> tuple[list[str], dict[str, str], dict[str, int]]:
         """(Conv/Gemm/MatMul and pooling nodes to quantize, nodes left float with reasons,
         residual Adds)."""
-        from robopt_compile.passes.analysis.flops import infer_static_shapes
+        from robopt_compile.passes.analysis.shapes import infer_static_shapes
 
         shapes = infer_static_shapes(model, batch=1)
         graph_inputs = set(model.graph.inputs)

@@ -1,5 +1,5 @@
 """``python -m robopt_compile.cli``."""
 
-from robopt_compile.cli.main import main
+from robopt_compile.cli import main
 
 main()

@@ -95,7 +95,7 @@ def accuracy_figures(
     else:
         try:
             drop = float(metric(list(reference), list(candidate), list(inputs)))
-        except Exception as exc:
+        except Exception as exc:  # the user's metric may raise anything: one line
             raise InputError(
                 f"--metric {metric_name} failed: {type(exc).__name__}: {str(exc)[:200]}. It must "
                 "return a number (the accuracy drop) for (reference, candidate, inputs)."

@@ -1,8 +1,9 @@
 """Run every analysis pass on a model and summarise the facts for people and the planner.
 
 ``analyze`` runs the six analysis passes through ``PassRunner`` (so each is timed like any
-other pass) and adds a ``summary``; ``format_table`` renders the facts as plain text with the
-standard library only, so it works in any terminal and in CI logs.
+other pass) and adds a ``summary``; ``analyze_source`` loads a source and runs the transform
+passes first (``robopt-compile analyze``); ``format_table`` renders the facts as plain text
+with the standard library only, so it works in any terminal and in CI logs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import onnx_ir as ir
 
+    from robopt_compile.compile.frontend import SourceModel
+    from robopt_compile.compile.options import CompileOptions
+    from robopt_compile.compile.stages import Progress
     from robopt_compile.hwprofiles import HardwareProfile
 
 MB = 1e6  # reports use decimal megabytes
@@ -54,6 +58,40 @@ def analyze(
     facts["summary"] = summarize(facts)
     facts["timing"] = [r.to_json() for r in timing.records]
     return facts
+
+
+def analyze_source(
+    source: str, opts: CompileOptions, progress: Progress | None = None
+) -> tuple[HardwareProfile, SourceModel, dict[str, Any]]:
+    """``robopt-compile analyze``: export and check ``source`` as a compile does, run the
+    transform passes (``--simplify``, ``--dump-ir``), then every analysis pass on the result for
+    ``opts.target`` at ``opts.precision``. Returns (profile, the loaded source, the facts)."""
+    import time
+
+    from robopt_compile.compile.frontend import load_source
+    from robopt_compile.compile.resolve import build_passes, check_options, resolve_profile
+    from robopt_compile.passes.base import DumpIRInstrument, PassRunner
+
+    progress = progress or (lambda stage, event, seconds: None)
+    profile = resolve_profile(opts)
+    check_options(opts)
+    progress("export", "start", 0)
+    started = time.perf_counter()
+    src = load_source(
+        source,
+        dynamic_batch=opts.dynamic_batch,
+        opset=opts.opset,
+        seed=opts.seed,
+        check_parity=opts.check_parity,
+        reference_inputs=opts.reference_inputs,
+    )
+    progress("export", "done", time.perf_counter() - started)
+    instruments = [DumpIRInstrument(opts.dump_ir)] if opts.dump_ir else []
+    model = PassRunner(instruments).run(build_passes(opts), src.model)
+    facts = analyze(
+        model, profile, precision=opts.precision, threads=opts.threads or profile.cpu_cores
+    )
+    return profile, src, facts
 
 
 def summarize(facts: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from robopt_compile.compile.options import CompileOptions
 from robopt_compile.compile.quantize import needs_quantization
 from robopt_compile.compile.stages import Progress, cache_note, stage
 from robopt_compile.jsonutil import json_default, json_sha, sha256_file
+from robopt_compile.store.cache import ENTRY_ERRORS, STORE_ERRORS
 
 CACHED_STAGES = ("export", "transform", "build")
 
@@ -48,7 +49,8 @@ def export_key(cache: Any, source: str, opts: CompileOptions) -> str:
     """The export stage's cache key; raises ``cache.Uncacheable`` (or the error of a source
     that cannot be read, which the export itself then reports)."""
     from robopt_compile.compile import frontend
-    from robopt_compile.store.cache import implementation, sha256_tree, source_identity
+    from robopt_compile.compile.identity import source_identity
+    from robopt_compile.store.cache import implementation, sha256_tree
 
     ident = source_identity(source)
     config = {
@@ -74,11 +76,11 @@ def cached_export(
 ) -> Any:
     """``export()`` through the cache; records ``info["export"]`` and the export's tree hash."""
     from robopt_compile.compile.frontend import SourceModel
-    from robopt_compile.store.cache import Uncacheable
+    from robopt_compile.store.cache import KEY_ERRORS, Uncacheable
 
     try:
         key = export_key(cache, source, opts)
-    except Exception as exc:  # Uncacheable, or a broken file: the export says what is wrong
+    except KEY_ERRORS as exc:  # the export itself says what is wrong with a broken file
         reason = str(exc) if isinstance(exc, Uncacheable) else f"{type(exc).__name__}: {exc}"
         info["export"] = {"cache": "off", "reason": reason}
         return export()
@@ -101,7 +103,7 @@ def cached_export(
                 parity=m["parity"],
                 notes=m["notes"],
             )
-        except Exception as exc:  # a damaged entry is a miss
+        except ENTRY_ERRORS as exc:  # a damaged entry is a miss
             cache_note(progress, "export entry unusable, exporting again", exc)
     src = export()
     info["export"] = {"cache": "miss", "key": key}
@@ -121,7 +123,7 @@ def cached_export(
             # Go on with the model as stored, so a later hit continues from the same bytes.
             src.model = load_model_dir(folder)[0]
         info["export"]["output"] = entry.objects["export"]
-    except Exception as exc:
+    except STORE_ERRORS as exc:
         cache_note(progress, "export not stored", exc)
     return src
 
@@ -161,13 +163,13 @@ def cached_record(
             shutil.copyfile(cache.path(entry, "calibration"), dest)
             info["record"] = {"cache": "hit", "key": key}
             return
-        except Exception as exc:
+        except ENTRY_ERRORS as exc:
             cache_note(progress, "calibration recording unusable, recording again", exc)
     record()
     info["record"] = {"cache": "miss", "key": key}
     try:
         cache.put(key, "record", {"spec": spec}, files={"calibration": dest})
-    except Exception as exc:
+    except STORE_ERRORS as exc:
         cache_note(progress, "calibration recording not stored", exc)
 
 
@@ -274,7 +276,7 @@ def cached_transform(
                 progress(note, "note", 0.0)
             info["transform"] = {"cache": "hit", "key": key}
             return {**{k: m[k] for k in m if k not in ("notes", "_trees")}, "model": model}
-        except Exception as exc:
+        except ENTRY_ERRORS as exc:
             cache_note(progress, "transform entry unusable, running the passes", exc)
     notes: list[str] = []
 
@@ -297,7 +299,7 @@ def cached_transform(
             # As stored, so the engine built now is the one a later hit builds (a save after a
             # load can list a few more shapes than the first save of a pass's output).
             done["model"] = load_model_dir(folder)[0]
-    except Exception as exc:
+    except STORE_ERRORS as exc:
         cache_note(progress, "transform not stored", exc)
     return done
 
@@ -339,7 +341,7 @@ def cached_build(
             cache.materialize(entry, "engine", engine)
             info["build"] = {"cache": "hit", "key": key}
             return Artifact.from_json(entry.meta["artifact"], engine), None
-        except Exception as exc:
+        except ENTRY_ERRORS as exc:
             shutil.rmtree(engine, ignore_errors=True)
             cache_note(progress, "build entry unusable, building again", exc)
     artifact = backend.build(tmp / "model.onnx", profile, build_opts, engine)
@@ -349,7 +351,7 @@ def cached_build(
         try:
             meta = json.loads(json.dumps({"artifact": artifact.to_json()}, default=json_default))
             cache.put(key, "build", meta, trees={"engine": Path(artifact.root)})
-        except Exception as exc:
+        except STORE_ERRORS as exc:
             cache_note(progress, "engine not stored", exc)
 
     return artifact, put

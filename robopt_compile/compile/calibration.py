@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.compile.frontend import check_feeds_match, load_npz_inputs
 from robopt_compile.compile.userimport import brief as _brief
 from robopt_compile.compile.userimport import cwd_on_path as _cwd_on_path
 from robopt_compile.compile.userimport import import_callable
 from robopt_compile.compile.userimport import is_callable_ref as _is_callable_ref
 from robopt_compile.errors import InputError
+from robopt_compile.feeds import check_feeds_match, load_npz_inputs
 from robopt_compile.ir import TensorSpec
 
 Sample = dict[str, np.ndarray]
@@ -252,7 +252,7 @@ def _callable_source(spec: str, max_samples: int | None) -> tuple[list[str], Get
             samples = list(_take(iter(result), spec, max_samples))
         except InputError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # the user's own iterator may raise anything: one line
             raise InputError(
                 f"calibration {spec} raised {_brief(exc)}. It must return an iterable of "
                 "dicts {input_name: array}."
@@ -301,7 +301,7 @@ def _prepare(raw: Mapping[str, Any], specs: list[TensorSpec], where: str) -> Sam
     for name, value in raw.items():
         try:
             a = np.asarray(value)
-        except Exception as exc:
+        except Exception as exc:  # a user's object's __array__ may raise anything: one line
             raise InputError(f"{where}: input {name!r} is not an array ({_brief(exc)}).") from exc
         if a.dtype == object:
             raise InputError(
@@ -346,7 +346,7 @@ def _load_npy(path: Path) -> np.ndarray:
                 "Save a plain numeric array with numpy.save."
             ) from exc
         raise _unreadable(path, exc) from exc
-    except Exception as exc:
+    except Exception as exc:  # numpy's readers raise a dozen types on a corrupt file: one line
         raise _unreadable(path, exc) from exc
     if not isinstance(a, np.ndarray):  # an .npz saved under an .npy name
         a.close()

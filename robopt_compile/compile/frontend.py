@@ -1,7 +1,8 @@
 """Frontend: turn what the user passed into a checked ONNX model held as ``onnx_ir``.
 
 Sources: ``zoo:NAME``, a ``.onnx`` file (external data resolved beside it), a ``.pt2`` saved
-``torch.export`` program, or ``package.module:factory`` returning ``(module, example_inputs)``.
+``torch.export`` program, ``package.module:factory`` returning ``(module, example_inputs)``,
+or a module in memory with its example inputs (:class:`ModuleSource`, from the Python API).
 
 Torch sources are exported with the dynamo exporter first and the TorchScript exporter as a
 fallback. Every result is checked before anything else touches it: the ONNX checker, shape
@@ -25,6 +26,7 @@ import numpy as np
 
 from robopt_compile import ir as rir
 from robopt_compile.errors import CheckFailedError, ExportError, InputError, ModelLoadError
+from robopt_compile.feeds import check_feeds_match, load_npz_inputs
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -42,7 +44,7 @@ class SourceModel:
     model: ir.Model
     name: str
     source: str
-    kind: str  # "zoo" | "onnx" | "pt2" | "factory"
+    kind: str  # "zoo" | "onnx" | "pt2" | "factory" | "module"
     exporter: str | None  # "dynamo" | "torchscript" | None for ONNX sources
     reference_inputs: dict[str, np.ndarray]
     reference_outputs: dict[str, np.ndarray]
@@ -50,7 +52,29 @@ class SourceModel:
     notes: list[str] = field(default_factory=list)
 
 
+class ModuleSource(str):
+    """A ``torch.nn.Module`` in memory with its example inputs, passed where a source string goes.
+
+    The string is a label (``<module NAME>``: no path, no colon, so nothing mistakes it for a
+    file or a factory) that manifests, reports and sessions record; every stage that only names
+    the source works unchanged, and :func:`load_source` exports the module itself through the
+    factory route. The build cache keys it by its content (``identity.source_identity``).
+    """
+
+    module: Any
+    example_inputs: Any
+    model_name: str
+
+    def __new__(cls, module: Any, example_inputs: Any, name: str | None = None) -> ModuleSource:
+        model_name = name or type(module).__name__
+        obj = super().__new__(cls, f"<module {model_name}>")
+        obj.module, obj.example_inputs, obj.model_name = module, example_inputs, model_name
+        return obj
+
+
 def source_kind(source: str) -> str:
+    if isinstance(source, ModuleSource):
+        return "module"
     if source.startswith("zoo:"):
         return "zoo"
     suffix = Path(source).suffix.lower()
@@ -94,6 +118,12 @@ def load_source(
     given = load_npz_inputs(reference_inputs) if reference_inputs is not None else None
     if kind == "onnx":
         return _load_onnx(source, seed, given)
+    if kind == "module":
+        assert isinstance(source, ModuleSource)
+        return _from_torch(
+            source.module, source.example_inputs, str(source), source.model_name, kind,
+            dynamic_batch, opset, seed, check_parity, given,
+        )  # fmt: skip
     if kind == "zoo":
         from robopt_compile.zoo import load_zoo
 
@@ -111,63 +141,10 @@ def load_source(
     )
 
 
-def load_npz_inputs(path: str | Path, what: str = "reference inputs file") -> dict[str, np.ndarray]:
-    """Read an .npz of named input arrays with a one-line error for anything wrong.
-
-    ``what`` names the file in the not-found message (reference inputs, calibration data).
-    Pickled object arrays are refused: loading them can run arbitrary code.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what} not found: {p}.")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except ValueError as exc:
-        if "Object arrays" not in str(exc):  # a non-numpy file (even a pickle) is unreadable
-            raise _unreadable_npz(p, exc) from exc
-        raise InputError(
-            f"{p} holds pickled object arrays, which robopt does not load (unsafe). "
-            "Save plain numeric arrays with numpy.savez(path, input_name=array, ...)."
-        ) from exc
-    except Exception as exc:
-        raise _unreadable_npz(p, exc) from exc
-    if not arrays:
-        raise InputError(f"{p} holds no arrays.")
-    return arrays
-
-
-def _unreadable_npz(p: Path, exc: Exception) -> InputError:
-    return InputError(
-        f"{p} is not a readable .npz of arrays ({type(exc).__name__}: {str(exc)[:120]}). "
-        "Write it with numpy.savez(path, input_name=array, ...)."
-    )
-
-
-def check_feeds_match(feeds: dict[str, np.ndarray], specs: list[Any], where: str) -> None:
-    """Names, dtypes and static dims of ``feeds`` must match the model's inputs."""
-    names = [s.name for s in specs]
-    if sorted(feeds) != sorted(names):
-        missing = [n for n in names if n not in feeds]
-        extra = sorted(k for k in feeds if k not in names)
-        parts = [f"missing {missing}"] if missing else []
-        parts += [f"unexpected {extra}"] if extra else []
-        raise InputError(
-            f"{where}: arrays {sorted(feeds)} do not match the model inputs {names} "
-            f"({'; '.join(parts)})."
-        )
-    for s in specs:
-        a = feeds[s.name]
-        if str(a.dtype) != s.dtype:
-            raise InputError(f"{where}: input {s.name!r} is {a.dtype}, the model takes {s.dtype}.")
-        ok = len(a.shape) == len(s.shape) and all(
-            not isinstance(d, int) or d == n for d, n in zip(s.shape, a.shape, strict=True)
-        )
-        if not ok:
-            raise InputError(
-                f"{where}: input {s.name!r} has shape {list(a.shape)}, the model takes "
-                f"{list(s.shape)}."
-            )
+def load_fp32(source: str) -> Any:
+    """``source`` exported to its fp32 ONNX model, parity not enforced (the original that an
+    evaluation compares an optimized engine with)."""
+    return load_source(source, check_parity=False).model
 
 
 # --------------------------------------------------------------------------- ONNX files
@@ -186,7 +163,7 @@ def _load_onnx(source: str, seed: int, given: dict[str, np.ndarray] | None) -> S
         feeds = random_feeds(specs, seed=seed + REFERENCE_SEED_OFFSET)
     try:
         outputs = run_onnx(model, feeds)
-    except Exception as exc:
+    except Exception as exc:  # onnxruntime's errors share no base class: one line
         what = "the given reference inputs" if given is not None else "random inputs"
         raise ModelLoadError(
             f"{source}: ONNX Runtime cannot run the model on {what} "
@@ -223,7 +200,7 @@ def check_model(model: ir.Model, where: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=False)
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except Exception as exc:
+    except Exception as exc:  # onnx's C++ checker raises several types: one line
         raise ModelLoadError(
             f"{where}: the ONNX model is invalid ({str(exc).splitlines()[0][:200]})."
         ) from exc
@@ -238,7 +215,7 @@ def _call_factory(source: str) -> tuple[Any, Any]:
     fn = import_callable(source, "factory", ModelLoadError)
     try:
         result = fn()
-    except Exception as exc:
+    except Exception as exc:  # the user's factory may raise anything: one line
         raise ModelLoadError(
             f"factory {source} raised {type(exc).__name__}: {str(exc)[:200]}. Fix the factory."
         ) from exc
@@ -304,7 +281,7 @@ def _torch_outputs(module: Any, named: dict[str, Any]) -> list[Any]:
     try:
         with torch.no_grad():
             out = module(**named)
-    except Exception as exc:
+    except Exception as exc:  # the user's forward may raise anything: one line
         raise ModelLoadError(
             f"the model's forward() raised {type(exc).__name__} on the example inputs: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}. Check the example inputs' "
@@ -403,7 +380,7 @@ def export_torch(
                 **kwargs,
             )
         return program.model, "dynamo", notes
-    except Exception as exc:
+    except Exception as exc:  # the exporter fails in many ways on user code: fall back
         errors.append(f"dynamo: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         notes.append(f"dynamo exporter failed ({errors[-1]}); used the TorchScript exporter")
     try:
@@ -422,7 +399,7 @@ def export_torch(
                 ),
             )
         return rir.from_proto(onnx.load_from_string(buf.getvalue())), "torchscript", notes
-    except Exception as exc:
+    except Exception as exc:  # any failure here ends in the ExportError below, with both causes
         errors.append(f"torchscript: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     raise ExportError(
         "both ONNX exporters failed (" + "; ".join(errors) + "). Simplify the forward() "
@@ -529,7 +506,7 @@ def _load_pt2(
     try:
         with quiet_exporter():
             ep = torch.export.load(str(path))
-    except Exception as exc:
+    except Exception as exc:  # torch.export.load raises many types on a bad file
         raise ModelLoadError(
             f"{path} is not a loadable torch.export program ({type(exc).__name__}: "
             f"{str(exc)[:160]}). Save it with torch.export.save()."
@@ -565,7 +542,7 @@ def _load_pt2(
                 optimize=True,
                 **({"opset_version": opset} if opset else {}),
             )
-    except Exception as exc:
+    except Exception as exc:  # the TorchScript exporter fails in many ways: one line
         raise ExportError(
             f"{path}: the dynamo exporter failed ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200]}). A .pt2 program cannot fall back to TorchScript; "
@@ -608,7 +585,7 @@ def _torch_outputs_positional(module: Any, args: Any, kwargs: Any) -> list[Any]:
     try:
         with torch.no_grad():
             out = module(*args, **kwargs)
-    except Exception as exc:
+    except Exception as exc:  # the program's forward may raise anything: one line
         raise ModelLoadError(
             f"the saved program raised {type(exc).__name__} on its own example inputs: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}."

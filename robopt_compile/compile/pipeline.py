@@ -1,7 +1,7 @@
 """The compile pipeline: source -> checked ONNX -> passes -> engine -> checked bundle.
 
 ``compile_model`` is the session runner the API and the CLI drive: it resolves the target,
-sends multi-graph models (VLA, diffusion policy) to ``robopt_compile.multigraph``, and runs
+sends multi-graph models (VLA, diffusion policy) to ``robopt_compile.compile.multigraph``, and runs
 the single-graph stages (export, record, optimize, compress, quantize, analyze, build,
 verify, evaluate, report), each reporting to a ``progress`` callback and each cached where its
 inputs are unchanged."""
@@ -72,12 +72,12 @@ def compile_model(
     if kind is None and is_folder_source(source):  # a local Hugging Face-style folder
         kind = "vla"
     if kind in ("vla", "diffusion"):  # multi-graph bundles: graphs + the loop that runs them
-        from robopt_compile.multigraph.common import compile_cached
+        from robopt_compile.compile.multigraph.common import compile_cached
 
         if kind == "vla":  # vision, embed and llm graphs + greedy action decoding
-            from robopt_compile.multigraph import vla as mod
+            from robopt_compile.compile.multigraph import vla as mod
         else:  # encoder and denoiser graphs + the DDIM loop
-            from robopt_compile.multigraph import diffusion as mod
+            from robopt_compile.compile.multigraph import diffusion as mod
         if kind == "vla":  # without -b: the combination measured fastest for a VLA
             opts, backend, note = mod.default_recipe(opts, profile, backend)
             if note:
@@ -403,7 +403,7 @@ def _compile_rest(
         parity["engine"] = engine_fig
         if dyn_fig is not None:
             parity["engine_dynamic"] = dyn_fig
-        from robopt_compile.multigraph.common import manifest_common
+        from robopt_compile.compile.multigraph.common import manifest_common
 
         manifest = {
             **manifest_common(

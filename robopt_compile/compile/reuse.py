@@ -18,6 +18,7 @@ from robopt_compile.compile.buildcache import (
 from robopt_compile.compile.options import CompileOptions
 from robopt_compile.compile.quantize import needs_quantization
 from robopt_compile.compile.stages import CompileResult, Progress, cache_note
+from robopt_compile.store.cache import ENTRY_ERRORS, KEY_ERRORS, STORE_ERRORS
 
 
 def bundle_key(
@@ -83,7 +84,7 @@ def bundle_key_for(
         if cache.peek(tkey) is None:
             return None
         bkey = bundle_key(cache, tkey, opts, profile, backend)
-    except Exception:  # Uncacheable, or an unreadable source: the full path reports it
+    except KEY_ERRORS:  # an unhashable or unreadable source: the full path reports it
         return None
     objects = cache.peek(bkey)
     return (bkey, objects) if objects else None
@@ -121,7 +122,7 @@ def reuse_bundle(
                 manifest = json.loads((tmp / bundle.MANIFEST).read_text())
                 analysis = tmp / "analysis.json"  # multi-graph bundles have none
                 facts = json.loads(analysis.read_text()) if analysis.is_file() else {}
-            except Exception as exc:  # a damaged entry is a miss: the full build runs
+            except ENTRY_ERRORS as exc:  # a damaged entry is a miss: the full build runs
                 raise _ReuseFailed(str(exc)) from exc
             _rewrite_reused(tmp, entry, report, manifest, timings, started)
     except _ReuseFailed:
@@ -208,5 +209,5 @@ def store_bundle(
         manifest = json.loads((out / "manifest.json").read_text())
         meta = {"created_utc": manifest.get("created_utc"), "stages": info}
         cache.put(bkey, "bundle", json.loads(json.dumps(meta, default=str)), trees={"bundle": out})
-    except Exception as exc:
+    except STORE_ERRORS as exc:
         cache_note(progress, "bundle not stored for reuse", exc)

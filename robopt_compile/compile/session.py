@@ -1,7 +1,7 @@
 """A plain ``robopt-compile`` run as a store session (the Optimization Manager's record).
 
 Every compile that is not a planner search is recorded in the model store
-(``robopt_compile/store/db.py``): one session with a step per pipeline stage (resolve, export,
+(``robopt_compile.store``): one session with a step per pipeline stage (resolve, export,
 optimize, quantize, analyze, build, verify, report, ...), the warnings as events, a
 ``rolled_back`` event for each step the accuracy guard or a compression bound undid, the
 bundle's figures as results, and the bundle itself (content-addressed, so the build cache's
@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from robopt_compile.errors import InputError
 from robopt_compile.store import Store, StoreError, open_store
 
 Progress = Callable[[str, str, float], None]
@@ -179,23 +180,25 @@ def _open(store_spec: str | None, progress: Progress) -> Store | None:
 def compile_session(
     source: str,
     target: str,
-    argv: list[str],
+    argv: Sequence[str] | None,
     progress: Progress,
-    store_spec: str | None = None,
+    store_spec: str | Path | None = None,
     resume: Any = None,
 ) -> Iterator[CompileRecorder]:
     """Record the compile run inside the block; yields the progress callback to pass on.
 
-    ``resume``: a session claimed with ``Store.resume_session`` (``--resume ID``) to go on
-    in, instead of a new one. The caller calls ``recorder.finished(result)`` on success;
-    an exception leaving the block fails (or, for Ctrl-C, cancels) the session.
+    ``argv``: the command line that started it, recorded for ``--resume`` (None from the
+    Python API: such a session cannot be resumed by re-running a command). ``resume``: a
+    session claimed with ``Store.resume_session`` (``--resume ID``) to go on in, instead of a
+    new one. The caller calls ``recorder.finished(result)`` on success; an exception leaving
+    the block fails (or, for Ctrl-C, cancels) the session.
     """
     store = resume.store if resume is not None else _open(store_spec, progress)
     session = resume
     if session is None and store is not None:
         try:
-            run = {"argv": list(argv), "cwd": os.getcwd()}
-            session = store.create_session(source, target, {COMPILE_KEY: run}, ["compile"])
+            run = {} if argv is None else {COMPILE_KEY: {"argv": list(argv), "cwd": os.getcwd()}}
+            session = store.create_session(str(source), target, run, ["compile"])
         except _STORE_ERRORS as exc:
             progress(f"session not recorded: {exc}", "note", 0.0)
             session = None
@@ -217,6 +220,38 @@ def compile_command(record: Any) -> tuple[list[str], str] | None:
     if not isinstance(run, dict) or not isinstance(run.get("argv"), list):
         return None
     return [str(a) for a in run["argv"]], str(run.get("cwd") or os.getcwd())
+
+
+Rerun = Callable[[list[str], Any], None]  # (recorded argv, the claimed session) -> None
+
+
+def resume_compile(store: Store, record: Any, rerun: Rerun) -> None:
+    """Go on with a killed plain compile in its own session (``--resume ID``).
+
+    Claims the session (refusing a running or finished one), then calls ``rerun(argv,
+    session)`` from the folder the command was started in (its paths are relative to it):
+    the caller parses the recorded command line and compiles with ``resume=session``; the
+    stages finished before come back from the build cache. A re-run that stops before its
+    compile starts (a bad option) fails the session rather than leaving it running.
+    """
+    cmd = compile_command(record)
+    if cmd is None:
+        raise InputError(
+            f"session {record.id[:12]} did not record its command (it was not started by "
+            f"robopt-compile); run the compile again without --resume."
+        )
+    session = store.resume_session(record.id)  # refuses a running or finished session
+    argv, cwd = cmd
+    here = os.getcwd()
+    try:
+        if cwd != here:
+            os.chdir(cwd)
+        rerun(argv, session)
+    finally:
+        os.chdir(here)
+        with contextlib.suppress(StoreError, OSError):
+            if session.record().state == "running":  # the re-run never reached its compile
+                session.fail("the resumed command stopped before compiling")
 
 
 def bundle_max_bytes() -> float:

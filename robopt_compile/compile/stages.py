@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robopt_compile.errors import RoboptError
+
 Progress = Callable[[str, str, float], None]  # (stage, "start" | "done", seconds)
 
 
@@ -43,7 +45,7 @@ def write_report(staged: Path, progress: Progress = noop, out: Path | None = Non
         from robopt_compile.report import refresh_reports
 
         refresh_reports(staged, warn=lambda m: progress(m, "note", 0.0), shown=out)
-    except Exception as exc:
+    except (RoboptError, OSError) as exc:  # the bundle is complete; its report is not
         progress(f"report.html not written: {type(exc).__name__}: {exc}", "note", 0.0)
 
 

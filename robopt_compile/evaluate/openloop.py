@@ -25,7 +25,7 @@ def load_dataset(path: str | Path, input_names: Sequence[str]) -> dict[str, np.n
     Optional keys: ``actions`` (the recorded actions, for reporting the reference's own error
     against them) and ``episode`` (the episode index of every step).
     """
-    from robopt_compile.compile.frontend import load_npz_inputs
+    from robopt_compile.feeds import load_npz_inputs
 
     p = Path(path)
     if not p.is_file():

@@ -78,27 +78,30 @@ def bundle_policy(bundle_dir: str | Path, threads: int | None = 1) -> Iterator[T
         runner = enter_runner(stack, b, threads)
         # The runner's unchecked call, as in the harness's timed loop: the task builds feeds
         # of the right names, shapes and dtypes, so per-step checks would only add overhead.
-        yield TimedPolicy(runner._infer, names)
+        yield TimedPolicy(runner.infer_unchecked, names)
+
+
+# source -> its fp32 ONNX model: the compiler's frontend, handed in by the layer above (the
+# evaluation runs below the compiler, which itself evaluates closed loop at compile time)
+Loader = Callable[[str], Any]
 
 
 @contextlib.contextmanager
-def source_policy(source: str, threads: int | None = 1) -> Iterator[TimedPolicy]:
-    """A model source (zoo:NAME, .onnx, .pt2, module:factory) exported to fp32 ONNX."""
-    from robopt_compile.compile.frontend import load_source
-
-    src = load_source(source, check_parity=False)
-    with onnx_policy(src.model, threads) as p:
+def source_policy(source: str, threads: int | None, load: Loader) -> Iterator[TimedPolicy]:
+    """A model source (zoo:NAME, .onnx, .pt2, module:factory) exported to fp32 ONNX by
+    ``load`` (``robopt_compile.compile.frontend.load_fp32``)."""
+    with onnx_policy(load(source), threads) as p:
         yield p
 
 
 @contextlib.contextmanager
-def any_policy(spec: str | Path, threads: int | None = 1) -> Iterator[TimedPolicy]:
-    """A bundle folder or a model source."""
+def any_policy(spec: str | Path, threads: int | None, load: Loader) -> Iterator[TimedPolicy]:
+    """A bundle folder or a model source (exported by ``load``)."""
     if looks_like_bundle(spec):
         with bundle_policy(spec, threads) as p:
             yield p
     else:
-        with source_policy(str(spec), threads) as p:
+        with source_policy(str(spec), threads, load) as p:
             yield p
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -406,7 +406,77 @@ def plan_and_search(
     return result
 
 
+def criteria_from(
+    given: OptimizationCriteria | Mapping[str, Any] | None = None, recipe: str | Path | None = None
+) -> OptimizationCriteria:
+    """The criteria a search is held to: a recipe file's, with ``given`` over them.
+
+    Raises:
+        InputError: a bad recipe, an unknown criterion or a bad value (one line).
+    """
+    from dataclasses import fields
+
+    from robopt_compile.plan.recipe import load_recipe
+
+    if isinstance(given, OptimizationCriteria):
+        if recipe is not None:
+            raise InputError("give the criteria as a mapping to combine them with a recipe.")
+        return given
+    given = dict(given or {})
+    known = {f.name for f in fields(OptimizationCriteria)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise InputError(f"unknown criteria {unknown}; known: {', '.join(sorted(known))}.")
+    return OptimizationCriteria(**{**(load_recipe(Path(recipe)) if recipe else {}), **given})
+
+
+def planner_options(source: str, opts: Any, criteria: OptimizationCriteria) -> Any:
+    """The compile options every plan starts from: a trained policy with a task calibrates on
+    what it sees doing the task (unless calibration data was given), and the accuracy bound
+    is the accuracy guard's unless one was set for the guard itself."""
+    from robopt_compile.evaluate import task_for_source
+
+    if opts.quant.calibration is None and task_for_source(source):
+        opts = replace(opts, quant=replace(opts.quant, calibration="task"))
+    if criteria.max_accuracy_drop is not None and opts.quant.max_drop is None:
+        opts = replace(opts, quant=replace(opts.quant, max_drop=criteria.max_accuracy_drop))
+    return opts
+
+
+def run_search(
+    source: str,
+    out: Path,
+    opts: Any,  # CompileOptions
+    criteria: OptimizationCriteria,
+    *,
+    plan_only: bool = False,
+    force: bool = False,
+    log: Log = lambda m: None,
+    store: str | Path | None = None,
+) -> SearchResult:
+    """Planner mode as ``robopt-compile`` runs it: the planner's options
+    (:func:`planner_options`), ``opts.backend`` (if any) as the only backend, and the session,
+    measurements and memory in the store named by ``store`` (default: ``$ROBOPT_STORE``)."""
+    from robopt_compile.store import open_store
+
+    opts = planner_options(source, opts, criteria)
+    backends = (opts.backend,) if opts.backend is not None else None
+    db = open_store(None if store is None else str(store))
+    try:
+        return plan_and_search(
+            source, out, opts, criteria, plan_only=plan_only, backends=backends, force=force,
+            log=log, store=db,
+        )  # fmt: skip
+    finally:
+        db.close()
+
+
 RUN_KEY = "_run"  # the search settings kept with a session's criteria, for --resume
+
+
+def is_search_session(record: Any) -> bool:
+    """Whether a store session is a planner search (else a plain compile)."""
+    return RUN_KEY in (record.criteria or {})
 
 
 def resume_search(

@@ -52,7 +52,7 @@ def refresh_reports(
     # Per-layer profiles are of single-graph engines; a multi-graph bundle reports per graph.
     profile = profile and "graphs" not in manifest
     if profile and "layers" not in load_results(bundle_dir):
-        from robopt_compile.plan.layer_profile import profile_layers as measure
+        from robopt_compile.report.layers import profile_layers as measure
 
         threads = (manifest.get("build") or {}).get("threads") or 1
         try:
@@ -65,3 +65,17 @@ def refresh_reports(
     if layers is not None:
         paths["layers"] = layers
     return paths
+
+
+def regenerate_reports(
+    bundle_dir: Path | str, warn: Callable[[str], None] | None = None
+) -> dict[str, Path] | None:
+    """:func:`refresh_reports` after new results landed in ``results/`` (an evaluation, a
+    remote benchmark): never fails, since the measurement is already saved. What went wrong
+    is one ``warn`` line; returns the paths written, or None."""
+    try:
+        return refresh_reports(bundle_dir, warn=warn)
+    except Exception as exc:  # any report bug: the saved measurement must not be lost to it
+        if warn:
+            warn(f"report not regenerated: {exc}")
+        return None

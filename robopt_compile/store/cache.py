@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from robopt_compile.errors import RoboptError
 from robopt_compile.jsonutil import canonical_json, sha256_file, sha256_tree
 from robopt_compile.store.records import StoreError, utc_now
 from robopt_compile.store.store import Store, open_store
@@ -275,55 +276,15 @@ class Uncacheable(Exception):
     """A stage whose inputs cannot be hashed reliably; the message says why."""
 
 
-def _onnx_files(path: Path) -> list[Path]:
-    """An .onnx file and the external data files it names."""
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    proto = onnx.load(str(path), load_external_data=False)
-    found = [path]
-    for t in _get_all_tensors(proto):
-        if uses_external_data(t):
-            loc = next((e.value for e in t.external_data if e.key == "location"), None)
-            if loc and (path.parent / loc) not in found:
-                found.append(path.parent / loc)
-    return found
-
-
-def source_identity(source: str) -> dict[str, Any]:
-    """What identifies a source's content (robopt's own code is in every key already).
-
-    ``zoo:NAME`` -> the name (the zoo's code and weights are in :func:`code_fingerprint`);
-    ``.onnx`` -> sha256 of the file and its external data; ``.pt2`` -> sha256 of the file;
-    ``pkg.mod:fn`` -> sha256 of the module's source file. Raises :class:`Uncacheable`.
-    """
-    from robopt_compile.compile.frontend import source_kind
-
-    kind = source_kind(source)
-    if kind == "zoo":
-        return {"kind": kind, "zoo": source.removeprefix("zoo:")}
-    if kind in ("onnx", "pt2"):
-        path = Path(source)
-        if not path.is_file():
-            raise Uncacheable(f"{source} is not a file")
-        try:
-            files = _onnx_files(path) if kind == "onnx" else [path]
-        except Exception as exc:  # onnx.load raises protobuf, OS or onnx errors: re-raised
-            raise Uncacheable(f"{source} cannot be read as ONNX ({type(exc).__name__})") from exc
-        return {
-            "kind": kind,
-            "files": [[p.name, sha256_file(p)] for p in files if p.is_file()],
-        }
-    import importlib.util
-
-    mod = source.partition(":")[0]
-    try:
-        spec = importlib.util.find_spec(mod)
-    except (ImportError, ValueError) as exc:
-        raise Uncacheable(f"factory module {mod} cannot be located ({exc})") from exc
-    if spec is None or not spec.origin or not Path(spec.origin).is_file():
-        raise Uncacheable(f"factory module {mod} has no source file to hash")
-    return {"kind": kind, "factory": source, "module_sha256": sha256_file(Path(spec.origin))}
+# What storing in or reading from the cache may raise without robopt having a bug: the store's
+# and the loaders' own errors (RoboptError), the disk, SQLite. A cache problem never fails a
+# compile: it becomes a note and the stage runs (or its output is not kept).
+STORE_ERRORS: tuple[type[BaseException], ...] = (RoboptError, OSError, sqlite3.Error)
+# Reading an entry back: also one written by another robopt version or damaged on disk (a key
+# missing from its metadata, JSON or arrays that do not parse).
+ENTRY_ERRORS = (*STORE_ERRORS, KeyError, ValueError)
+# Computing a key: also a source that cannot be hashed reliably.
+KEY_ERRORS = (*STORE_ERRORS, Uncacheable)
 
 
 def data_identity(spec: str | None) -> dict[str, Any] | None:

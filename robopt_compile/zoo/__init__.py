@@ -40,7 +40,7 @@ class ZooEntry:
     task: str | None = None  # the simulated task it was trained for (robopt_compile.tasks)
     trained: bool = False  # real trained weights (else random weights with a fixed seed)
     # "policy": one graph; "vla" / "diffusion": a multi-graph bundle driven by a loop
-    # (robopt_compile/multigraph/vla.py, diffusion_compile.py).
+    # (robopt_compile/compile/multigraph/vla.py, diffusion.py).
     kind: str = "policy"
 
 
@@ -136,7 +136,7 @@ def is_folder_source(source: str) -> bool:
 
 
 def is_vla(source: str) -> bool:
-    """``zoo:NAME`` of a multi-graph VLA model (compiled by robopt_compile/multigraph/vla.py)."""
+    """``zoo:NAME`` of a multi-graph VLA model (compiled by compile/multigraph/vla.py)."""
     return zoo_kind(source) == "vla"
 
 

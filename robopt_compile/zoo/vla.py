@@ -19,7 +19,7 @@ Decoding is constrained to the action tokens: the head computes logits for those
 (OpenVLA takes the argmax over the whole vocabulary; a trained model puts it on an action
 token, random weights would not). The exported graphs (``vision``, ``embed``, and ``llm``:
 one graph for prefill and decode, with a key/value cache) and the numpy loop that drives them
-are in ``robopt_compile/multigraph/vla.py`` and ``bench/driver.py``.
+are in ``robopt_compile/compile/multigraph/vla.py`` and ``bench/driver.py``.
 """
 
 from __future__ import annotations

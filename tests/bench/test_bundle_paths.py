@@ -137,7 +137,7 @@ print("OK")
 
 
 def test_overhead_and_layer_profile_refuse_too(ort_bundle: Path, tmp_path: Path) -> None:
-    from robopt_compile.plan.layer_profile import profile_layers
+    from robopt_compile.report.layers import profile_layers
 
     b = _bad_bundle(ort_bundle, tmp_path, "linked-file")
     with pytest.raises(InputError, match="is a symbolic link"):

@@ -236,7 +236,7 @@ def test_debug_shows_traceback(policy_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "robopt_compile.cli.main",
+            "robopt_compile.cli",
             "tiny_policies:make_broken",
             "-o",
             str(tmp_path / "o"),

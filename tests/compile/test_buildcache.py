@@ -223,7 +223,7 @@ def test_cli_rebuild_time_and_no_cache(tmp_path: Path, store_dir: Path) -> None:
     import subprocess
     import sys
 
-    base = [sys.executable, "-m", "robopt_compile.cli.main", MODEL, "--target", "host"]
+    base = [sys.executable, "-m", "robopt_compile.cli", MODEL, "--target", "host"]
     walls = {}
     for out, extra in (("a", []), ("b", ["--no-cache"]), ("c", [])):
         cmd = [*base, "--threads", "1", "--json", "-o", str(tmp_path / out), *extra]

@@ -122,7 +122,7 @@ def test_kill_9_then_resume_goes_on_after_the_last_finished_stage(
     tmp_path: Path, store_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "b"
-    cmd = [sys.executable, "-m", "robopt_compile.cli.main", "zoo:state-mlp", "--threads", "1",
+    cmd = [sys.executable, "-m", "robopt_compile.cli", "zoo:state-mlp", "--threads", "1",
            "-o", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ))  # fmt: skip

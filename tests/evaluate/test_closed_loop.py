@@ -18,7 +18,7 @@ from helpers import run_cli
 from onnx import numpy_helper
 
 from robopt_compile import evaluate as ev
-from robopt_compile.cli.main import main
+from robopt_compile.cli import main
 from robopt_compile.errors import InputError, UnknownNameError
 from robopt_compile.tasks import TASKS, Episode, get_task
 

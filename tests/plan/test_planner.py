@@ -268,7 +268,7 @@ def test_kill_9_then_resume(tmp_path: Path, capsys) -> None:
     store = tmp_path / "store"
     out = tmp_path / "auto"
     env = {**os.environ, "ROBOPT_STORE": str(store)}
-    cmd = [sys.executable, "-m", "robopt_compile.cli.main", "zoo:pendulum-swingup-mlp", "--target",
+    cmd = [sys.executable, "-m", "robopt_compile.cli", "zoo:pendulum-swingup-mlp", "--target",
            "host", "--threads", "1", "-b", "onnxruntime", "--max-latency-ms", "5",
            "--max-accuracy-drop", "0.05", "-o", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -104,7 +104,7 @@ CONTROL = {
 def add_results(bundle: Path, passed: bool = True, label: str = "optimized int8 (onnxruntime)"):
     """Every kind of result: a real benchmark with samples, layers, and synthetic evaluations."""
     from robopt_compile.bench.harness import run_benchmark
-    from robopt_compile.plan.layer_profile import profile_layers
+    from robopt_compile.report.layers import profile_layers
 
     bench = run_benchmark(bundle, runs=60, warmup=5, threads=1, keep_samples=True,
                           control_rate=200.0)  # fmt: skip
@@ -296,7 +296,7 @@ def test_write_reports_needs_a_bundle(tmp_path: Path) -> None:
 def test_profile_layers_onnxruntime(bundles, copy) -> None:
     import onnx
 
-    from robopt_compile.plan.layer_profile import profile_layers
+    from robopt_compile.report.layers import profile_layers
 
     b = bundles["fp32"]
     r = profile_layers(b, runs=15, threads=1)
@@ -327,7 +327,7 @@ def test_profile_layers_openvino(bundles, tmp_path: Path) -> None:
     pytest.importorskip("openvino", reason="openvino is not installed")
     from robopt_compile.compile.options import CompileOptions
     from robopt_compile.compile.pipeline import compile_model
-    from robopt_compile.plan.layer_profile import profile_layers
+    from robopt_compile.report.layers import profile_layers
 
     src = bundles["fp32"] / "model.onnx"
     ov = compile_model(str(src), tmp_path / "ov", CompileOptions(threads=1, backend="openvino"))
@@ -340,7 +340,7 @@ def test_profile_layers_openvino(bundles, tmp_path: Path) -> None:
 
 
 def test_profile_layers_refuses_engines_it_cannot_run(bundles, copy) -> None:
-    from robopt_compile.plan.layer_profile import profile_layers
+    from robopt_compile.report.layers import profile_layers
 
     b = copy(bundles["fp32"])
     m = json.loads((b / "manifest.json").read_text())
@@ -359,7 +359,7 @@ def test_profile_layers_refuses_engines_it_cannot_run(bundles, copy) -> None:
 
 
 def test_cli_report(bundles, copy, capsys: pytest.CaptureFixture[str]) -> None:
-    from robopt_compile.cli.main import main
+    from robopt_compile.cli import main
 
     b = copy(bundles["fp32"])
     (b / "results" / "layers.json").unlink()  # measured at compile time; measure again

@@ -27,6 +27,7 @@ from robopt_compile.report.format import (
 PACKAGE = Path(__file__).resolve().parents[2] / "robopt_compile" / "report"
 # Lowest first: a module may import only the modules before it.
 LAYERS = (
+    "layers",
     "format",
     "data",
     "checks",

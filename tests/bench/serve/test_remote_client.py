@@ -228,7 +228,7 @@ def test_compile_with_device(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from robopt_compile.cli.main import main as compile_main
+    from robopt_compile.cli import main as compile_main
 
     def compile_(*args: str) -> int:
         with pytest.raises(SystemExit) as exit_:

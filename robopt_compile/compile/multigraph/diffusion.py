@@ -73,7 +73,7 @@ class _Recorder:
 
 def validate(opts: Any, profile: Any, backend: Any) -> str | None:
     """What is refused before any work (one line each); the OpenVINO activation precision."""
-    from robopt_compile.multigraph.common import check_activations, check_backend
+    from robopt_compile.compile.multigraph.common import check_activations, check_backend
 
     if opts.precision not in PRECISIONS:
         raise InputError(
@@ -100,17 +100,21 @@ def compile_diffusion(
     from robopt_compile.bench.driver import DdimDriver
     from robopt_compile.bench.multigraph import chunk_fidelity
     from robopt_compile.compile import bundle
+    from robopt_compile.compile.multigraph.common import (
+        build_graphs,
+        graph_entries,
+        manifest_common,
+        seal,
+    )
     from robopt_compile.compile.quantize import quantize
-    from robopt_compile.compile.stages import CompileResult, write_report
-    from robopt_compile.compile.stages import stage as _stage
-    from robopt_compile.multigraph.common import build_graphs, graph_entries, manifest_common, seal
+    from robopt_compile.compile.stages import CompileResult, stage, write_report
     from robopt_compile.passes.base import PassRunner
     from robopt_compile.zoo.diffusion import describe, make_diffusion
 
     activations = validate(opts, profile, backend)
     name = source.removeprefix("zoo:")
     report: dict[str, Any] = {"source": source, "kind": "diffusion", "graphs": {}}
-    with _stage(progress, "export", timings):
+    with stage(progress, "export", timings):
         model = make_diffusion(name, seed=opts.seed)
         c = model.config
         graphs = export_graphs(model)
@@ -121,14 +125,14 @@ def compile_diffusion(
                  "denoiser": opts.precision}  # fmt: skip
     if opts.precision == "int8":
         with tempfile.TemporaryDirectory(prefix="robopt-ddim-calib-") as calib_dir:
-            with _stage(progress, "record", timings):
+            with stage(progress, "record", timings):
                 rec = _Recorder(eager.runners["denoiser"])
                 drv = DdimDriver({**eager.runners, "denoiser": rec}, eager.config)
                 for i in range(CALIB_EPISODES):
                     drv.step(model.example_inputs(CALIB_SEED + i))
                 data = Path(calib_dir) / "denoiser.npz"
                 np.savez(data, **{k: np.stack([f[k] for f in rec.feeds]) for k in rec.feeds[0]})
-            with _stage(progress, "quantize", timings):
+            with stage(progress, "quantize", timings):
                 q = replace(opts.quant, calibration=str(data))
                 res = quantize(graphs["denoiser"], backend, profile, "int8", opts.threads, q,
                                PassRunner([]))  # fmt: skip
@@ -145,10 +149,10 @@ def compile_diffusion(
     # Judged like a quantized bundle when anything is not fp32 computed in fp32.
     approx = quantized or activations == "bf16" or precision["denoiser"] == "bf16"
     with bundle.staged_output(out, force) as tmp:
-        with _stage(progress, "build", timings):
+        with stage(progress, "build", timings):
             built = build_graphs(graphs, precision, backend, profile, opts.threads, tmp,
                                  activations)  # fmt: skip
-        with _stage(progress, "verify", timings), contextlib.ExitStack() as stack:
+        with stage(progress, "verify", timings), contextlib.ExitStack() as stack:
             runners = {b.name: stack.enter_context(backend.runner(b.artifact, opts.threads))
                        for b in built}  # fmt: skip
             drv = DdimDriver(runners, eager.config)
@@ -191,6 +195,6 @@ def compile_diffusion(
             "parity": {"actions": fid},
         }  # fmt: skip
         seal(tmp, manifest)
-        with _stage(progress, "report", timings):  # before publishing: a bundle has its report
+        with stage(progress, "report", timings):  # before publishing: a bundle has its report
             write_report(tmp, progress, out)
     return CompileResult(out=out, manifest=manifest, report=report, facts={})

@@ -1,4 +1,4 @@
-"""Compiling OpenVLA-style models (robopt_compile/multigraph/vla.py): weight compression and
+"""Compiling OpenVLA-style models (robopt_compile/compile/multigraph/vla.py): weight compression and
 its token bound, static int8 for the vision encoder, bf16 activations, the default recipe
 without ``-b``, the build cache, a local model folder, refusals in one line, and the 7B
 estimates."""
@@ -78,7 +78,7 @@ def test_bf16_activations_reach_every_engine_and_are_judged_by_the_actions(
     assert m["build"]["activations"] == "bf16" and m["precision"] == "int8-weight"
     assert {g["engine"]["config"]["inference_precision_hint"] for g in m["graphs"]} == {"bf16"}
     assert m["parity"]["actions"]["passed"]
-    from robopt_compile.cli.main import main
+    from robopt_compile.cli import main
 
     out = tmp_path / "dp"
     try:
@@ -100,10 +100,10 @@ def test_without_a_backend_a_compressed_vla_gets_the_measured_recipe(
     """No -b and a weight-only precision: OpenVINO, bf16 arithmetic where the target has it,
     the decode steps on ONNX Runtime, said in a note; what the user chose is kept, and fp32
     or an explicit backend is left alone."""
+    from robopt_compile.compile.multigraph.vla import default_recipe
     from robopt_compile.compile.options import CompileOptions
     from robopt_compile.compile.resolve import resolve_backend
     from robopt_compile.hwprofiles import load_profile
-    from robopt_compile.multigraph.vla import default_recipe
 
     host = load_profile("host")
     ort = resolve_backend(host, "onnxruntime")
@@ -123,7 +123,7 @@ def test_without_a_backend_a_compressed_vla_gets_the_measured_recipe(
     no_ov = replace(host, backends=("onnxruntime",))
     assert default_recipe(CompileOptions(precision="int4-weight"), no_ov, ort)[2] is None
     # auto adds the second runtime only where it can be timed: this machine, not a Jetson.
-    from robopt_compile.multigraph.vla import validate
+    from robopt_compile.compile.multigraph.vla import validate
 
     auto = CompileOptions(precision="int4-weight", decode_backend="auto")
     assert validate(auto, host, resolve_backend(host, "openvino"))[2].name == "onnxruntime"
@@ -247,8 +247,8 @@ def test_missing_transformers_is_one_line_exit_3(
 
 
 def test_7b_estimates_are_labelled_and_follow_the_roofline() -> None:
+    from robopt_compile.compile.multigraph.estimates import estimate, jetson_table, weight_bytes
     from robopt_compile.hwprofiles import load_profile
-    from robopt_compile.multigraph.estimates import estimate, jetson_table, weight_bytes
     from robopt_compile.zoo.vla import OPENVLA_7B
 
     n = OPENVLA_7B.parameter_counts()

@@ -40,7 +40,7 @@ def _load_feeds(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: np.ascontiguousarray(z[k]) for k in z.files}
-    except Exception as exc:
+    except Exception as exc:  # numpy's readers raise a dozen types on a corrupt file: one line
         raise InputError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}.") from exc
 
 
@@ -52,6 +52,7 @@ def _graph_node_names(root: Path, engine_model: Path) -> set[str] | None:
     (``load_manifest`` refused a bundle holding a link, so ``root / "model.onnx"`` is in it.)"""
     try:
         import onnx
+        from google.protobuf.message import DecodeError
     except ImportError:
         return None
     names: set[str] = set()
@@ -59,7 +60,7 @@ def _graph_node_names(root: Path, engine_model: Path) -> set[str] | None:
         if path.suffix == ".onnx" and path.is_file():
             try:
                 model = onnx.load(str(path), load_external_data=False)
-            except Exception:
+            except (OSError, ValueError, DecodeError):  # unreadable: its names stay unknown
                 continue
             names.update(n.name for n in model.graph.node if n.name)
     return names

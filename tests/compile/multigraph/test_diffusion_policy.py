@@ -1,4 +1,4 @@
-"""The diffusion policy as a multi-graph bundle (robopt_compile/multigraph/diffusion.py,
+"""The diffusion policy as a multi-graph bundle (robopt_compile/compile/multigraph/diffusion.py,
 bench/driver.py): the DDIM schedule, the bundle reproducing the torch policy, OpenVINO's
 missing Mish kernel, and the refusal of weight-only precisions."""
 
@@ -20,7 +20,7 @@ pytest.importorskip("torch", reason="the diffusion policy is built with torch")
 
 @pytest.fixture(scope="module")
 def ddim_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from robopt_compile.cli.main import main
+    from robopt_compile.cli import main
 
     out = tmp_path_factory.mktemp("ddim") / "fp32"
     try:
@@ -74,7 +74,7 @@ def test_diffusion_refuses_weight_only(tmp_path: Path, capsys: pytest.CaptureFix
 def test_diffusion_builds_with_openvino_despite_its_mish_gap(tmp_path: Path) -> None:
     """OpenVINO 2026.4's CPU code generator has no Mish kernel for the encoder's graph: the
     build retries without snippets, records it, and the runner uses the same setting."""
-    from robopt_compile.cli.main import main
+    from robopt_compile.cli import main
 
     out = tmp_path / "ov"
     try:

@@ -14,7 +14,7 @@ import pytest
 
 def compile_vla(out: Path, *extra: str) -> dict:
     """``robopt-compile zoo:openvla-tiny -o OUT --force --json EXTRA...``; the manifest."""
-    from robopt_compile.cli.main import main
+    from robopt_compile.cli import main
 
     try:
         main(["zoo:openvla-tiny", "--threads", "1", "-o", str(out), "--force", "--json", *extra])

@@ -1,4 +1,4 @@
-"""The decode loop of OpenVLA-style bundles (robopt_compile/multigraph/vla.py, bench/driver.py):
+"""The decode loop of OpenVLA-style bundles (compile/multigraph/vla.py, bench/driver.py):
 token-to-action detokenization, the key/value cache against recomputation, the llm graph token
 by token against torch, and the decode steps on a second runtime (``--decode-backend``, timed
 by ``choose_decode``)."""
@@ -150,8 +150,8 @@ def test_decode_auto_keeps_the_second_runtime_only_when_it_pays(
 ) -> None:
     """choose_decode times both runners interleaved (one warm-up each) and keeps llm-decode
     at <= 0.9x the llm's step; a dropped decode graph leaves no file and no manifest entry."""
-    from robopt_compile.multigraph import vla as vla_compile
-    from robopt_compile.multigraph.vla import choose_decode
+    from robopt_compile.compile.multigraph import vla as vla_compile
+    from robopt_compile.compile.multigraph.vla import choose_decode
 
     fast, slow = _Sleeper(2), _Sleeper(12)
     got = choose_decode({"llm": slow, "llm-decode": fast}, {}, rounds=3)

@@ -1,5 +1,5 @@
 """What the bundle writers share: the manifest's common fields (every bundle), and for the
-multi-graph compilers (vla_compile.py, diffusion_compile.py) the backend check, saving and
+multi-graph compilers (vla.py, diffusion.py) the backend check, saving and
 building each graph, and the manifest's graph entries (docs/BUNDLE.md)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import InputError
+from robopt_compile.store.cache import KEY_ERRORS, STORE_ERRORS
 
 
 def multigraph_backends() -> list[str]:
@@ -205,8 +206,7 @@ def compile_cached(
     cache never fails a compile: a problem is one warning and the full build."""
     from robopt_compile.compile.reuse import reuse_bundle
     from robopt_compile.compile.session import bundle_max_bytes, tree_bytes
-    from robopt_compile.compile.stages import cache_note as _cache_note
-    from robopt_compile.compile.stages import stage as _stage
+    from robopt_compile.compile.stages import cache_note, stage
     from robopt_compile.store.cache import BuildCache
 
     cache = BuildCache.open(lambda m: progress(m, "note", 0.0)) if opts.cache else None
@@ -215,11 +215,11 @@ def compile_cached(
     try:
         try:
             key = multigraph_key(cache, kind, source, opts, profile, backend)
-        except Exception as exc:  # Uncacheable, or an unreadable folder the build reports
-            _cache_note(progress, "bundle not cached", exc)
+        except KEY_ERRORS as exc:  # an unhashable or unreadable folder: the build reports it
+            cache_note(progress, "bundle not cached", exc)
             return build()
         if cache.peek(key):
-            with _stage(progress, "reuse", timings):
+            with stage(progress, "reuse", timings):
                 reused = reuse_bundle(cache, (key, {}), out, force, timings)
             if reused is not None:
                 return reused
@@ -230,8 +230,8 @@ def compile_cached(
             meta = {"created_utc": result.manifest.get("created_utc"), "stages": {},
                     "reused": REUSED}  # fmt: skip
             cache.put(key, "bundle", meta, trees={"bundle": out})
-        except Exception as exc:
-            _cache_note(progress, "bundle not stored for reuse", exc)
+        except STORE_ERRORS as exc:
+            cache_note(progress, "bundle not stored for reuse", exc)
         return result
     finally:
         cache.close()

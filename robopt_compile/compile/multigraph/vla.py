@@ -308,7 +308,7 @@ def validate(opts: Any, profile: Any, backend: Any) -> tuple[dict[str, str], str
     """What is refused before any work (one line each): the per-graph precisions, the
     OpenVINO activation precision and the decode runtime (``--decode-backend``; returned, or
     None when the decode steps run on ``backend``)."""
-    from robopt_compile.multigraph.common import (
+    from robopt_compile.compile.multigraph.common import (
         check_activations,
         check_backend,
         multigraph_backends,
@@ -359,9 +359,13 @@ def compile_vla(
     from robopt_compile.bench.driver import VlaGreedyDriver
     from robopt_compile.bench.multigraph import token_fidelity
     from robopt_compile.compile import bundle
-    from robopt_compile.compile.stages import CompileResult, write_report
-    from robopt_compile.compile.stages import stage as _stage
-    from robopt_compile.multigraph.common import build_graphs, graph_entries, manifest_common, seal
+    from robopt_compile.compile.multigraph.common import (
+        build_graphs,
+        graph_entries,
+        manifest_common,
+        seal,
+    )
+    from robopt_compile.compile.stages import CompileResult, stage, write_report
     from robopt_compile.numerics import judge
     from robopt_compile.passes import get_pass_class
     from robopt_compile.zoo.vla import describe, load_folder, make_vla
@@ -374,7 +378,7 @@ def compile_vla(
 
     max_disagree = opts.quant.max_drop if opts.quant.max_drop is not None else (
         1 - DEFAULT_MIN_AGREEMENT)  # fmt: skip
-    with _stage(progress, "export", timings):
+    with stage(progress, "export", timings):
         if source.startswith("zoo:"):
             model = make_vla(source.removeprefix("zoo:"), seed=opts.seed)
             source_kind = "zoo"
@@ -393,7 +397,7 @@ def compile_vla(
     if decode is not None:  # the llm again, for the decode steps on another runtime
         graphs[DECODE] = rir.clone(graphs["llm"])
     with bundle.staged_output(out, force) as tmp:
-        with _stage(progress, "compress", timings):
+        with stage(progress, "compress", timings):
             for g in (*GRAPHS, DECODE) if decode is not None else GRAPHS:
                 p = plan["llm" if g == DECODE else g]
                 runtime = decode if g == DECODE else backend
@@ -419,14 +423,14 @@ def compile_vla(
                     info["pass_report"] = getattr(pas, "report", {})
                 info["weight_bytes"] = rir.weight_bytes(graphs[g])
                 report["graphs"][g] = info
-        with _stage(progress, "build", timings):
+        with stage(progress, "build", timings):
             built = build_graphs(graphs, plan, backend, profile, opts.threads, tmp, activations)
             if decode is not None:  # computes in the graph's own precision (no bf16 hint)
                 built += build_graphs(graphs, {DECODE: plan["llm"]}, decode, profile,
                                       opts.threads, tmp)  # fmt: skip
         checks: dict[str, Any] = {}
         dropped = False  # --decode-backend auto measured the second runtime no faster
-        with _stage(progress, "verify", timings):
+        with stage(progress, "verify", timings):
             with contextlib.ExitStack() as stack:
                 runners = {
                     b.name: stack.enter_context(
@@ -518,6 +522,6 @@ def compile_vla(
                        "actions": fid},
         }  # fmt: skip
         seal(tmp, manifest)
-        with _stage(progress, "report", timings):  # before publishing: a bundle has its report
+        with stage(progress, "report", timings):  # before publishing: a bundle has its report
             write_report(tmp, progress, out)
     return CompileResult(out=out, manifest=manifest, report=report, facts={})
