@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import BackendUnavailableError, InputError, RoboptError
+from robopt_compile.jsonutil import finite
 from robopt_compile.paths import member
 from robopt_compile.targets import Artifact, Backend, Runner, get_backend
 from robopt_compile.targets.base import BareLoop
@@ -93,15 +94,6 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 # --- fidelity --------------------------------------------------------------------------------
 
 
-def _finite(x: Any) -> Any:
-    """Strict JSON has no NaN/inf: they become null."""
-    if isinstance(x, float):
-        return x if np.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    return x
-
-
 def compare_outputs(
     actual: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: dict[str, float]
 ) -> dict[str, Any]:
@@ -121,7 +113,7 @@ def compare_outputs(
             f"reference/outputs.npz has output(s) {missing} that the engine does not produce "
             f"(engine outputs: {sorted(actual)}); the bundle is inconsistent."
         )
-    return _finite(judge(reference, actual, tolerance))
+    return finite(judge(reference, actual, tolerance))
 
 
 # --- timing ----------------------------------------------------------------------------------

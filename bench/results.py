@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import InputError
-from robopt_compile.jsonutil import json_default
+from robopt_compile.jsonutil import finite, json_default
 
 RESULTS_DIR = "results"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -38,17 +37,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 def results_dir(bundle_dir: Path | str) -> Path:
     """The folder a bundle's measurements live in (it may not exist yet)."""
     return Path(bundle_dir) / RESULTS_DIR
-
-
-def _finite(x: Any) -> Any:
-    """Strict JSON has no NaN or infinity: they become null."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
 
 
 def atomic_write_text(path: Path, text: str, overwrite: bool = True) -> Path:
@@ -117,7 +105,7 @@ def save_result(
     if not isinstance(data, dict):
         raise InputError(f"result {stem!r} must be a JSON object, not {type(data).__name__}.")
     try:
-        text = json.dumps(_finite(data), indent=2, default=json_default, allow_nan=False)
+        text = json.dumps(finite(data), indent=2, default=json_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InputError(f"result {stem!r} cannot be written as JSON: {exc}.") from exc
     folder = results_dir(root)

@@ -50,10 +50,9 @@ def dump_json(data: Any) -> str:
     Raises ``ValueError``/``TypeError`` for data that is not JSON (callers encode before they
     take the write lock, so a bad payload never leaves half a change).
     """
-    from robopt_compile.bench.results import _finite
-    from robopt_compile.jsonutil import json_default
+    from robopt_compile.jsonutil import finite, json_default
 
-    return json.dumps(_finite(data), default=json_default, allow_nan=False, sort_keys=True)
+    return json.dumps(finite(data), default=json_default, allow_nan=False, sort_keys=True)
 
 
 def load_json(text: str | None, default: Any = None) -> Any:
