@@ -368,6 +368,7 @@ def compile_vla(
     from robopt_compile.compile.stages import CompileResult, stage, write_report
     from robopt_compile.numerics import judge
     from robopt_compile.passes import get_pass_class
+    from robopt_compile.passes.base import DumpIRInstrument, PassRunner, TimingInstrument
     from robopt_compile.zoo.vla import describe, load_folder, make_vla
 
     plan, activations, decode = validate(opts, profile, backend)
@@ -418,9 +419,14 @@ def compile_vla(
                     pname, kw = (DECODE_WEIGHT_PASS if g == DECODE else WEIGHT_PASS)[
                         (runtime.name, p)]  # fmt: skip
                     pas = get_pass_class(pname)(**kw)
-                    graphs[g] = pas(graphs[g]).model
+                    # Through a runner, as single graphs: PassError naming the pass, its
+                    # timing in report.json, --dump-ir DIR/<graph>/.
+                    timing = TimingInstrument()
+                    dump = [DumpIRInstrument(Path(opts.dump_ir) / g)] if opts.dump_ir else []
+                    graphs[g] = PassRunner([timing, *dump]).run([pas], graphs[g])
                     info["pass"] = pname
                     info["pass_report"] = getattr(pas, "report", {})
+                    info["pass_seconds"] = round(sum(r.seconds for r in timing.records), 4)
                 info["weight_bytes"] = rir.weight_bytes(graphs[g])
                 report["graphs"][g] = info
         with stage(progress, "build", timings):

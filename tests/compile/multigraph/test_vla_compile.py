@@ -268,3 +268,17 @@ def test_7b_estimates_are_labelled_and_follow_the_roofline() -> None:
         from robopt_compile.zoo.vla import make_vla
 
         make_vla("openvla-7b")
+
+
+def test_weight_passes_run_through_the_pass_runner(compile_vla, tmp_path: Path) -> None:
+    """Issue 16: the VLA's weight passes get what single graphs get: --dump-ir, pass timing."""
+    pytest.importorskip("transformers")
+    dump = tmp_path / "ir"
+    out = tmp_path / "w8"
+    compile_vla(out, "-b", "onnxruntime", "--precision", "int8-weight", "--dump-ir", str(dump),
+                "--max-accuracy-drop", "1")  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    llm = report["graphs"]["llm"]
+    assert llm["pass"] == "weight-only-ort" and llm["pass_seconds"] > 0
+    assert (dump / "llm" / "00-input.onnx").is_file()
+    assert (dump / "llm" / "01-weight-only-ort.onnx").is_file()
