@@ -48,10 +48,18 @@ def _calibration(name: str, work: Path) -> str:
 
 
 def _recipes(name: str, base: Any, crit: Any, work: Path, runs: int, log: Callable) -> list:
+    from robopt_compile.compile.frontend import load_source
     from robopt_compile.errors import RoboptError
+    from robopt_compile.plan.measure import (
+        applied_label,
+        bundle_size_mb,
+        measure_bundle,
+        output_drop,
+    )
     from robopt_compile.plan.planner import Candidate, Measured
-    from robopt_compile.plan.search import accuracy_of, bundle_size_mb, engine_drop, measure_bundle
 
+    # The planner's one measure, on the same reference inputs: comparable with its rows.
+    src = load_source(f"zoo:{name}", seed=base.seed, check_parity=False)
     out = []
     for backend, precision in RECIPES:
         d = work / f"{name}-{backend}-{precision}"
@@ -64,13 +72,13 @@ def _recipes(name: str, base: Any, crit: Any, work: Path, runs: int, log: Callab
         except RoboptError as exc:
             log(f"[bench] planner: recipe {backend} {precision} failed: {exc}")
             continue
-        drop, rolled = accuracy_of(res.report)
-        if drop is None:
-            drop = engine_drop(d)
+        drop = output_drop(d, src.reference_inputs, src.reference_outputs)
         latency = {"p50": lat["p50"], "p99": lat["p99"]}
         size = bundle_size_mb(d)
-        m = Measured(Candidate(backend, precision), latency, size, lat["memory_mb"], drop, str(d))
-        m.rolled_back = rolled
+        c = Candidate(backend, precision)
+        m = Measured(c, latency, size, lat["memory_mb"], drop, str(d))
+        m.rolled_back = bool((res.report.get("quantization") or {}).get("rolled_back"))
+        m.applied = applied_label(c, res.manifest, res.report)
         out.append(m)
     return out
 

@@ -230,11 +230,12 @@ def format_plan(r: Any, criteria: Any) -> str:
                 f"  {m.candidate.label:<32} {m.latency_ms[pct]:9.4f} ms  drop {drop:<8} "
                 f"{m.size_mb:8.3f} MB  {verdict}"
             )
+            if m.applied:
+                lines.append(f"  {'':<32} built as {m.applied}")
         for f in r.failed:
             lines.append(f"  {f['plan']:<32} failed: {f['error']}")
-        judged = sorted({m.accuracy_metric for m in r.measured if m.accuracy_metric})
-        if judged:
-            lines.append(f"  accuracy drop measured as: {', '.join(judged)}")
+        if getattr(r, "accuracy_measure", None):
+            lines.append(f"  accuracy drop, every plan: {r.accuracy_measure}")
         lines.append(f"  search stopped: {r.stopped} ({r.seconds:.0f} s)")
         if r.front:
             lines.append("  Pareto front (latency vs accuracy drop): "

@@ -232,21 +232,37 @@ def compress(
         raise InputError("--distill recovers what --prune channels or --low-rank cost; add one.")
     original = rir.clone(model)
     reference = run_onnx_many(original, data.holdout, threads=threads)
+    # --eval with a bound: each step is judged by the task (episodes of the accuracy guard's
+    # own seeds against the uncompressed model); the output figures stay in the report.
+    guard = quant.closed_loop if bound is not None else None
+    if guard is not None:
+        guard.set_reference(original, threads)
 
-    def score(m: Any) -> dict[str, Any]:
+    def score(m: Any, task: bool = True) -> dict[str, Any]:
         got = run_onnx_many(m, data.holdout, threads=threads)
-        fig = accuracy_figures(reference, got, data.holdout, metric, metric_name)
-        return _brief(fig)
+        fig = _brief(accuracy_figures(reference, got, data.holdout, metric, metric_name))
+        if guard is None or not task:
+            return fig
+        from robopt_compile.evaluate import onnx_policy
+
+        with onnx_policy(m, threads) as pol:
+            t = guard.score(pol.fn, pol.output_names)
+        keep = ("episodes", "reference_success", "success", "reference_return", "return",
+                "verdict", "p_value")  # fmt: skip
+        return {**fig, "output_drop": fig["drop"], "metric": t["metric"],
+                "drop": t["drop"] if np.isfinite(t["drop"]) else float("inf"),
+                "closed_loop": {k: t[k] for k in keep if k in t}}  # fmt: skip
 
     report: dict[str, Any] = {
         "data": data.to_json(),
         "data_note": data_note,
-        "metric": metric_name,
+        "metric": f"task:{guard.metric}" if guard is not None else metric_name,
         "max_accuracy_drop": bound,
         "steps": [],
     }
     current = model
-    last_fig: dict[str, Any] = score(model)  # the uncompressed model against itself: 0 drop
+    # The uncompressed model against itself: 0 drop (no episodes needed to know it).
+    last_fig: dict[str, Any] = score(model, task=False)
     for step in steps:
         name = pass_name(step)
         candidate = runner.run([step], rir.clone(current))
@@ -274,8 +290,8 @@ def compress(
             entry["figures"] = fig
         if bound is not None and fig["drop"] > bound:
             msg = (
-                f"{name} breaks --max-accuracy-drop {bound}: held-out {metric_name} "
-                f"{fig['drop']:.4g} against the uncompressed model"
+                f"{name} breaks --max-accuracy-drop {bound}: held-out "
+                f"{fig.get('metric', metric_name)} {fig['drop']:.4g} against the uncompressed model"
             )
             if quant.strict:
                 raise CheckFailedError(
@@ -296,7 +312,7 @@ def compress(
                 )
         report["steps"].append(entry)
     compressed = current is not model
-    report["final"] = score(current) if compressed else None
+    report["final"] = last_fig if compressed else None
     out = run_onnx_many(current, data.holdout[:1], threads=threads)[0]
     return CompressResult(current, report, dict(data.holdout[0]), out, compressed=compressed)
 

@@ -174,10 +174,13 @@ def compile_model(
         # The fp32 model as exported, before any pass: the closed-loop reference.
         eval_ref = Path(tempfile.mkdtemp(prefix="robopt-evalref-")) / "reference.onnx"
         rir.save(src.model, eval_ref)
-        if opts.quant.max_drop is not None and needs_quantization(backend.name, opts.precision):
+        if opts.quant.max_drop is not None and (
+            needs_quantization(backend.name, opts.precision) or opts.compress.active
+        ):
             from robopt_compile.evaluate import ClosedLoopGuard
 
-            # An explicit bound with --eval: the quantizer is judged by the task itself.
+            # An explicit bound with --eval: compression and the quantizer are judged by the
+            # task itself, against the exported fp32 model.
             opts = replace(
                 opts, quant=replace(opts.quant, closed_loop=ClosedLoopGuard(eval_task, opts.eval))
             )

@@ -146,7 +146,9 @@ class Facts:
     def from_analysis(
         cls, by_precision: Mapping[str, Mapping[str, Any]], prunable: bool = True
     ) -> Facts:
-        first_facts = next(iter(by_precision.values()))
+        # Facts that do not depend on the precision (ops, weights, support) from fp32's
+        # analysis, whatever order the dict came in.
+        first_facts = by_precision.get("fp32") or next(iter(by_precision.values()))
         first = first_facts["summary"]
         by_op = (first_facts.get("flops") or {}).get("by_op", {})
         total = sum(float(v.get("macs", 0)) for v in by_op.values()) or 1.0
@@ -346,9 +348,11 @@ class Measured:
     rolled_back: bool = False  # the guard fell back to fp32: the plan did not apply
     note: str = ""
     artifact: str | None = None  # the bundle's tree in the store, when a session keeps it
-    # What accuracy_drop measures: "task:return" / "task:success" (closed loop, --eval),
-    # "held-out outputs" (the accuracy guard) or "reference relative L2" (engine vs fp32).
+    # What accuracy_drop measures: one measure for every plan of a search
+    # (robopt_compile/plan/measure.py): the task's drop with --eval, else the engine's
+    # relative L2 against the fp32 model on the search's reference inputs.
     accuracy_metric: str | None = None
+    applied: str | None = None  # what the engine really is, when it differs from the label
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "candidate": self.candidate.label}

@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from robopt_compile.errors import InputError, RoboptError
+from robopt_compile.plan.measure import (
+    OUTPUT_MEASURE,
+    applied_label,
+    bundle_size_mb,
+    measure_bundle,
+    output_drop,
+)
 from robopt_compile.plan.planner import (
     Candidate,
     Decision,
@@ -54,6 +61,7 @@ class SearchResult:
     stopped: str = ""  # why the search stopped
     session_id: str | None = None  # the store's session, when one was kept
     criteria: OptimizationCriteria | None = None  # what the search was held to
+    accuracy_measure: str | None = None  # the one measure every plan's drop is in
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,17 +77,112 @@ class SearchResult:
             "seconds": self.seconds,
             "stopped": self.stopped,
             "session": self.session_id,
+            "accuracy_measure": self.accuracy_measure,
         }
 
 
-def _facts(source: str, opts: Any, profile: Any, precisions: set[str], log: Log) -> Facts:
-    from robopt_compile.compile import analysis
+def _facts(
+    source: str, opts: Any, profile: Any, precisions: set[str], log: Log
+) -> tuple[Facts, dict[str, Any], dict[str, Any]]:
+    """The analysis facts per compute precision, and the search's reference inputs with the
+    fp32 source model's outputs on them (the one accuracy measure of every plan).
+
+    Through the build cache like a compile: the export is the compiles' own cached export, and
+    the facts with the reference data are kept under the export's hash, the precisions, the
+    board's figures and the threads. An unchanged search neither exports, nor analyses, nor
+    even loads the ONNX model (loading alone imports onnx, about 3 s of a 6 s rerun).
+    """
+    from robopt_compile.compile.buildcache import cached_export, export_key
+    from robopt_compile.store.cache import ENTRY_ERRORS, KEY_ERRORS, BuildCache
+
+    cache = BuildCache.open(lambda m: log(m)) if opts.cache else None
+    if cache is None:
+        return _analyze(_export(source, opts), profile, precisions, opts, log)
+    try:
+        key = None
+        try:
+            entry = cache.get(export_key(cache, source, opts))
+            if entry is not None:
+                key = _facts_key(cache, entry.objects["export"], profile, precisions, opts)
+                hit = cache.get(key)
+                if hit is not None:
+                    with tempfile.TemporaryDirectory(prefix="robopt-cache-") as d:
+                        folder = cache.materialize(hit, "reference", Path(d))
+                        ins, outs = _load_reference(folder)
+                    m = hit.meta
+                    return Facts.from_analysis(m["facts"], m["prunable"]), ins, outs
+        except (*KEY_ERRORS, *ENTRY_ERRORS) as exc:  # a cache problem never fails a search
+            log(f"build cache: planner facts not reused ({exc})")
+        info: dict[str, dict[str, Any]] = {}
+        src = cached_export(cache, source, opts, lambda: _export(source, opts), info,
+                            lambda *a: None)  # fmt: skip
+        facts, by_prec, prunable = _analysis(src, profile, precisions, opts, log)
+        exported = (info.get("export") or {}).get("output")
+        if exported:
+            _store_facts(cache, _facts_key(cache, exported, profile, precisions, opts),
+                         by_prec, prunable, src, log)  # fmt: skip
+        return facts, src.reference_inputs, src.reference_outputs
+    finally:
+        cache.close()
+
+
+def _export(source: str, opts: Any) -> Any:
     from robopt_compile.compile.frontend import load_source
 
-    src = load_source(source, seed=opts.seed, check_parity=False)
+    return load_source(
+        source, dynamic_batch=opts.dynamic_batch, opset=opts.opset, seed=opts.seed,
+        check_parity=opts.check_parity, reference_inputs=opts.reference_inputs,
+    )  # fmt: skip
+
+
+def _facts_key(cache: Any, exported: str, profile: Any, precisions: set[str], opts: Any) -> str:
+    from robopt_compile.store.cache import profile_fingerprint
+
+    config = {"precisions": sorted(p for p in precisions if p in profile.precisions),
+              "threads": opts.threads or 1, "profile": profile_fingerprint(profile)}  # fmt: skip
+    return cache.key("analysis", exported, config)
+
+
+def _load_reference(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import numpy as np
+
+    with np.load(folder / "inputs.npz") as i, np.load(folder / "outputs.npz") as o:
+        return {k: i[k] for k in i.files}, {k: o[k] for k in o.files}
+
+
+def _store_facts(
+    cache: Any, key: str, by_prec: dict[str, Any], prunable: bool, src: Any, log: Log
+) -> None:
+    from robopt_compile.compile import bundle
+    from robopt_compile.store.cache import STORE_ERRORS
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="robopt-cache-") as d:
+            bundle.save_npz(Path(d) / "inputs.npz", src.reference_inputs)
+            bundle.save_npz(Path(d) / "outputs.npz", src.reference_outputs)
+            cache.put(key, "analysis", {"facts": by_prec, "prunable": prunable},
+                      trees={"reference": Path(d)})  # fmt: skip
+    except STORE_ERRORS as exc:  # a cache problem never fails a search
+        log(f"build cache: planner facts not stored ({exc})")
+
+
+def _analyze(
+    src: Any, profile: Any, precisions: set[str], opts: Any, log: Log
+) -> tuple[Facts, dict[str, Any], dict[str, Any]]:
+    facts = _analysis(src, profile, precisions, opts, log)[0]
+    return facts, src.reference_inputs, src.reference_outputs
+
+
+def _analysis(
+    src: Any, profile: Any, precisions: set[str], opts: Any, log: Log
+) -> tuple[Facts, dict[str, Any], bool]:
+    """Analyse the exported model per compute precision (fp32 first: ``Facts`` reads it)."""
+    from robopt_compile.compile import analysis
+
+    threads = opts.threads or 1
     by_prec = {
-        p: analysis.analyze(src.model, profile, precision=p, threads=opts.threads or 1)
-        for p in sorted(precisions)
+        p: analysis.analyze(src.model, profile, precision=p, threads=threads)
+        for p in ["fp32", *sorted(precisions - {"fp32"})]
         if p in profile.precisions
     }
     prunable = True
@@ -87,65 +190,26 @@ def _facts(source: str, opts: Any, profile: Any, precisions: set[str], log: Log)
         from robopt_compile.passes.prune.groups import Analysis
 
         prunable = any(not g.blocked and g.size >= 16 for g in Analysis(src.model).final_groups())
-    except Exception as exc:  # the planner then lets the build say why
+    except Exception as exc:  # the channel analysis on any graph: the build then says why
         log(f"channel analysis failed ({type(exc).__name__}); pruning plans stay in")
-    return Facts.from_analysis(by_prec, prunable)
+    return Facts.from_analysis(by_prec, prunable), by_prec, prunable
 
 
-def bundle_size_mb(bundle: Path) -> float:
-    import json
+def plan_compression(c: Candidate, base: Any) -> Any:
+    """The compression options of a plan: its channel pruning, recovered by distillation.
 
-    m = json.loads((bundle / "manifest.json").read_text())
-    engine = bundle / m["engine"]["dir"]
-    return sum(p.stat().st_size for p in engine.rglob("*") if p.is_file()) / 2**20
-
-
-def measure_bundle(bundle: Path, threads: int | None, runs: int) -> dict[str, Any]:
-    from robopt_compile.bench.harness import run_benchmark
-
-    r = run_benchmark(bundle, runs=runs, warmup=max(5, runs // 10), threads=threads or 1)
-    return {
-        "p50": r["latency"]["p50_ms"],
-        "p99": r["latency"]["p99_ms"],
-        "memory_mb": r["memory"]["rss_increase_mib"],
-    }
-
-
-def engine_drop(bundle: Path) -> float:
-    """Relative L2 of the engine's outputs against the bundle's fp32 reference outputs.
-
-    For plans no accuracy guard judged (bf16 is a runtime setting, fp32 is the reference):
-    measured on the bundle's reference inputs, which the export never saw.
+    A pruned plan is distilled on the calibration inputs (``--distill`` as given, else its
+    defaults) when the search has real calibration data (a file, a folder or ``task``
+    recordings); pruning a trained policy without recovery rarely keeps its task success.
+    With no calibration the plan is pruned only (distilling on random inputs teaches the
+    student nothing about the robot's inputs). A plan without pruning carries no ``--distill``.
     """
-    import contextlib
-
-    import numpy as np
-
-    from robopt_compile.bench.harness import enter_runner, load_npz, open_bundle
-
-    b = open_bundle(bundle, verify=False)
-    ref = b.manifest["reference"]
-    feeds = load_npz(b.root / ref["inputs"])
-    want = load_npz(b.root / ref["outputs"])
-    with contextlib.ExitStack() as stack:
-        got = enter_runner(stack, b, 1).infer(feeds)
-    num = sum(float(np.sum((np.asarray(got[k], np.float64) - want[k]) ** 2)) for k in want)
-    den = sum(float(np.sum(np.asarray(want[k], np.float64) ** 2)) for k in want)
-    return (num / den) ** 0.5 if den else num**0.5
-
-
-def accuracy_of(report: dict[str, Any]) -> tuple[float | None, bool]:
-    """The accuracy guard's drop for a built plan (quantization and compression), and whether
-    the guard rolled it back to fp32. None: no guard judged it."""
-    q = report.get("quantization") or {}
-    drop = (q.get("final") or {}).get("drop")
-    c = report.get("compression") or {}
-    steps = [s for s in c.get("steps", []) if not s.get("rolled_back")]
-    if steps:
-        cd = (steps[-1].get("figures") or {}).get("drop")
-        if cd is not None:
-            drop = cd if drop is None else drop + cd  # both against their own input
-    return drop, bool(q.get("rolled_back"))
+    comp = base.compress
+    if not c.prune:
+        return replace(comp, distill=None) if not comp.active else comp
+    calib = base.quant.calibration
+    distill = comp.distill or ("on" if calib and calib != "random" else None)
+    return replace(comp, prune=(f"channels:{c.prune}",), distill=distill)
 
 
 MEASUREMENT = "planner.measurement"  # result kind of one measured plan in the store
@@ -235,7 +299,7 @@ def plan_and_search(
             kept.append(c)
     precisions = {PRECISIONS[c.precision].compute for c in kept} | {"fp32"}
     log(f"planning: {len(kept)} candidate plans on {', '.join(buildable)}")
-    facts = _facts(source, base, profile, precisions, log)
+    facts, ref_inputs, ref_outputs = _facts(source, base, profile, precisions, log)
     if history is None:
         history = history_from_store(store, source, profile.name) if store else History()
         if history.ratios or history.broke_accuracy:
@@ -300,24 +364,22 @@ def plan_and_search(
             builds += 1
             log(f"[{builds}] building {c.label} ...")
             bdir = work / c.key().replace("/", "_")
-            opts = replace(base, backend=c.backend, precision=c.precision)
-            if c.prune:
-                opts = replace(
-                    opts, compress=replace(opts.compress, prune=(f"channels:{c.prune}",))
-                )
+            opts = replace(base, backend=c.backend, precision=c.precision,
+                           compress=plan_compression(c, base))  # fmt: skip
             if session is not None:
                 cfg = {"backend": c.backend, "precision": c.precision, "prune": c.prune}
                 session.start_step(c.label, config=cfg)
             try:
                 res = compile_model(source, bdir, opts, force=True)
                 lat = measure_bundle(bdir, base.threads, bench_runs)
-                drop, rolled = accuracy_of(res.report)
-                metric = None if drop is None else "held-out outputs"
+                rolled = bool((res.report.get("quantization") or {}).get("rolled_back"))
                 judged = evaluation_drop(res.evaluation)  # --eval: the task decides
                 if judged is not None:
-                    drop, metric = judged
-                if drop is None:
-                    drop, metric = engine_drop(bdir), "reference relative L2"
+                    drop, metric = judged  # "task:return" or "task:success"
+                else:
+                    drop, metric = output_drop(bdir, ref_inputs, ref_outputs), OUTPUT_MEASURE
+                result.accuracy_measure = metric
+                applied = applied_label(c, res.manifest, res.report)
             except RoboptError as exc:  # graceful degradation: record, try the next plan
                 msg = str(exc).splitlines()[0]
                 log(f"[{builds}] {c.label} failed: {msg}")
@@ -334,11 +396,12 @@ def plan_and_search(
                 bundle=str(bdir),
                 rolled_back=rolled,
                 accuracy_metric=metric,
+                applied=applied,
             )
             result.measured.append(m)
             shown = "-" if drop is None else f"{drop:.3g} ({metric})"
             log(f"[{builds}] {c.label}: p50 {lat['p50']:.4g} ms, accuracy drop {shown}"
-                + (" (rolled back to fp32)" if rolled else ""))  # fmt: skip
+                + (f"; built as {applied}" if applied else ""))  # fmt: skip
             roof = facts.roofline_ms.get(PRECISIONS[c.precision].compute, float("nan"))
             if not rolled:  # a rolled-back plan ran the fp32 engine: no correction for c
                 history = with_measurement(history, c, lat["p50"], roof)
@@ -524,6 +587,7 @@ def resume_search(
             latency_ms=d["latency_ms"], size_mb=d["size_mb"], memory_mb=d.get("memory_mb"),
             accuracy_drop=d.get("accuracy_drop"), bundle=None, rolled_back=d["rolled_back"],
             artifact=st.output_hash if st else None, accuracy_metric=d.get("accuracy_metric"),
+            applied=d.get("applied"),
         ))  # fmt: skip
     for st in steps.values():
         if st.state == "failed":

@@ -290,6 +290,28 @@ def test_compile_eval_guard_uses_the_task(tmp_path, capsys) -> None:
     assert cl["episodes"] == 4 and math.isfinite(cl["drop"])
 
 
+def test_compile_eval_guard_judges_pruning_by_the_task(tmp_path, capsys) -> None:
+    """--eval with --max-accuracy-drop and --prune: each compression step's drop is the task's,
+    against the uncompressed model; the output error is kept beside it. A pruning that ruins
+    the task (90% of the channels, no recovery) is rolled back by the task, not by L2."""
+    code, out, err = run_cli(
+        [
+            "zoo:pendulum-swingup-mlp", "--target", "host", "--threads", "1", "--prune",
+            "channels:0.9", "--calibration", "task:episodes=2", "--eval", "task:episodes=4",
+            "--max-accuracy-drop", "0.05", "--json", "-o", str(tmp_path / "b"),
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    c = json.loads(out)["report"]["compression"]
+    assert c["metric"] == "task:return"
+    (step,) = c["steps"]
+    fig = step["figures"]
+    assert fig["metric"] == "task:return" and fig["closed_loop"]["episodes"] == 4
+    assert math.isfinite(fig["output_drop"]) and fig["drop"] != fig["output_drop"]
+    assert step["rolled_back"] == (fig["drop"] > 0.05)
+
+
 def test_compile_fail_on_criteria(tmp_path, capsys) -> None:
     """A bound that did not hold: reported, and exit 4 only with --fail-on-criteria."""
     args = [

@@ -194,6 +194,13 @@ def test_search_keeps_the_best_plan_that_meets_the_bounds(tmp_path: Path, capsys
     assert "onnxruntime fp32" in measured and len(measured) >= 2
     # Every measured plan has a verdict against the bounds.
     assert {n["plan"] for n in r["choice"]} == measured
+    # One accuracy measure for every plan (fp32 and quantized alike), named once.
+    from robopt_compile.plan.measure import OUTPUT_MEASURE
+
+    assert r["accuracy_measure"] == OUTPUT_MEASURE
+    assert {m["accuracy_metric"] for m in r["measured"]} == {OUTPUT_MEASURE}
+    fp32 = next(m for m in r["measured"] if m["candidate"] == "onnxruntime fp32")
+    assert fp32["accuracy_drop"] < 1e-5  # the fp32 engine reproduces the fp32 model
 
 
 def test_search_judges_plans_by_the_task_with_eval(tmp_path: Path, capsys) -> None:
@@ -328,3 +335,99 @@ def test_each_backends_fp32_plan_is_measured_first_and_corrects_the_rest() -> No
     assert not after["onnxruntime int8"].prediction.corrected
     first = plan(cands, FACTS, OptimizationCriteria(), h)[0]
     assert first.candidate.label == "onnxruntime fp32"
+
+
+# --- issue 17: the planner's own defects --------------------------------------------------------
+
+
+def test_facts_come_from_the_fp32_analysis_whatever_the_order() -> None:
+    """The precision-independent facts (ops, support) were read from whichever analysis came
+    first in a set: a bf16 or int8 one could reject every plan of a backend."""
+
+    def analysis(unsupported: int) -> dict:
+        return {"summary": {"macs": 1e6, "weight_mb": 1.0, "peak_activation_mb": 1.0,
+                            "estimated_latency_ms": 1.0,
+                            "unsupported_ops": {"onnxruntime": unsupported}}}  # fmt: skip
+
+    facts = Facts.from_analysis({"bf16": analysis(12), "fp32": analysis(0)})
+    assert facts.unsupported == {"onnxruntime": 0}
+    decisions = plan([Candidate("onnxruntime", "fp32")], facts, OptimizationCriteria(), History())
+    assert decisions[0].verdict == "propose"
+
+
+def test_a_plan_says_what_was_really_built() -> None:
+    from robopt_compile.plan.measure import applied_label
+
+    c = Candidate("openvino", "bf16", 0.5)
+    undone = {"compression": {"steps": [{"pass": "prune-channels", "rolled_back": True,
+                                         "rollback_reason": "drop 0.12 > 0.05"}]}}  # fmt: skip
+    assert applied_label(c, {"precision": "bf16"}, undone) == (
+        "openvino bf16 (pruning rolled back: drop 0.12 > 0.05)"
+    )
+    assert applied_label(c, {"precision": "bf16"}, {}) == "openvino bf16 (pruning not applied)"
+    kept = {"compression": {"steps": [{"pass": "prune-channels", "rolled_back": False}]}}
+    assert applied_label(c, {"precision": "bf16"}, kept) is None
+    q = Candidate("onnxruntime", "int8")
+    assert applied_label(q, {"precision": "fp32"}, {}) == (
+        "onnxruntime fp32 (int8 rolled back to fp32)"
+    )
+
+
+def test_the_table_prints_what_was_built_and_the_one_measure() -> None:
+    from robopt_compile.cli.tables import format_plan
+    from robopt_compile.plan.search import SearchResult
+
+    m = Measured(Candidate("openvino", "bf16", 0.5), {"p50": 1.0, "p99": 1.2}, 0.4, None, 0.002,
+                 applied="openvino bf16 (pruning rolled back: drop 0.12 > 0.05)")  # fmt: skip
+    r = SearchResult([], measured=[m], accuracy_measure="task:success", stopped="done")
+    text = format_plan(r, OptimizationCriteria())
+    assert "built as openvino bf16 (pruning rolled back" in text
+    assert text.count("task:success") == 1
+
+
+def test_an_unchanged_search_neither_exports_nor_loads_the_model(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The second identical search takes its facts and reference data from the build cache:
+    no export, no analysis, no ONNX load (loading alone imports onnx: seconds)."""
+    from robopt_compile import ir
+    from robopt_compile.compile import analysis
+
+    monkeypatch.setenv("ROBOPT_STORE", str(tmp_path / "store"))
+    args = ["zoo:pendulum-swingup-mlp", "--target", "host", "--threads", "1", "-b",
+            "onnxruntime", "--techniques", "quantize", "--max-latency-ms", "5", "--plan-only",
+            "--json"]  # fmt: skip
+    code, first, err = run_cli(args, capsys)
+    assert code == 0, err
+
+    def forbidden(*a, **k):
+        raise AssertionError("the unchanged search loaded or analysed the model")
+
+    # (The exporter itself cannot be patched: its code is part of the export's cache key.)
+    monkeypatch.setattr(ir, "load", forbidden)
+    monkeypatch.setattr(analysis, "analyze", forbidden)
+    code, second, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert json.loads(second)["decisions"] == json.loads(first)["decisions"]
+
+
+def test_pruned_plans_are_distilled_on_real_calibration_data_only() -> None:
+    from robopt_compile.compile.options import CompileOptions, CompressOptions, QuantOptions
+    from robopt_compile.compile.compress import validate
+    from robopt_compile.plan.search import plan_compression
+
+    task = CompileOptions(quant=QuantOptions(calibration="task"))
+    pruned = plan_compression(Candidate("openvino", "int8", 0.5), task)
+    assert pruned.prune == ("channels:0.5",) and pruned.distill == "on"
+    validate(pruned, has_calibration=True)  # a valid combination for the compiler
+    assert plan_compression(Candidate("openvino", "int8", 0.5), CompileOptions()).distill is None
+    rnd = CompileOptions(quant=QuantOptions(calibration="random"))
+    assert plan_compression(Candidate("openvino", "int8", 0.5), rnd).distill is None
+    # The user's own --distill settings are kept for pruned plans, dropped for the others
+    # (the compiler refuses --distill without pruning).
+    mine = CompileOptions(quant=QuantOptions(calibration="task"),
+                          compress=CompressOptions(distill="steps=50"))  # fmt: skip
+    assert plan_compression(Candidate("openvino", "int8", 0.25), mine).distill == "steps=50"
+    plain = plan_compression(Candidate("openvino", "int8"), mine)
+    assert plain.distill is None and not plain.prune
+    validate(plain, has_calibration=True)
