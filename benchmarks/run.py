@@ -214,6 +214,7 @@ def write_report(
     cache: dict[str, Any] | None = None,
     vla: dict[str, Any] | None = None,
     faults: dict[str, Any] | None = None,
+    metaworld: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -233,6 +234,12 @@ def write_report(
         f"{rounds} interleaved rounds x {per_round} runs per runtime. This machine is shared "
         "and noisy: compare ratios within a row, not absolute times across runs.",
         "",
+    ]
+    if metaworld:  # the headline: the claim on a trained policy of real size
+        from benchmarks.metaworld import report_lines as metaworld_lines
+
+        lines += metaworld_lines(metaworld)
+    lines += [
         "## Latency p50 (ms) and speed-up vs torch eager",
         "",
         "| model | MMAC | roofline est. ms | " + " | ".join(cols) + " |",
@@ -385,7 +392,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
 
 SECTIONS = (
     "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache", "vla",
-    "faults",
+    "faults", "metaworld",
 )  # fmt: skip
 
 
@@ -406,6 +413,8 @@ def main() -> None:
     ap.add_argument("--distill-steps", type=int, default=300)
     ap.add_argument("--tvm-trials", type=int, default=512, help="MetaSchedule trials per model.")
     ap.add_argument("--episodes", type=int, default=50, help="Closed-loop episodes per engine.")
+    ap.add_argument("--metaworld-episodes", type=int, default=100,
+                    help="Paired Meta-World episodes per engine (the claim).")  # fmt: skip
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     results_path = args.out.parent / "bench_results.json"
@@ -491,6 +500,13 @@ def main() -> None:
 
             res["faults"] = bench_faults(work, log)
             stamps["faults"] = now
+        if "metaworld" in args.sections:
+            from benchmarks.metaworld import bench_metaworld
+
+            res["metaworld"] = bench_metaworld(
+                work, log, args.metaworld_episodes, args.rounds, args.per_round
+            )
+            stamps["metaworld"] = now
     finally:
         # Sections measured before a failure are kept (a rerun with --sections reuses them).
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -503,7 +519,7 @@ def main() -> None:
     write_report(
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
-        res["planner"], res["crash"], res["cache"], res["vla"], res["faults"],
+        res["planner"], res["crash"], res["cache"], res["vla"], res["faults"], res["metaworld"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

@@ -62,8 +62,8 @@ def parse_eval_spec(spec: str, option: str = "--eval") -> EvalSpec:
 
 
 def default_metric(task: Task) -> str:
-    """Reacher-like tasks are judged by success; the pybullet tasks by return."""
-    return "success" if task.name.startswith("Reacher") else "return"
+    """The task's own choice: success for Reacher and Meta-World, return for pybullet."""
+    return task.metric
 
 
 def looks_like_bundle(path: str | Path) -> bool:

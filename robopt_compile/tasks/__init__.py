@@ -55,6 +55,9 @@ class Task(abc.ABC):
     feed_shapes: dict[str, tuple[int, ...]] | None = None
     # The pip extra that installs the simulator.
     extra: str = "sim"
+    # What a paired comparison judges by default: "return" or "success" (tasks whose return
+    # is a shaping signal, e.g. distances, and whose goal is reaching a state).
+    metric: str = "return"
 
     @abc.abstractmethod
     def episode(self, policy: Policy, seed: int, record: bool = False) -> Episode:
@@ -113,6 +116,26 @@ TASKS: dict[str, TaskEntry] = {
             "robopt_compile.tasks.reacher:ReacherPixelsTask",
             "MuJoCo Reacher-v5 from 64x64 top-down camera frames plus joint state: "
             "touch the target; 50 steps.",
+        ),
+        *(
+            TaskEntry(
+                f"metaworld-{env}",
+                f"robopt_compile.tasks.metaworld:{cls}",
+                f"Meta-World {env} (Sawyer arm) from 168x168 camera frames plus hand state; "
+                "the environment's success within 150 steps.",
+            )
+            for env, cls in (
+                ("reach-v3", "ReachTask"),
+                ("push-v3", "PushTask"),
+                ("button-press-topdown-v3", "ButtonPressTopdownTask"),
+                ("drawer-open-v3", "DrawerOpenTask"),
+            )
+        ),
+        TaskEntry(
+            "metaworld-suite",
+            "robopt_compile.tasks.metaworld:MetaWorldSuiteTask",
+            "Meta-World reach, push, button-press-topdown and drawer-open in turn (seed % 4 "
+            "picks the task), 168x168 frames plus hand state and task one-hot; 150 steps.",
         ),
     )
 }

@@ -82,6 +82,7 @@ class ReacherPixelsTask(Task):
         "touch the target; 50 steps."
     )
     success_rule = f"fingertip within {SUCCESS_DISTANCE} m of the target at the final (50th) step"
+    metric = "success"
     max_steps = 50
     input_names = ("image", "state")
     action_dim = 2

@@ -11,9 +11,12 @@ equal the names of ``forward``'s parameters, in order, so ``model(**inputs)`` wo
 module has a class attribute ``output_names`` naming its outputs.
 
 Trained models (``trained=True``) carry real weights: the pybullet policies read theirs from the
-pybullet wheel (``zoo/pybullet.py``), the Reacher CNN from ``zoo/weights/`` (trained here by
-``python -m robopt_compile.zoo.train_reacher``). Their ``task`` names the simulated task that
-``robopt-compile evaluate`` runs them on. The other models have random weights from a fixed seed.
+pybullet wheel (``zoo/pybullet.py``), the Reacher CNN and the Meta-World ResNet-18 from
+``zoo/weights/`` (trained here by ``python -m robopt_compile.zoo.train_reacher`` and
+``train_metaworld``). Their ``task`` names the simulated task that ``robopt-compile evaluate``
+runs them on. The other models have RANDOM weights from a fixed seed: they exist for breadth and
+speed figures; fidelity figures measured on them (cosine, token agreement) say little about a
+trained policy (docs/METAWORLD.md).
 """
 
 from __future__ import annotations
@@ -94,6 +97,14 @@ ZOO: dict[str, ZooEntry] = {
             "Visuomotor CNN trained here by behaviour cloning on MuJoCo Reacher-v5: 64x64 "
             "top-down image + joint state -> action (B,2); spatial-softmax keypoints.",
             task="Reacher-v5-pixels",
+            trained=True,
+        ),
+        ZooEntry(
+            "metaworld-resnet18",
+            "robopt_compile.zoo.metaworld:make_metaworld_resnet18",
+            "ResNet-18 visuomotor policy (1.02 GMAC) trained here by behaviour cloning on four "
+            "Meta-World tasks: 168x168 camera frame + hand state + task one-hot -> action (B,4).",
+            task="metaworld-suite",
             trained=True,
         ),
         ZooEntry(
