@@ -34,6 +34,13 @@ def load_metric(spec: str) -> Metric:
     return import_callable(spec, "--metric")
 
 
+def _cosine(ref: Sample, cand: Sample, names: list[str]) -> float:
+    r = np.concatenate([np.asarray(ref[n], np.float64).ravel() for n in names])
+    c = np.concatenate([np.asarray(cand[n], np.float64).ravel() for n in names])
+    nr, nc = float(np.linalg.norm(r)), float(np.linalg.norm(c))
+    return 1.0 if nr == nc == 0 else float(r @ c / (nr * nc)) if nr and nc else 0.0
+
+
 def accuracy_figures(
     reference: Sequence[Sample],
     candidate: Sequence[Sample],
@@ -79,6 +86,11 @@ def accuracy_figures(
         den += float(r @ r)
     rel_l2 = (num / den) ** 0.5 if den else num**0.5
     fig: dict[str, Any] = {
+        # The worst single sample (its outputs together): what a one-sample engine check sees.
+        "worst_sample_cosine": min(
+            (_cosine(rs, cs, names) for rs, cs in zip(reference, candidate, strict=True)),
+            default=1.0,
+        ),
         "samples": len(reference),
         "cosine": min((o["cosine"] for o in per_output.values()), default=1.0),
         "centred_cosine": min(

@@ -107,12 +107,16 @@ def evaluation_backend(backend: Any, profile: Any) -> tuple[Any, str]:
 
 
 def engine_tolerance(fig: dict[str, Any]) -> dict[str, float]:
-    """What the bundle's engine must reproduce on the robot: the measured quality, 3x margin.
+    """What the bundle's engine must reproduce on the robot: the measured quality of the worst
+    held-out sample, 3x margin.
 
     A quantized engine cannot match the fp32 reference to fp32 tolerance; it must match it as
     well as it did when robopt measured it, so a broken runtime or a changed CPU path shows.
     """
-    cos = float(fig["cosine"])
+    # The engine check looks at one held-out sample: the margin is taken on the worst sample,
+    # not on the cosine over all samples (a pruned int8 ResNet-18 failed its own check by
+    # 0.9944 < 0.9955 with the latter).
+    cos = min(float(fig["cosine"]), float(fig.get("worst_sample_cosine", 1.0)))
     return {
         "cosine_min": max(0.0, min(0.9999, 1.0 - 3.0 * (1.0 - cos))),
         "atol": 3.0 * float(fig["max_abs"]) + 1e-6,

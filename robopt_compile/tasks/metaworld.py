@@ -35,6 +35,7 @@ import numpy as np
 
 from robopt_compile.errors import BackendUnavailableError, InputError
 from robopt_compile.tasks import Episode, Policy, Task
+from robopt_compile.tasks.rendered import RenderedTask
 
 # The tasks the trained Meta-World policies know, in the order of the state's one-hot.
 SUITE = ("reach-v3", "push-v3", "button-press-topdown-v3", "drawer-open-v3")
@@ -66,7 +67,7 @@ def _expert_class(env_name: str) -> str:
     return "Sawyer" + "".join(w.capitalize() for w in words) + "V3Policy"
 
 
-class MetaWorldTask(Task):
+class MetaWorldTask(RenderedTask):
     """One Meta-World environment from pixels plus hand state; see the module docstring."""
 
     env_name = ""
@@ -167,42 +168,7 @@ class MetaWorldTask(Task):
 
     success_rule = "the environment's own success flag (info['success']) within 150 steps"
     metric = "success"
-
-    def episode(self, policy: Policy, seed: int, record: bool = False) -> Episode:
-        feeds = self.reset(seed)
-        total, steps = 0.0, 0
-        feed_log: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
-        act_log: list[np.ndarray] = []
-        for t in range(self.max_steps):
-            if t:
-                feeds = self.observe()
-            action = np.asarray(policy(feeds)[0], dtype=np.float32).reshape(-1)
-            if action.shape != (ACTION_DIM,):
-                raise InputError(
-                    f"{self.name} needs a policy whose first output has {ACTION_DIM} values per "
-                    f"sample (batch 1); it gave {action.size}."
-                )
-            if record:
-                for k in self.input_names:
-                    feed_log[k].append(feeds[k][0])
-                act_log.append(action.copy())
-            total += self.step(action)
-            steps += 1
-            if self._success:
-                break
-        ep = Episode(seed=int(seed), ret=total, success=self._success, steps=steps)
-        if record:
-            ep.feeds = {k: np.stack(v) for k, v in feed_log.items()}
-            ep.actions = np.stack(act_log)
-        return ep
-
-    def close(self) -> None:
-        if getattr(self, "_renderer", None) is not None:
-            self._renderer.close()
-            self._renderer = None
-        if getattr(self, "_env", None) is not None:
-            self._env.close()
-            self._env = None
+    ends_on_success = True
 
 
 class ReachTask(MetaWorldTask):
@@ -230,8 +196,10 @@ class MetaWorldSuiteTask(Task):
     """
 
     name = "metaworld-suite"
-    description = (f"Meta-World {', '.join(SUITE)} in turn (seed % {len(SUITE)} picks the task), "
-                   f"{IMAGE_SIZE}x{IMAGE_SIZE} camera frames plus hand state and task one-hot.")  # fmt: skip
+    description = (
+        f"Meta-World {', '.join(SUITE)} in turn (seed % {len(SUITE)} picks the task), "
+        f"{IMAGE_SIZE}x{IMAGE_SIZE} camera frames plus hand state and task one-hot."
+    )
     success_rule = MetaWorldTask.success_rule
     metric = "success"
     max_steps = MAX_STEPS

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.errors import BackendUnavailableError, InputError
-from robopt_compile.tasks import Episode, Policy, Task
+from robopt_compile.errors import BackendUnavailableError
+from robopt_compile.tasks import Policy
+from robopt_compile.tasks.rendered import RenderedTask
 
 IMAGE_SIZE = 64
 STATE_DIM = 6
@@ -73,7 +74,7 @@ def expert_action(target: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> np.
     return np.clip(EXPERT_KP * err - EXPERT_KD * np.asarray(qvel), -1.0, 1.0).astype(np.float32)
 
 
-class ReacherPixelsTask(Task):
+class ReacherPixelsTask(RenderedTask):
     """Reacher-v5 from pixels plus joint state; see the module docstring for the feeds."""
 
     name = "Reacher-v5-pixels"
@@ -156,40 +157,10 @@ class ReacherPixelsTask(Task):
 
     # -- the Task interface --
 
-    def episode(self, policy: Policy, seed: int, record: bool = False) -> Episode:
-        feeds = self.reset(seed)
-        total = 0.0
-        feed_log: dict[str, list[np.ndarray]] = {k: [] for k in self.input_names}
-        act_log: list[np.ndarray] = []
-        for t in range(self.max_steps):
-            if t:
-                feeds = self.observe()
-            out = policy(feeds)
-            action = np.asarray(out[0], dtype=np.float32).reshape(-1)
-            if action.shape != (self.action_dim,):
-                raise InputError(
-                    f"{self.name} needs a policy whose first output has {self.action_dim} "
-                    f"values per sample (batch 1); it gave shape {np.shape(out[0])}."
-                )
-            if record:
-                for k in self.input_names:
-                    feed_log[k].append(feeds[k][0])
-                act_log.append(action.copy())
-            total += self.step(action)
-        success = self.fingertip_distance() < SUCCESS_DISTANCE
-        ep = Episode(seed=int(seed), ret=total, success=bool(success), steps=self.max_steps)
-        if record:
-            ep.feeds = {k: np.stack(v) for k, v in feed_log.items()}
-            ep.actions = np.stack(act_log)
-        return ep
-
-    def close(self) -> None:
-        if getattr(self, "_renderer", None) is not None:
-            self._renderer.close()
-            self._renderer = None
-        if getattr(self, "_env", None) is not None:
-            self._env.close()
-            self._env = None
+    @property
+    def succeeded(self) -> bool:
+        """The success rule, read at the episode's end (the 50th step)."""
+        return self.fingertip_distance() < SUCCESS_DISTANCE
 
 
 def expert_policy(task: ReacherPixelsTask, noise: float = 0.0, seed: int = 0) -> Policy:

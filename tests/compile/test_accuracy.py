@@ -37,3 +37,19 @@ def test_user_metric(tmp_path, monkeypatch):
         load_metric("mymetric:nope")
     with pytest.raises(InputError, match="module:function"):
         load_metric("no-colon")
+
+
+def test_engine_tolerance_covers_the_worst_sample_the_check_may_see():
+    """One bad sample among good ones: the cosine over all samples hides it, the engine check
+    (one sample) would not; the tolerance's margin is taken on the worst sample."""
+    from robopt_compile.compile.quantize import engine_tolerance
+
+    ref = [{"y": np.array([1.0, 0.0, 0.0])}] + [{"y": np.array([10.0, 10.0, 10.0])}] * 9
+    cand = [{"y": np.array([1.0, 0.2, 0.0])}] + [{"y": np.array([10.0, 10.0, 10.0])}] * 9
+    fig = accuracy_figures(ref, cand)
+    worst = 1.0 / np.sqrt(1.04)
+    assert fig["worst_sample_cosine"] == pytest.approx(worst)
+    assert fig["cosine"] > 0.9999 > worst
+    tol = engine_tolerance(fig)
+    assert tol["cosine_min"] == pytest.approx(1 - 3 * (1 - worst))
+    assert tol["cosine_min"] <= worst  # the worst sample itself passes the check
