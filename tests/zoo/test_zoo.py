@@ -105,6 +105,7 @@ def test_forward_shapes_and_finite(zoo_model: tuple) -> None:
         "double-pendulum-mlp": (1, 1),
         "pendulum-swingup-mlp": (1, 1),
         "reacher-cnn": (1, 2),
+        "metaworld-resnet18": (1, 4),
     }
     assert tuple(out.shape) == expected[name]
     assert len(model.output_names) == 1
