@@ -27,22 +27,32 @@ REPORTED_STAGES = ("export", "record", "transform", "build")
 def save_model_dir(model: Any, dest: Path, inputs: Any, outputs: Any) -> Path:
     """A model with its reference data as a folder: model.onnx[.data], inputs/outputs.npz."""
     from robopt_compile import ir as rir
-    from robopt_compile.compile import bundle
 
     rir.save(model, dest / "model.onnx")
+    return save_reference(dest, inputs, outputs)
+
+
+def save_reference(dest: Path, inputs: Any, outputs: Any) -> Path:
+    """Reference inputs and the source model's outputs on them: inputs.npz, outputs.npz."""
+    from robopt_compile.compile import bundle
+
     bundle.save_npz(dest / "inputs.npz", inputs)
     bundle.save_npz(dest / "outputs.npz", outputs)
     return dest
 
 
-def load_model_dir(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def load_reference(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What ``save_reference`` wrote (numpy only: no ONNX import)."""
     import numpy as np
 
+    with np.load(folder / "inputs.npz") as i, np.load(folder / "outputs.npz") as o:
+        return {k: i[k] for k in i.files}, {k: o[k] for k in o.files}
+
+
+def load_model_dir(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     from robopt_compile import ir as rir
 
-    model = rir.load(folder / "model.onnx")
-    with np.load(folder / "inputs.npz") as i, np.load(folder / "outputs.npz") as o:
-        return model, {k: i[k] for k in i.files}, {k: o[k] for k in o.files}
+    return rir.load(folder / "model.onnx"), *load_reference(folder)
 
 
 def export_key(cache: Any, source: str, opts: CompileOptions) -> str:

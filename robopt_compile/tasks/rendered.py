@@ -5,6 +5,7 @@ when an episode may end early, ``ends_on_success``."""
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
@@ -20,18 +21,22 @@ class RenderedTask(Task):
     _env: Any = None
     _renderer: Any = None
 
+    @abc.abstractmethod
     def reset(self, seed: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The first feeds of the episode of ``seed``."""
 
+    @abc.abstractmethod
     def observe(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The current feeds."""
 
+    @abc.abstractmethod
     def step(self, action: np.ndarray) -> float:
-        raise NotImplementedError
+        """Apply one action; the reward."""
 
     @property
+    @abc.abstractmethod
     def succeeded(self) -> bool:
-        raise NotImplementedError
+        """Whether the episode has met the task's success rule (read after each step)."""
 
     def episode(self, policy: Policy, seed: int, record: bool = False) -> Episode:
         feeds = self.reset(seed)

@@ -187,8 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=WEIGHTS_FILE)
     ap.add_argument("--init", type=Path, default=None,
                     help="continue from these weights (a second stage of training)")  # fmt: skip
-    ap.add_argument("--skip-expert", action="store_true",
-                    help="do not evaluate the expert again (keep the record's figures)")
+    ap.add_argument(
+        "--skip-expert",
+        action="store_true",
+        help="do not evaluate the expert again (keep the record's figures)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)

@@ -412,8 +412,8 @@ def test_an_unchanged_search_neither_exports_nor_loads_the_model(
 
 
 def test_pruned_plans_are_distilled_on_real_calibration_data_only() -> None:
-    from robopt_compile.compile.options import CompileOptions, CompressOptions, QuantOptions
     from robopt_compile.compile.compress import validate
+    from robopt_compile.compile.options import CompileOptions, CompressOptions, QuantOptions
     from robopt_compile.plan.search import plan_compression
 
     task = CompileOptions(quant=QuantOptions(calibration="task"))
