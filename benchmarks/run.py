@@ -215,6 +215,7 @@ def write_report(
     vla: dict[str, Any] | None = None,
     faults: dict[str, Any] | None = None,
     metaworld: dict[str, Any] | None = None,
+    metaworld_vla: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -239,6 +240,10 @@ def write_report(
         from benchmarks.metaworld import report_lines as metaworld_lines
 
         lines += metaworld_lines(metaworld)
+    if metaworld_vla:  # the trained VLA's bundles
+        from benchmarks.metaworld_vla import report_lines as vla_lines
+
+        lines += vla_lines(metaworld_vla)
     lines += [
         "## Latency p50 (ms) and speed-up vs torch eager",
         "",
@@ -392,7 +397,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
 
 SECTIONS = (
     "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache", "vla",
-    "faults", "metaworld",
+    "faults", "metaworld", "metaworld-vla",
 )  # fmt: skip
 
 
@@ -415,6 +420,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=50, help="Closed-loop episodes per engine.")
     ap.add_argument("--metaworld-episodes", type=int, default=100,
                     help="Paired Meta-World episodes per engine (the claim).")  # fmt: skip
+    ap.add_argument("--metaworld-vla-episodes", type=int, default=100,
+                    help="Paired Meta-World episodes per engine for the trained VLA.")  # fmt: skip
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     results_path = args.out.parent / "bench_results.json"
@@ -507,6 +514,13 @@ def main() -> None:
                 work, log, args.metaworld_episodes, args.rounds, args.per_round
             )
             stamps["metaworld"] = now
+        if "metaworld-vla" in args.sections:
+            from benchmarks.metaworld_vla import bench_metaworld_vla
+
+            res["metaworld-vla"] = bench_metaworld_vla(
+                work, log, args.metaworld_vla_episodes, args.rounds, args.per_round
+            )
+            stamps["metaworld-vla"] = now
     finally:
         # Sections measured before a failure are kept (a rerun with --sections reuses them).
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -520,6 +534,7 @@ def main() -> None:
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
         res["planner"], res["crash"], res["cache"], res["vla"], res["faults"], res["metaworld"],
+        res["metaworld-vla"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

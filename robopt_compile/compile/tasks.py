@@ -52,6 +52,86 @@ def record_calibration(
     return {"task": name, "episodes": len(eps), "seeds": seeds, "samples": int(keep.size)}
 
 
+def record_vla_calibration(
+    spec: str, source: str, model: Any, out: Path, opts: CompileOptions
+) -> dict[str, Any]:  # fmt: skip
+    """``--calibration task`` for a trained VLA: its torch model drives its task (through the
+    zoo model's task adapter) for N episodes (default 4) from seed 1,000,000 + ``--seed``; the
+    images (``pixel_values``) of up to 512 steps, spread evenly, calibrate its vision graph."""
+    import numpy as np
+
+    from robopt_compile import evaluate as ev
+    from robopt_compile.tasks import get_task
+
+    espec = ev.parse_eval_spec(spec, option="--calibration")
+    if "episodes=" not in spec:
+        espec.episodes = 4
+    name = resolve_eval_task(espec, source)
+    adapter = require_adapter(source, "--calibration task")
+    seeds = ev.seeds_for(espec.episodes, CALIBRATION_SEED_OFFSET + opts.seed)
+    with get_task(name) as task:
+        ev.check_policy_fits(task, [], source, adapter)
+        eps = ev.run_episodes(task, ev.vla_eager_policy(model, adapter), seeds, record=True)
+    frames = [adapter({k: e.feeds[k][i : i + 1] for k in task.input_names})["pixel_values"]
+              for e in eps for i in range(e.steps)]  # fmt: skip
+    keep = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), CALIBRATION_SAMPLES))
+                     .astype(int))  # fmt: skip
+    np.savez(out, pixel_values=np.stack([frames[i] for i in keep]))
+    return {"task": name, "episodes": len(eps), "seeds": seeds, "samples": int(keep.size)}
+
+
+def require_adapter(source: str, option: str) -> Any:
+    """The task adapter of a trained VLA, or a one-line refusal naming the models that have one."""
+    from robopt_compile.zoo import ZOO, task_adapter
+
+    adapter = task_adapter(source)
+    if adapter is None:
+        have = [f"zoo:{n}" for n, e in ZOO.items() if e.kind == "vla" and e.adapter]
+        raise InputError(
+            f"{option}: {source} has no task adapter (a VLA with random weights, or a folder); "
+            f"trained VLAs that run in a task: {', '.join(have)}."
+        )
+    return adapter
+
+
+def evaluate_vla_bundle(
+    out: Path, task_name: str, opts: CompileOptions, model: Any, source: str,
+    progress: Progress = noop, published: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``--eval`` for a VLA bundle: its driver loop over the built engines against the torch
+    model (fp32, greedy with its cache), both through the model's task adapter, paired seeds."""
+    import json as _json
+
+    from robopt_compile import evaluate as ev
+    from robopt_compile.bench.results import save_result
+    from robopt_compile.tasks import get_task
+
+    manifest = _json.loads((out / "manifest.json").read_text())
+    adapter = require_adapter(source, "--eval")
+    spec = opts.eval
+    done, total = [0], 2 * spec.episodes
+
+    def tick(n: int) -> None:
+        done[0] += n
+        progress(f"evaluate: episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
+
+    with get_task(task_name) as task:
+        ev.check_policy_fits(task, manifest["inputs"], str(out), adapter)
+        meta = ev.bundle_meta(out)
+        meta["bundle"] = str((published or out).resolve())
+        label = f"optimized {manifest['precision']} ({manifest['backend']})"
+        with ev.bundle_policy(out, opts.threads or 1) as cand:
+            result = ev.closed_loop(
+                task, ev.vla_eager_policy(model, adapter), [(label, cand, meta)],
+                episodes=spec.episodes, seed=spec.seed, metric=spec.metric,
+                reference_label=f"original fp32 torch ({source})",
+                criteria=opts.eval_criteria, progress=tick,
+            )  # fmt: skip
+    saved = save_result(out, f"eval-{task_name}", result)
+    result["path"] = str((published or out) / saved.relative_to(out))
+    return result
+
+
 def resolve_eval_task(spec: Any, source: str) -> str:
     """The task ``--eval`` runs: named in the spec, or the trained zoo model's own task."""
     from robopt_compile.tasks import TASKS

@@ -40,12 +40,16 @@ from robopt_compile.evaluate.closedloop import (
 from robopt_compile.evaluate.openloop import action_error, load_dataset, open_loop, record_episodes
 from robopt_compile.evaluate.policies import (
     TimedPolicy,
+    adapted,
+    adapter_for,
     any_policy,
     bundle_meta,
     bundle_policy,
     check_policy_fits,
+    driver_policy,
     onnx_policy,
     source_policy,
+    vla_eager_policy,
 )
 from robopt_compile.evaluate.spec import (
     DEFAULT_EPISODES,
@@ -67,12 +71,15 @@ __all__ = [
     "Progress",
     "TimedPolicy",
     "action_error",
+    "adapted",
+    "adapter_for",
     "any_policy",
     "bundle_meta",
     "bundle_policy",
     "check_policy_fits",
     "closed_loop",
     "default_metric",
+    "driver_policy",
     "evaluation_drop",
     "load_dataset",
     "looks_like_bundle",
@@ -91,5 +98,6 @@ __all__ = [
     "task_drop",
     "task_for_manifest",
     "task_for_source",
+    "vla_eager_policy",
     "wilson",
 ]

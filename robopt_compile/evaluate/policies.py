@@ -67,11 +67,65 @@ def onnx_policy(model: Any, threads: int | None = 1) -> Iterator[TimedPolicy]:
         yield TimedPolicy(lambda feeds: sess.run(names, feeds), names)
 
 
+Adapter = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def adapted(step: Callable[[dict[str, np.ndarray]], np.ndarray], adapter: Adapter) -> TimedPolicy:
+    """A policy whose model reads its task through ``adapter`` (task feeds -> the model's
+    observation, e.g. a VLA's image and prompt tokens); ``step`` returns the action. The timed
+    call includes the adapter (tokenizing the prompt, resizing the frame)."""
+
+    def act(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(step(adapter(feeds)), np.float32).reshape(1, -1)]
+
+    return TimedPolicy(act, ["actions"])
+
+
+def vla_eager_policy(model: Any, adapter: Adapter) -> TimedPolicy:
+    """A VLA's torch model (fp32, greedy decoding with its key/value cache) as the reference."""
+    return adapted(model.act, adapter)
+
+
+def adapter_for(manifest: dict[str, Any]) -> Adapter | None:
+    """The task adapter of a bundle's zoo model (None: the model reads the feeds as they are)."""
+    from robopt_compile.zoo import task_adapter
+
+    return task_adapter(str(manifest.get("model", {}).get("source", "")))
+
+
+@contextlib.contextmanager
+def driver_policy(bundle_dir: str | Path, threads: int | None = 1) -> Iterator[TimedPolicy]:
+    """A multi-graph bundle (VLA, diffusion policy): its driver loop over an engine per graph,
+    as ``robopt-bench`` runs it, fed through its model's task adapter."""
+    from robopt_compile.bench.manifest import load_manifest
+    from robopt_compile.bench.multigraph import open_driver
+
+    root = Path(bundle_dir)
+    manifest = load_manifest(root, verify=True)
+    adapter = adapter_for(manifest)
+    if adapter is None:
+        raise InputError(
+            f"{root}: a {manifest['driver']['kind']} bundle of {manifest['model'].get('source')} "
+            "has no task adapter (only trained zoo VLAs such as zoo:metaworld-vla run in a "
+            "task); evaluate it open loop with robopt-bench."
+        )
+    with contextlib.ExitStack() as stack:
+        drv = open_driver(root, manifest, threads, stack)
+        yield adapted(lambda obs: drv.step(obs).actions, adapter)
+
+
 @contextlib.contextmanager
 def bundle_policy(bundle_dir: str | Path, threads: int | None = 1) -> Iterator[TimedPolicy]:
-    """A bundle's engine through the harness's runner (the backend runs it as on the robot)."""
+    """A bundle's engine through the harness's runner (the backend runs it as on the robot);
+    a multi-graph bundle through its driver (:func:`driver_policy`)."""
+    import json
+
     from robopt_compile.bench.harness import enter_runner, open_bundle
 
+    if "graphs" in json.loads((Path(bundle_dir) / "manifest.json").read_text()):
+        with driver_policy(bundle_dir, threads) as p:
+            yield p
+        return
     b = open_bundle(bundle_dir, verify=True)
     names = [o["name"] for o in b.manifest["outputs"]]
     with contextlib.ExitStack() as stack:
@@ -89,7 +143,14 @@ Loader = Callable[[str], Any]
 @contextlib.contextmanager
 def source_policy(source: str, threads: int | None, load: Loader) -> Iterator[TimedPolicy]:
     """A model source (zoo:NAME, .onnx, .pt2, module:factory) exported to fp32 ONNX by
-    ``load`` (``robopt_compile.compile.frontend.load_fp32``)."""
+    ``load`` (``robopt_compile.compile.frontend.load_fp32``); a trained zoo VLA as its torch
+    model (it is several graphs and a loop, not one ONNX)."""
+    from robopt_compile.zoo import is_vla, load_vla, task_adapter
+
+    adapter = task_adapter(source)
+    if is_vla(source) and adapter is not None:
+        yield vla_eager_policy(load_vla(source.removeprefix("zoo:")), adapter)
+        return
     with onnx_policy(load(source), threads) as p:
         yield p
 
@@ -105,8 +166,20 @@ def any_policy(spec: str | Path, threads: int | None, load: Loader) -> Iterator[
             yield p
 
 
-def check_policy_fits(task: Task, manifest_inputs: Sequence[dict[str, Any]], what: str) -> None:
-    """Refuse, in one line, a model whose input names or fixed shapes the task cannot feed."""
+def check_policy_fits(task: Task, manifest_inputs: Sequence[dict[str, Any]], what: str,
+                      adapter: Adapter | None = None) -> None:  # fmt: skip
+    """Refuse, in one line, a model whose input names or fixed shapes the task cannot feed.
+    With the model's task ``adapter`` the feeds it reads (its ``task_feeds``) are checked
+    instead: the adapter builds the model's inputs from them."""
+    if adapter is not None:
+        want = dict(getattr(adapter, "task_feeds", {}))
+        have = dict(getattr(task, "feed_shapes", None) or {})
+        if any(tuple(have.get(k, ())) != tuple(v) for k, v in want.items()):
+            raise InputError(
+                f"{what} reads task feeds {want} but task {task.name} feeds {have}; pick the "
+                "task the model was trained for (--task)."
+            )
+        return
     names = [i["name"] for i in manifest_inputs]
     if list(task.input_names) != names:
         raise InputError(

@@ -117,7 +117,7 @@ def run_evaluation(
             return result, save_result(bundle_dir, f"openloop-{dataset.stem}", result)
         assert task_name is not None
         t = stack.enter_context(get_task(task_name))
-        ev.check_policy_fits(t, manifest["inputs"], str(bundle_dir))
+        ev.check_policy_fits(t, manifest["inputs"], str(bundle_dir), ev.adapter_for(manifest))
         if record is not None:
             return ev.record_episodes(t, ref, ev.seeds_for(episodes, seed), record), None
         total = episodes * (1 + len(cands))

@@ -25,7 +25,7 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from robopt_compile.errors import UnknownNameError
 
@@ -45,6 +45,9 @@ class ZooEntry:
     # "policy": one graph; "vla" / "diffusion": a multi-graph bundle driven by a loop
     # (robopt_compile/compile/multigraph/vla.py, diffusion.py).
     kind: str = "policy"
+    # "module:function" turning the task's feeds into the model's observation, for a model
+    # that reads its task through a tokenizer (a VLA: instruction text and state tokens)
+    adapter: str | None = None
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -122,6 +125,17 @@ ZOO: dict[str, ZooEntry] = {
             kind="vla",
         ),
         ZooEntry(
+            "metaworld-vla",
+            "robopt_compile.zoo.vla_metaworld:make_metaworld_vla",
+            "OpenVLA-form VLA (7.9M params) trained here on the same four Meta-World tasks: "
+            "84px DINOv2+SigLIP, 4-layer Llama, byte-tokenized instruction + hand-state "
+            "tokens -> 4 action tokens of 256 bins.",
+            task="metaworld-suite",
+            trained=True,
+            kind="vla",
+            adapter="robopt_compile.zoo.vla_metaworld:observation",
+        ),
+        ZooEntry(
             "diffusion-policy",
             "robopt_compile.zoo.diffusion:make_diffusion",
             "Diffusion Policy (Chi et al. 2023, CNN): 1-D conv U-Net denoiser (18M params) "
@@ -149,6 +163,26 @@ def is_folder_source(source: str) -> bool:
 def is_vla(source: str) -> bool:
     """``zoo:NAME`` of a multi-graph VLA model (compiled by compile/multigraph/vla.py)."""
     return zoo_kind(source) == "vla"
+
+
+def load_vla(name: str, seed: int = 0) -> Any:
+    """The torch model of a VLA zoo entry (``OpenVlaStyle``, eval mode)."""
+    entry = ZOO.get(name)
+    if entry is None or entry.kind != "vla":
+        vlas = [n for n, e in ZOO.items() if e.kind == "vla"]
+        raise UnknownNameError("zoo VLA model", name, vlas)
+    module_name, _, func_name = entry.factory.partition(":")
+    return getattr(importlib.import_module(module_name), func_name)(name, seed=seed)
+
+
+def task_adapter(source: str) -> Any:
+    """The feeds -> observation function of ``zoo:NAME`` (None when the model reads its task's
+    feeds as they are)."""
+    entry = ZOO.get(source.removeprefix("zoo:")) if source.startswith("zoo:") else None
+    if entry is None or entry.adapter is None:
+        return None
+    module_name, _, func_name = entry.adapter.partition(":")
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 def zoo_names() -> list[str]:

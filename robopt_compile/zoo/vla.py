@@ -34,7 +34,7 @@ from torch import nn
 from robopt_compile.bench.driver import bins_to_tokens, tokens_to_actions
 
 N_BINS = 256
-ACTION_DIMS = 7
+ACTION_DIMS = 7  # OpenVLA (BridgeData); a config with other statistics has len(q01)
 # BridgeData V2's action statistics as published with OpenVLA (q01/q99 per dimension; the
 # gripper dimension is not normalized). Used to de-tokenize; any dataset's stats fit here.
 BRIDGE_Q01 = (-0.0299, -0.0414, -0.0260, -0.0879, -0.1320, -0.1574, 0.0)
@@ -66,6 +66,11 @@ class VlaConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def action_dims(self) -> int:
+        """Action tokens per step: one per dimension of the dataset's statistics."""
+        return len(self.q01)
+
+    @property
     def patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
@@ -74,7 +79,7 @@ class VlaConfig:
         return {
             "vocab_size": self.vocab_size,
             "n_bins": N_BINS,
-            "action_dims": ACTION_DIMS,
+            "action_dims": self.action_dims,
             "layers": self.llm_layers,
             "kv_heads": self.llm_kv_heads,
             "head_dim": self.llm_width // self.llm_heads,
@@ -248,6 +253,10 @@ class OpenVlaStyle(nn.Module):
         ids = torch.cat([torch.ones((1, 1), dtype=torch.int64), text], dim=1)
         return {"pixel_values": pixels, "input_ids": ids}
 
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """numpy observation (``pixel_values``, ``input_ids``) -> continuous actions."""
+        return self.predict_action(**{k: torch.from_numpy(v) for k, v in obs.items()})[1]
+
     @torch.no_grad()
     def predict_action(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, use_cache: bool = True
@@ -262,7 +271,7 @@ class OpenVlaStyle(nn.Module):
         out = step(x, *step.empty_cache())
         bins = [int(out[0][0].argmax())]
         past = out[1:]
-        while len(bins) < ACTION_DIMS:
+        while len(bins) < self.config.action_dims:
             tok = torch.as_tensor(bins_to_tokens(np.array([[bins[-1]]]), drv))
             if use_cache:
                 out = step(embed(tok), *past)

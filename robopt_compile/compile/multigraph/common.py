@@ -186,7 +186,11 @@ def multigraph_key(
             "threads": opts.threads,
             "seed": opts.seed,
             "max_drop": opts.quant.max_drop,
-            "calibration": data_identity(opts.quant.calibration),
+            # A task spec records the zoo model's own episodes on fixed seeds: its text (with
+            # the model and robopt's code, both in the key) names the data.
+            "calibration": opts.quant.calibration
+            if (opts.quant.calibration or "").startswith("task")
+            else data_identity(opts.quant.calibration),
             "hwprofile": str(opts.hwprofile) if opts.hwprofile else None,
         },
         "matplotlib": mpl,  # draws the report's figures

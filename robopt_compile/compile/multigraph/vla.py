@@ -25,6 +25,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +227,6 @@ def _static_int8(
     :data:`CALIB_SEED`); the guard's held-out relative L2 of ``image_embeds`` (default bound
     0.01) decides, with mixed precision or a rollback to fp32."""
     import tempfile
-    from dataclasses import replace
 
     from robopt_compile.compile.quantize import quantize
     from robopt_compile.passes.base import PassRunner
@@ -277,7 +277,6 @@ def default_recipe(opts: Any, profile: Any, backend: Any) -> tuple[Any, Any, str
     precision, OpenVINO (where the target lists it and it runs here), bf16 arithmetic where the
     target has it, and ``--decode-backend auto`` where ONNX Runtime is available; whatever the
     user set (``--activations``, ``--decode-backend``) is kept. Otherwise unchanged."""
-    from dataclasses import replace
 
     from robopt_compile.targets import get_backend
 
@@ -366,12 +365,22 @@ def compile_vla(
         seal,
     )
     from robopt_compile.compile.stages import CompileResult, stage, write_report
+    from robopt_compile.compile.tasks import (
+        evaluate_vla_bundle,
+        record_vla_calibration,
+        require_adapter,
+        resolve_eval_task,
+    )
     from robopt_compile.numerics import judge
     from robopt_compile.passes import get_pass_class
     from robopt_compile.passes.base import DumpIRInstrument, PassRunner, TimingInstrument
-    from robopt_compile.zoo.vla import describe, load_folder, make_vla
+    from robopt_compile.zoo import load_vla
+    from robopt_compile.zoo.vla import describe, load_folder
 
     plan, activations, decode = validate(opts, profile, backend)
+    task_calib = (opts.quant.calibration or "").split(":")[0] == "task"
+    if opts.eval is not None or task_calib:  # before any work: the model must run in a task
+        require_adapter(source, "--eval" if opts.eval is not None else "--calibration task")
     f32 = activations in (None, "f32")
 
     def exact(g: str) -> bool:  # fp32 weights computed in fp32 reproduce torch (else a bug)
@@ -381,7 +390,7 @@ def compile_vla(
         1 - DEFAULT_MIN_AGREEMENT)  # fmt: skip
     with stage(progress, "export", timings):
         if source.startswith("zoo:"):
-            model = make_vla(source.removeprefix("zoo:"), seed=opts.seed)
+            model = load_vla(source.removeprefix("zoo:"), seed=opts.seed)
             source_kind = "zoo"
         else:  # a local folder (robopt_compile.zoo.vla.save_folder)
             model = load_folder(source)
@@ -398,6 +407,12 @@ def compile_vla(
     if decode is not None:  # the llm again, for the decode steps on another runtime
         graphs[DECODE] = rir.clone(graphs["llm"])
     with bundle.staged_output(out, force) as tmp:
+        calib_file = tmp / "calibration-task.npz"  # --calibration task: removed after use
+        if task_calib and "int8" in plan.values():
+            with stage(progress, "record", timings):
+                report["calibration"] = record_vla_calibration(
+                    opts.quant.calibration, source, model, calib_file, opts)  # fmt: skip
+            opts = replace(opts, quant=replace(opts.quant, calibration=str(calib_file)))
         with stage(progress, "compress", timings):
             for g in (*GRAPHS, DECODE) if decode is not None else GRAPHS:
                 p = plan["llm" if g == DECODE else g]
@@ -429,6 +444,7 @@ def compile_vla(
                     info["pass_seconds"] = round(sum(r.seconds for r in timing.records), 4)
                 info["weight_bytes"] = rir.weight_bytes(graphs[g])
                 report["graphs"][g] = info
+        calib_file.unlink(missing_ok=True)
         with stage(progress, "build", timings):
             built = build_graphs(graphs, plan, backend, profile, opts.threads, tmp, activations)
             if decode is not None:  # computes in the graph's own precision (no bf16 hint)
@@ -520,7 +536,7 @@ def compile_vla(
             "inputs": [{"name": "pixel_values", "shape": [1, 3, c.image_size, c.image_size],
                         "dtype": "float32"},
                        {"name": "input_ids", "shape": [1, c.prompt_tokens], "dtype": "int64"}],
-            "outputs": [{"name": "actions", "shape": [7], "dtype": "float64"}],
+            "outputs": [{"name": "actions", "shape": [c.action_dims], "dtype": "float64"}],
             "reference": {"inputs": "reference/inputs.npz", "outputs": "reference/outputs.npz",
                           "min_token_agreement": round(1 - max_disagree, 6),
                           "heldout_seed": HELDOUT_SEED},
@@ -528,6 +544,13 @@ def compile_vla(
                        "actions": fid},
         }  # fmt: skip
         seal(tmp, manifest)
+        evaluation = None
+        if opts.eval is not None:  # the bundle's driver in the task vs the torch model
+            with stage(progress, "evaluate", timings):
+                task_name = resolve_eval_task(opts.eval, source)
+                evaluation = evaluate_vla_bundle(tmp, task_name, opts, model, source, progress,
+                                                 published=out)  # fmt: skip
         with stage(progress, "report", timings):  # before publishing: a bundle has its report
             write_report(tmp, progress, out)
-    return CompileResult(out=out, manifest=manifest, report=report, facts={})
+    return CompileResult(out=out, manifest=manifest, report=report, facts={},
+                         evaluation=evaluation)  # fmt: skip
