@@ -83,7 +83,13 @@ def _episodes(kind: str, path: str, seeds: list[int]) -> list[tuple[int, float, 
     return [(e.seed, e.ret, bool(e.success), e.steps) for e in eps]
 
 
-def _closed_loop(engines: dict[str, tuple[str, str]], episodes: int, log: Callable) -> dict:
+def _closed_loop(
+    engines: dict[str, tuple[str, str]], episodes: int, log: Callable,
+    worker: Callable[..., list[tuple[int, float, bool, int]]] | None = None,
+    section: str = "metaworld",
+) -> dict:  # fmt: skip
+    """Every engine drives the suite for the same seeds (``worker(kind, path, seeds)``, a
+    module-level function, in two spawned processes); the first engine is the reference."""
     from robopt_compile.evaluate import paired, summarize
     from robopt_compile.tasks import Episode
 
@@ -94,11 +100,12 @@ def _closed_loop(engines: dict[str, tuple[str, str]], episodes: int, log: Callab
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(2, mp_context=ctx) as pool:
-        futs = {pool.submit(_episodes, *engines[label], chunk): label for label, chunk in jobs}
+        futs = {pool.submit(worker or _episodes, *engines[label], chunk): label
+                for label, chunk in jobs}  # fmt: skip
         for n, fut in enumerate(cf.as_completed(futs), 1):
             got[futs[fut]].extend(fut.result())
             left = (time.perf_counter() - t0) / n * (len(jobs) - n)
-            log(f"[bench] metaworld: {n * CHUNK}/{len(jobs) * CHUNK} episodes, "
+            log(f"[bench] {section}: {n * CHUNK}/{len(jobs) * CHUNK} episodes, "
                 f"about {left / 60:.0f} min left")  # fmt: skip
     summaries = {}
     for label, rows in got.items():

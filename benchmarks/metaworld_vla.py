@@ -17,8 +17,6 @@ Against the torch model (fp32, greedy with its key/value cache, 1 thread):
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +30,6 @@ SOURCE = "zoo:metaworld-vla"
 TASK = "metaworld-suite"
 HOLDOUT_SEED = 2_000_000
 EVAL_SEED = 3_000_000
-CHUNK = 10
 # label -> (precision, backend or None for robopt's default recipe)
 BUILDS = {
     "robopt fp32 (onnxruntime)": ("fp32", "onnxruntime"),
@@ -69,32 +66,6 @@ def _episodes(kind: str, path: str, seeds: list[int]) -> list[tuple[int, float, 
     return [(e.seed, e.ret, bool(e.success), e.steps) for e in eps]
 
 
-def _closed_loop(engines: dict[str, tuple[str, str]], episodes: int, log: Callable) -> dict:
-    from robopt_compile.evaluate import paired, summarize
-    from robopt_compile.tasks import Episode
-
-    seeds = list(range(EVAL_SEED, EVAL_SEED + episodes))
-    jobs = [(label, seeds[i : i + CHUNK]) for label in engines
-            for i in range(0, episodes, CHUNK)]  # fmt: skip
-    got: dict[str, list[Any]] = {label: [] for label in engines}
-    t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(2, mp_context=ctx) as pool:
-        futs = {pool.submit(_episodes, *engines[label], chunk): label for label, chunk in jobs}
-        for n, fut in enumerate(cf.as_completed(futs), 1):
-            got[futs[fut]].extend(fut.result())
-            left = (time.perf_counter() - t0) / n * (len(jobs) - n)
-            log(f"[bench] metaworld-vla: {n * CHUNK}/{len(jobs) * CHUNK} episodes, "
-                f"about {left / 60:.0f} min left")  # fmt: skip
-    summaries = {}
-    for label, rows in got.items():
-        eps = [Episode(seed=s, ret=r, success=ok, steps=n) for s, r, ok, n in sorted(rows)]
-        summaries[label] = summarize(label, "reference" if label == EAGER else "candidate", eps)
-    ref = summaries[EAGER]
-    pairs = [paired(ref, s, "success") for k, s in summaries.items() if k != EAGER]
-    return {"engines": list(summaries.values()), "paired": pairs, "seeds": [seeds[0], seeds[-1]]}
-
-
 def _holdout(model: Any, adapter: Any, episodes: int, n: int) -> list[dict[str, np.ndarray]]:
     """``n`` observations spread over the torch policy's own episodes from HOLDOUT_SEED."""
     from robopt_compile.tasks import get_task
@@ -117,6 +88,7 @@ def bench_metaworld_vla(
 
     import torch
 
+    from benchmarks.metaworld import _closed_loop
     from benchmarks.run import interleaved_median_ms
     from robopt_compile.bench.multigraph import open_driver, token_fidelity
     from robopt_compile.compile.options import CompileOptions, QuantOptions
@@ -164,7 +136,7 @@ def bench_metaworld_vla(
     engines = {EAGER: ("eager", ""), **{k: ("bundle", str(work / p)) for k, (p, _) in
                                         BUILDS.items()}}  # fmt: skip
     log(f"[bench] metaworld-vla: {episodes} paired episodes x {len(engines)} engines ...")
-    loop = _closed_loop(engines, episodes, log)
+    loop = _closed_loop(engines, episodes, log, _episodes, "metaworld-vla")
     for e in loop["engines"]:
         e["p50_ms"] = lat[e["label"]]
         e["build"] = builds.get(e["label"])

@@ -100,36 +100,13 @@ def evaluate_vla_bundle(
 ) -> dict[str, Any]:  # fmt: skip
     """``--eval`` for a VLA bundle: its driver loop over the built engines against the torch
     model (fp32, greedy with its cache), both through the model's task adapter, paired seeds."""
-    import json as _json
-
     from robopt_compile import evaluate as ev
-    from robopt_compile.bench.results import save_result
-    from robopt_compile.tasks import get_task
 
-    manifest = _json.loads((out / "manifest.json").read_text())
     adapter = require_adapter(source, "--eval")
-    spec = opts.eval
-    done, total = [0], 2 * spec.episodes
-
-    def tick(n: int) -> None:
-        done[0] += n
-        progress(f"evaluate: episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
-
-    with get_task(task_name) as task:
-        ev.check_policy_fits(task, manifest["inputs"], str(out), adapter)
-        meta = ev.bundle_meta(out)
-        meta["bundle"] = str((published or out).resolve())
-        label = f"optimized {manifest['precision']} ({manifest['backend']})"
-        with ev.bundle_policy(out, opts.threads or 1) as cand:
-            result = ev.closed_loop(
-                task, ev.vla_eager_policy(model, adapter), [(label, cand, meta)],
-                episodes=spec.episodes, seed=spec.seed, metric=spec.metric,
-                reference_label=f"original fp32 torch ({source})",
-                criteria=opts.eval_criteria, progress=tick,
-            )  # fmt: skip
-    saved = save_result(out, f"eval-{task_name}", result)
-    result["path"] = str((published or out) / saved.relative_to(out))
-    return result
+    return evaluate_bundle(
+        out, task_name, opts, ev.vla_eager_policy(model, adapter), progress, published,
+        reference_label=f"original fp32 torch ({source})", adapter=adapter,
+    )  # fmt: skip
 
 
 def resolve_eval_task(spec: Any, source: str) -> str:
@@ -159,11 +136,15 @@ def evaluate_bundle(
     out: Path,
     task_name: str,
     opts: CompileOptions,
-    reference: Path,
+    reference: Any,
     progress: Progress = noop,
     published: Path | None = None,
+    reference_label: str | None = None,
+    adapter: Any = None,
 ) -> dict[str, Any]:
-    """Closed-loop evaluation of a fresh bundle against the exported fp32 model.
+    """Closed-loop evaluation of a fresh bundle against the exported fp32 model (``reference``:
+    its path, or a ready policy such as a VLA's torch model, with ``adapter`` the model's
+    task adapter).
 
     An engine that cannot run here (a deferred TensorRT build) is stood in for by its
     optimized ONNX in ONNX Runtime, labelled as such. ``out`` may be the staged folder of a
@@ -184,13 +165,16 @@ def evaluate_bundle(
         progress(f"evaluate: episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
 
     with get_task(task_name) as task:
-        ev.check_policy_fits(task, manifest["inputs"], str(out))
+        ev.check_policy_fits(task, manifest["inputs"], str(out), adapter)
         meta = ev.bundle_meta(out)
         meta["bundle"] = str((published or out).resolve())
         label = f"optimized {manifest['precision']} ({manifest['backend']})"
         with contextlib.ExitStack() as stack:
-            ref = stack.enter_context(ev.onnx_policy(reference, opts.threads or 1))
-            if engine_runs_here(manifest["engine"].get("config", {})):
+            ref = reference
+            if isinstance(reference, (str, Path)):
+                ref = stack.enter_context(ev.onnx_policy(reference, opts.threads or 1))
+            # a multi-graph bundle's engines were built and checked here: its driver runs them
+            if "graphs" in manifest or engine_runs_here(manifest["engine"].get("config", {})):
                 cand = stack.enter_context(ev.bundle_policy(out, opts.threads or 1))
             else:
                 cand = stack.enter_context(ev.onnx_policy(out / "model.onnx", opts.threads or 1))
@@ -205,6 +189,7 @@ def evaluate_bundle(
                 metric=spec.metric,
                 criteria=opts.eval_criteria,
                 progress=tick,
+                **({"reference_label": reference_label} if reference_label else {}),
             )
     saved = save_result(out, f"eval-{task_name}", result)
     result["path"] = str((published or out) / saved.relative_to(out))

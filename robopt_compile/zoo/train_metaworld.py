@@ -115,12 +115,12 @@ def cached_demos(demos: int, seed: int) -> dict[str, np.ndarray]:
     return data
 
 
-def _shift(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to SHIFT pixels (replicate padding, then a random crop)."""
+def _shift(x: torch.Tensor, rng: torch.Generator, shift: int = SHIFT) -> torch.Tensor:
+    """Random shifts of up to ``shift`` pixels (replicate padding, then a random crop)."""
     b, _, h, w = x.shape
-    pad = torch.nn.functional.pad(x, (SHIFT,) * 4, mode="replicate")
-    ox = torch.randint(0, 2 * SHIFT + 1, (b,), generator=rng)
-    oy = torch.randint(0, 2 * SHIFT + 1, (b,), generator=rng)
+    pad = torch.nn.functional.pad(x, (shift,) * 4, mode="replicate")
+    ox = torch.randint(0, 2 * shift + 1, (b,), generator=rng)
+    oy = torch.randint(0, 2 * shift + 1, (b,), generator=rng)
     return torch.stack([pad[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(b)])
 
 

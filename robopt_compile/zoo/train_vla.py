@@ -33,7 +33,7 @@ import torch
 
 from robopt_compile.tasks import get_task
 from robopt_compile.tasks.metaworld import INSTRUCTIONS, PROPRIO_DIM, SUITE, expert_policy
-from robopt_compile.zoo.train_metaworld import cached_demos, demo_seeds
+from robopt_compile.zoo.train_metaworld import _shift, cached_demos, demo_seeds
 from robopt_compile.zoo.vla import N_BINS, prompt_embeds
 from robopt_compile.zoo.vla_metaworld import (
     CONFIG,
@@ -99,14 +99,6 @@ def soft_labels(bins: torch.Tensor) -> torch.Tensor:
     return w / w.sum(-1, keepdim=True)
 
 
-def _shift(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    b, _, h, w = x.shape
-    pad = torch.nn.functional.pad(x, (SHIFT,) * 4, mode="replicate")
-    ox = torch.randint(0, 2 * SHIFT + 1, (b,), generator=rng)
-    oy = torch.randint(0, 2 * SHIFT + 1, (b,), generator=rng)
-    return torch.stack([pad[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(b)])
-
-
 def train(d: dict[str, torch.Tensor], steps: int, batch: int, lr: float, seed: int,
           init: Path | None = None, balance: bool = False,
           ) -> tuple[MetaWorldVla, list[float], list[float]]:  # fmt: skip
@@ -132,7 +124,7 @@ def train(d: dict[str, torch.Tensor], steps: int, batch: int, lr: float, seed: i
             idx = torch.multinomial(weights, batch, replacement=True, generator=rng)
         else:
             idx = torch.randint(0, n, (batch,), generator=rng)
-        pix = _shift(d["frames"][idx].float() / 127.5 - 1.0, rng)
+        pix = _shift(d["frames"][idx].float() / 127.5 - 1.0, rng, SHIFT)
         bins = d["bins"][idx]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = action_logits(model, pix, d["ids"][idx], bins)
