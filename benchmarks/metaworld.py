@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +47,7 @@ CHUNK = 10  # episodes per worker job
 # the task guard rolls back is then plain int8 (the table says "built as").
 BACKENDS = ("openvino",)
 PRECISIONS = ("fp32", "int8")
-MAX_BUILDS = 3
+MAX_BUILDS = 4
 
 
 def _open(kind: str, path: str) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
@@ -268,6 +269,21 @@ def claim(m: dict[str, Any]) -> dict[str, Any]:
             "speedup": ratio, "met": ratio is not None and ratio >= 2.0}  # fmt: skip
 
 
+def short(label: str | None) -> str:
+    """A plan's "built as" label without the guard's whole sentence: ``openvino int8 (pruning
+    rolled back: held-out task:success 0.5833 ...)`` -> ``openvino int8 (pruning rolled back,
+    guard drop 0.5833)``."""
+    if not label or " (" not in label:
+        return label or ""
+    outer = "robopt planner ("
+    if label.startswith(outer) and label.endswith(")"):
+        return outer + short(label[len(outer) : -1]) + ")"
+    head, why = label.split(" (", 1)
+    drop = re.search(r"held-out [\w:]+ ([\d.]+)", why)
+    what = why.split(":")[0].rstrip(")")
+    return f"{head} ({what}" + (f", guard drop {drop.group(1)})" if drop else ")")
+
+
 def report_lines(m: dict[str, Any]) -> list[str]:
     ref = m["engines"][0]
     pairs = {p["candidate"]: p for p in m["paired"]}
@@ -299,7 +315,7 @@ def report_lines(m: dict[str, Any]) -> list[str]:
             diff = f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
             lg, pv, verdict = f"{d['lost']}/{d['gained']}", f"{p['p_value']:.3g}", p["verdict"]
         lines.append(
-            f"| {e['label']} | {e['p50_ms']:.2f} | {ref['p50_ms'] / e['p50_ms']:.2f}x | "
+            f"| {short(e['label'])} | {e['p50_ms']:.2f} | {ref['p50_ms'] / e['p50_ms']:.2f}x | "
             f"{_rate(e)} | {diff} | {lg} | {pv} | {verdict} | {e['holdout_relative_l2']:.4f} |"
         )
     goal = "met" if c["met"] else "NOT met"
@@ -307,7 +323,7 @@ def report_lines(m: dict[str, Any]) -> list[str]:
         "",
         f"**Goal (>= 2x lower p50 than the best vendor recipe at success within 2 points of fp32, "
         f"no detectable paired drop): {goal}.** Fastest vendor recipe that keeps success: "
-        f"{c['vendor']}; fastest robopt engine that keeps it: {c['robopt']}"
+        f"{c['vendor']}; fastest robopt engine that keeps it: {short(c['robopt'])}"
         + (f"; ratio {c['speedup']:.2f}x." if c["speedup"] else "."),
         "",
     ]
@@ -320,7 +336,7 @@ def report_lines(m: dict[str, Any]) -> list[str]:
         "| plan | built as | p50 ms | drop (guard) |",
         "|---|---|---|---|",
         *[
-            f"| {x['candidate']} | {x.get('applied') or 'as planned'} | "
+            f"| {x['candidate']} | {short(x.get('applied')) or 'as planned'} | "
             f"{x['latency_ms']['p50']:.2f} | {x['accuracy_drop']:.3f} |"
             for x in r["measured"]
         ],
@@ -357,7 +373,7 @@ def agreement_lines(m: dict[str, Any], bound: float = 0.01) -> list[str]:
         by_output = e["holdout_relative_l2"] <= bound
         by_task = pairs[e["label"]]["verdict"] != "worse"
         agree += by_output == by_task
-        rows.append(f"| {e['label']} | {e['holdout_relative_l2']:.4f} | "
+        rows.append(f"| {short(e['label'])} | {e['holdout_relative_l2']:.4f} | "
                     f"{'accept' if by_output else 'reject'} | "
                     f"{'accept' if by_task else 'reject'} |")  # fmt: skip
     return [

@@ -3,11 +3,14 @@
     python -m robopt_compile.zoo.train_metaworld [--demos 100] [--steps 2400] [--seed 0]
         [--out robopt_compile/zoo/weights/metaworld_resnet18.npz] [--init WEIGHTS]
 
-The committed weights came from two runs (27 + 36 minutes of training here, 2 cores):
+The committed weights came from three runs (27 + 36 + 18 minutes of training here, 2 cores;
+the third also spent 6 minutes driving the task for DAgger):
 
     python -m robopt_compile.zoo.train_metaworld --batch 32 --steps 2000
     python -m robopt_compile.zoo.train_metaworld --batch 32 --steps 2500 --lr 5e-4 \
         --init robopt_compile/zoo/weights/metaworld_resnet18.npz --skip-expert
+    python -m robopt_compile.zoo.train_metaworld --batch 32 --steps 1500 --lr 3e-4 \
+        --init robopt_compile/zoo/weights/metaworld_resnet18.npz --dagger 30 --skip-expert
 
 1. Demonstrations: for every task of ``SUITE`` (``robopt_compile/tasks/metaworld.py``), the
    scripted expert drives the arm with Gaussian action noise (standard deviation 0, 0.1 or 0.2,
@@ -17,6 +20,9 @@ The committed weights came from two runs (27 + 36 minutes of training here, 2 co
    (``$ROBOPT_CACHE/metaworld``) and reused while the settings are unchanged.
 2. Behaviour cloning: mean squared error on the action, AdamW with a cosine learning-rate
    schedule, random shifts of up to 8 pixels as augmentation, bf16 autocast on the CPU.
+   With ``--dagger N`` (one round of DAgger): the ``--init`` policy first drives N episodes of
+   every task itself (seeds from ``DAGGER_SEED_BASE``), each visited state labelled with the
+   expert's action, and those frames join the demonstrations.
 3. Closed-loop evaluation in torch (fp32) on held-out seeds (never demonstrations), for the
    noise-free expert and the trained policy.
 
@@ -55,6 +61,7 @@ from robopt_compile.zoo.metaworld import (
 # evaluates on (0.. for `robopt-compile evaluate`, 500,000.. for the accuracy guard, 1,000,000..
 # for task calibration); the held-out evaluation here uses 0..N-1.
 DEMO_SEED_BASE = 20_000_000
+DAGGER_SEED_BASE = 40_000_000  # on-policy episodes of ``--dagger`` (never evaluated on)
 SEED_STRIDE = 1_000_000
 NOISE = (0.0, 0.1, 0.2)
 SHIFT = 8  # pixels of random shift (pad and crop) while training
@@ -93,6 +100,35 @@ def record(demos: int, seed: int) -> dict[str, np.ndarray]:
                 if done % 20 == 0:
                     _log(f"record: {done}/{len(SUITE) * demos} demonstrations, "
                          f"{len(frames)} frames, about {left / 60:.0f} min left")  # fmt: skip
+    return {"frames": np.stack(frames), "states": np.stack(states).astype(np.float32),
+            "actions": np.stack(actions).astype(np.float32), "tasks": np.array(tasks)}  # fmt: skip
+
+
+def record_dagger(model: Any, episodes: int, seed: int) -> dict[str, np.ndarray]:
+    """DAgger's data: the policy ``model`` drives ``episodes`` episodes of every task (seeds from
+    ``DAGGER_SEED_BASE``); every visited state is labelled with the scripted expert's action, so
+    training sees the states the policy itself reaches, including its own mistakes."""
+    frames, states, actions, tasks = [], [], [], []
+    policy, t0 = torch_policy(model), time.perf_counter()
+    for ti, env in enumerate(SUITE):
+        base = DAGGER_SEED_BASE + (seed * len(SUITE) + ti) * SEED_STRIDE
+        wins = 0
+        with get_task(f"metaworld-{env}") as task:
+            for s in range(base, base + episodes):
+                feeds = task.reset(s)
+                for _ in range(MAX_STEPS):
+                    frames.append((feeds["image"][0] * 255.0 + 0.5).astype(np.uint8))
+                    states.append(feeds["state"][0])
+                    actions.append(task.expert())
+                    tasks.append(ti)
+                    task.step(policy(feeds)[0][0])
+                    if task.succeeded:
+                        break
+                    feeds = task.observe()
+                wins += task.succeeded
+        left = (time.perf_counter() - t0) / (ti + 1) * (len(SUITE) - ti - 1)
+        _log(f"dagger: {env}: policy succeeded {wins}/{episodes}, {len(frames)} frames so far, "
+             f"about {left / 60:.0f} min left")  # fmt: skip
     return {"frames": np.stack(frames), "states": np.stack(states).astype(np.float32),
             "actions": np.stack(actions).astype(np.float32), "tasks": np.array(tasks)}  # fmt: skip
 
@@ -187,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=WEIGHTS_FILE)
     ap.add_argument("--init", type=Path, default=None,
                     help="continue from these weights (a second stage of training)")  # fmt: skip
+    ap.add_argument("--dagger", type=int, default=0, metavar="EPISODES",
+                    help="add EPISODES on-policy episodes per task, driven by the --init "
+                    "policy and labelled by the expert (one round of DAgger)")  # fmt: skip
     ap.add_argument(
         "--skip-expert",
         action="store_true",
@@ -197,10 +236,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
     data = cached_demos(args.demos, args.seed)
-    t_rec = time.perf_counter() - t0
-    previous = None
+    previous, dagger_frames = None, 0
     if args.init is not None and args.init.with_suffix(".json").is_file():
         previous = json.loads(args.init.with_suffix(".json").read_text())
+    if args.dagger:
+        if args.init is None:
+            ap.error("--dagger needs --init: the policy that drives the on-policy episodes")
+        driver = load_weights(MetaWorldResNetPolicy(), args.init).eval()
+        extra = record_dagger(driver, args.dagger, args.seed)
+        dagger_frames = len(extra["actions"])
+        data = {k: np.concatenate([np.asarray(data[k]), extra[k]]) for k in data}
+    t_rec = time.perf_counter() - t0
     model, curve = train(data, args.steps, args.batch, args.lr, args.seed, args.init)
     t_train = time.perf_counter() - t0 - t_rec
     save_weights(model, args.out)
@@ -225,6 +271,16 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "suite": list(SUITE),
         "frames": len(data["actions"]),
+        "dagger_frames": dagger_frames,
+        "dagger_seeds": {
+            env: [
+                DAGGER_SEED_BASE + (args.seed * len(SUITE) + i) * SEED_STRIDE,
+                DAGGER_SEED_BASE + (args.seed * len(SUITE) + i) * SEED_STRIDE + args.dagger - 1,
+            ]
+            for i, env in enumerate(SUITE)
+        }
+        if args.dagger
+        else None,
         "demo_seeds": {
             env: [demo_seeds(i, args.demos, args.seed)[0], demo_seeds(i, args.demos, args.seed)[-1]]
             for i, env in enumerate(SUITE)
