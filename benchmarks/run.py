@@ -216,6 +216,7 @@ def write_report(
     faults: dict[str, Any] | None = None,
     metaworld: dict[str, Any] | None = None,
     metaworld_vla: dict[str, Any] | None = None,
+    platform: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -371,6 +372,10 @@ def write_report(
         from benchmarks.faults import report_lines as fault_lines
 
         lines += fault_lines(faults)
+    if platform:
+        from benchmarks.platform import report_lines as platform_lines
+
+        lines += platform_lines(platform)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -397,7 +402,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
 
 SECTIONS = (
     "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache", "vla",
-    "faults", "metaworld", "metaworld-vla",
+    "faults", "metaworld", "metaworld-vla", "platform",
 )  # fmt: skip
 
 
@@ -521,6 +526,11 @@ def main() -> None:
                 work, log, args.metaworld_vla_episodes, args.rounds, args.per_round
             )
             stamps["metaworld-vla"] = now
+        if "platform" in args.sections:
+            from benchmarks.platform import bench_platform
+
+            res["platform"] = bench_platform(work, log)
+            stamps["platform"] = now
     finally:
         # Sections measured before a failure are kept (a rerun with --sections reuses them).
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -534,7 +544,7 @@ def main() -> None:
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
         res["planner"], res["crash"], res["cache"], res["vla"], res["faults"], res["metaworld"],
-        res["metaworld-vla"],
+        res["metaworld-vla"], res["platform"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

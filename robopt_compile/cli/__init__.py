@@ -25,6 +25,7 @@ from robopt_compile.cli.common import PROG, Invocation
 from robopt_compile.cli.compile import compile_cmd
 from robopt_compile.cli.evaluate import evaluate_cmd
 from robopt_compile.cli.report import quant_report_cmd, report_cmd
+from robopt_compile.cli.serve import serve_cmd, token_group
 from robopt_compile.cli.store import session_cmd, sessions_cmd, store_group
 from robopt_compile.cli.targets import targets_cmd
 from robopt_compile.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, RoboptError
@@ -58,6 +59,8 @@ class _DefaultToCompile(click.Group):
         formatter.write_usage(PROG, "--list-targets [--json]", prefix="       ")
         formatter.write_usage(PROG, "sessions | session ID [--store S] [--json]", prefix="       ")
         formatter.write_usage(PROG, "store ls|show ID|lineage ID|gc|verify", prefix="       ")
+        formatter.write_usage(PROG, "serve [--port 8400] | token create --role R --name N",
+                              prefix="       ")  # fmt: skip
 
 
 @click.group(
@@ -85,6 +88,8 @@ for _command in (
     sessions_cmd,
     session_cmd,
     store_group,
+    serve_cmd,
+    token_group,
 ):
     cli.add_command(_command)
 

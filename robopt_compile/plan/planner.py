@@ -68,7 +68,8 @@ class OptimizationCriteria:
         for name in ("max_latency_ms", "max_accuracy_drop", "max_size_mb", "max_memory_mb",
                      "search_budget_s"):  # fmt: skip
             v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and v >= 0):
+            number = isinstance(v, int | float) and not isinstance(v, bool)
+            if v is not None and not (number and math.isfinite(v) and v >= 0):
                 raise InputError(f"{name.replace('_', '-')} must be a number >= 0, not {v!r}.")
 
     def to_json(self) -> dict[str, Any]:

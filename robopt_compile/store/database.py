@@ -35,7 +35,10 @@ T = TypeVar("T")
 
 _ID = re.compile(r"^[0-9A-Za-z]+$")
 # What `robopt-compile` command lists the ids of each kind (for the unknown-id message).
-_LISTED_BY = {"session": "sessions", "model": "store ls", "artifact": "store ls --artifacts"}
+_LISTED_BY = {
+    "session": "`robopt-compile sessions`", "model": "`robopt-compile store ls`",
+    "artifact": "`robopt-compile store ls --artifacts`", "job": "GET /api/v1/jobs",
+}  # fmt: skip
 
 
 def is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -161,8 +164,7 @@ class Database:
             return exact[0]
         if not rows:
             raise UnknownIdError(
-                f"no {what} {key!r} in the store at {self.root}; "
-                f"`robopt-compile {_LISTED_BY[what]}` lists them."
+                f"no {what} {key!r} in the store at {self.root}; {_LISTED_BY[what]} lists them."
             )
         if len(rows) > 1:
             shown = ", ".join(r[column][:16] for r in rows[:5])

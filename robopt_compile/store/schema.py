@@ -14,7 +14,7 @@ from pathlib import Path
 
 from robopt_compile.store.records import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Migration N brings a store from schema version N-1 to N. Append; never edit a released one.
 MIGRATIONS: tuple[str, ...] = (
@@ -100,6 +100,90 @@ MIGRATIONS: tuple[str, ...] = (
         hits    INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX cache_stage ON cache(stage);
+    """,
+    # 3: the platform (robopt_compile/service): API tokens, the job queue, webhook
+    # subscriptions, the notification queue with one delivery row per subscriber, robots
+    # (devices) that run robopt-bench serve, model tags.
+    """
+    CREATE TABLE tokens (
+        id        TEXT PRIMARY KEY,        -- public part of the token (rbt_<id>_<secret>)
+        name      TEXT NOT NULL,
+        role      TEXT NOT NULL,           -- viewer | operator | admin
+        hash      TEXT NOT NULL,           -- sha256 of the secret part (the secret is not kept)
+        created   TEXT NOT NULL,
+        last_used TEXT,
+        revoked   TEXT
+    );
+    CREATE TABLE jobs (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,         -- compile | plan | evaluate | bench
+        state       TEXT NOT NULL,         -- queued | running | finished | failed | cancelled
+                                           -- | interrupted
+        priority    INTEGER NOT NULL DEFAULT 0,   -- higher runs first
+        request     TEXT NOT NULL,         -- JSON: what was asked (source, target, options)
+        owner       TEXT,                  -- the token id that submitted it
+        created     TEXT NOT NULL,
+        updated     TEXT NOT NULL,
+        started     TEXT,
+        finished    TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0,   -- runs started (a restart resumes: +1)
+        worker_pid  INTEGER,               -- the process running it, against kill -9
+        proc_start  TEXT,
+        host        TEXT,
+        session_id  TEXT,                  -- the store session recording its compile
+        cancel      INTEGER NOT NULL DEFAULT 0,   -- 1: cancel requested
+        timeout_s   REAL,
+        progress    REAL NOT NULL DEFAULT 0,      -- 0..1
+        stage       TEXT,
+        result      TEXT NOT NULL DEFAULT '{}',
+        error       TEXT
+    );
+    CREATE INDEX jobs_queue ON jobs(state, priority, created);
+    CREATE TABLE webhooks (
+        id       TEXT PRIMARY KEY,
+        url      TEXT NOT NULL,
+        events   TEXT NOT NULL DEFAULT '[]',  -- JSON list of notification kinds, [] = all
+        secret   TEXT NOT NULL,            -- HMAC-SHA256 key of the signature header
+        owner    TEXT,
+        created  TEXT NOT NULL,
+        active   INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE TABLE notifications (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        time       TEXT NOT NULL,
+        kind       TEXT NOT NULL,          -- job_started | stage_finished | job_finished | ...
+        job_id     TEXT,
+        session_id TEXT,
+        payload    TEXT NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        notification_id INTEGER NOT NULL REFERENCES notifications(id),
+        webhook_id      TEXT NOT NULL REFERENCES webhooks(id),
+        state           TEXT NOT NULL,     -- pending | delivered | dead
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_try        REAL NOT NULL,     -- unix time of the next attempt
+        last_status     INTEGER,
+        last_error      TEXT,
+        updated         TEXT NOT NULL
+    );
+    CREATE INDEX deliveries_due ON deliveries(state, next_try);
+    CREATE TABLE devices (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        url        TEXT NOT NULL,          -- the robot's robopt-bench serve
+        token      TEXT NOT NULL,          -- its token (kept: robopt calls the robot with it)
+        board      TEXT NOT NULL,          -- the hardware profile it is
+        owner      TEXT,
+        created    TEXT NOT NULL,
+        last_seen  TEXT,
+        last_error TEXT
+    );
+    CREATE TABLE model_tags (
+        model_id TEXT NOT NULL REFERENCES models(id),
+        tag      TEXT NOT NULL,
+        PRIMARY KEY (model_id, tag)
+    );
     """,
 )
 

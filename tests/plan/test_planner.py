@@ -431,3 +431,10 @@ def test_pruned_plans_are_distilled_on_real_calibration_data_only() -> None:
     plain = plan_compression(Candidate("openvino", "int8"), mine)
     assert plain.distill is None and not plain.prune
     validate(plain, has_calibration=True)
+
+
+@pytest.mark.parametrize("bad", ["soon", True, float("nan"), -1.0])
+def test_criteria_refuse_a_bound_that_is_not_a_number(bad) -> None:
+    # From JSON (the web API) a bound can be any value: one line, never a TypeError.
+    with pytest.raises(InputError, match="max-latency-ms must be a number"):
+        OptimizationCriteria(max_latency_ms=bad)
