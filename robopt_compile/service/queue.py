@@ -1,7 +1,7 @@
 """The job queue, persisted in the store's ``jobs`` table (docs/PLATFORM.md, "Jobs").
 
-A job is one library call (a compile, a planner search, an analysis, a benchmark on a robot)
-asked for over the API.
+A job is one library call (a compile, a planner search, an analysis, a closed-loop evaluation,
+a benchmark on a robot) asked for over the API.
 Its row is the only authority on its state; every change is one ``BEGIN IMMEDIATE``
 transaction, so two workers never claim the same job and a ``kill -9`` at any moment leaves
 whole changes or none.
@@ -29,7 +29,7 @@ from robopt_compile.errors import InputError
 from robopt_compile.store.liveness import pid_alive, proc_start
 from robopt_compile.store.records import dump_json, load_json, new_id, utc_now
 
-JOB_KINDS = ("compile", "plan", "analyze", "bench")
+JOB_KINDS = ("compile", "plan", "analyze", "evaluate", "bench")
 JOB_STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ENDED = ("finished", "failed", "cancelled", "interrupted")
 # Runs of one job. A job found running at start-up died with its server (its process dies with

@@ -34,9 +34,12 @@ router = APIRouter(tags=["jobs"])
 
 
 class JobRequest(BaseModel):
-    kind: Literal["compile", "plan", "analyze", "bench"] = "compile"
+    kind: Literal["compile", "plan", "analyze", "evaluate", "bench"] = "compile"
     model: str | None = Field(None, description="a registered model's id")
-    bundle_job: str | None = Field(None, description="kind bench: a finished compile job's id")
+    bundle_job: str | None = Field(
+        None, description="kind bench or evaluate: a finished compile job's id"
+    )
+    episodes: int = Field(20, ge=2, le=1000, description="kind evaluate: paired episodes")
     device: str | None = Field(None, description="kind bench: a registered device's id")
     runs: int = Field(100, ge=1, le=100_000, description="kind bench: timed runs")
     source: str | None = Field(None, description="or a source: zoo:NAME")
@@ -95,6 +98,17 @@ def _check(store: Any, body: JobRequest) -> dict[str, Any]:
 
     if body.kind == "bench":
         return _check_bench(store, body)
+    if body.kind == "evaluate":
+        if body.bundle_job is None:
+            raise ApiError(422, "an evaluate job needs bundle_job (a finished compile job).")
+        bundle = _bundle(store, body.bundle_job)
+        return {
+            "source": str(bundle),
+            "label": f"evaluate {bundle.parent.name[:12]}",
+            "bundle": str(bundle),
+            "target": body.target,
+            "episodes": body.episodes,
+        }
     if (body.model is None) == (body.source is None):
         raise ApiError(422, "give either model (a registered model's id) or source (zoo:NAME).")
     if body.model is not None:

@@ -144,6 +144,15 @@ def _analyze(store: Any, job: Any, request: dict[str, Any]) -> dict[str, Any]:
     return {"analysis": a.to_json(), "table": a.table()}
 
 
+def _evaluate(store: Any, job: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """Closed loop: the bundle's engine against its recorded source in fp32, paired seeds (the
+    call ``robopt-compile evaluate BUNDLE`` makes)."""
+    import robopt_compile.api as robopt
+
+    e = robopt.evaluate(request["bundle"], episodes=int(request.get("episodes") or 20))
+    return {"evaluation": e.to_json(), "criteria_failures": e.criteria_failures}
+
+
 def _bench(store: Any, job: Any, request: dict[str, Any]) -> dict[str, Any]:
     import robopt_compile.api as robopt
     from robopt_compile.errors import RoboptError
@@ -205,6 +214,8 @@ def run_job(store: Any, job_id: str) -> str:
             result = _plan(store, job, job.request)
         elif job.kind == "analyze":
             result = _analyze(store, job, job.request)
+        elif job.kind == "evaluate":
+            result = _evaluate(store, job, job.request)
         elif job.kind == "bench":
             result = _bench(store, job, job.request)
         else:

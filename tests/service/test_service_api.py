@@ -282,3 +282,22 @@ def test_zip_with_external_data_and_unsafe_zips(server, tmp_path) -> None:
     assert not (server.store.parent / "outside.weights").exists()
     tmp = server.store / "uploads" / "tmp"
     assert not tmp.is_dir() or not any(tmp.iterdir())
+
+
+def test_closed_loop_evaluate_job_on_a_compiled_trained_policy(server) -> None:
+    with server.client(server.tokens["operator"]) as c:
+        job = c.post("/api/v1/jobs", json={"source": "zoo:pendulum-swingup-mlp",
+                                            "options": {"threads": 1}}).json()  # fmt: skip
+        done = wait_for(lambda: (j := c.get(f"/api/v1/jobs/{job['id']}").json())["state"]
+                        not in ("queued", "running") and j, 120, "the compile")  # fmt: skip
+        assert done["state"] == "finished", c.get(f"/api/v1/jobs/{job['id']}/log").text
+        r = c.post("/api/v1/jobs", json={"kind": "evaluate", "episodes": 3})
+        assert r.status_code == 422 and "bundle_job" in r.json()["error"]
+        ev = c.post("/api/v1/jobs", json={"kind": "evaluate", "bundle_job": job["id"],
+                                           "episodes": 3}).json()  # fmt: skip
+        end = wait_for(lambda: (j := c.get(f"/api/v1/jobs/{ev['id']}").json())["state"]
+                       not in ("queued", "running") and j, 120, "the evaluation")  # fmt: skip
+        assert end["state"] == "finished", c.get(f"/api/v1/jobs/{ev['id']}/log").text
+        result = end["result"]["evaluation"]
+        assert result["kind"] == "closed_loop" and len(result["engines"]) == 2
+        assert [len(e["per_seed"]["seed"]) for e in result["engines"]] == [3, 3]

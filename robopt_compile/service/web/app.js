@@ -317,8 +317,16 @@ async function showResult(j) {
       ${(r.failed || []).map((f) => `<tr><td>${esc(f.plan)}</td><td colspan="2" class="error">
       rejected: ${esc(f.error)}</td></tr>`).join("")}</tbody></table>`;
   }
+  if (r.evaluation && r.evaluation.engines) {
+    html += `<table><thead><tr><th>engine</th><th>episodes</th><th>success / return</th></tr>
+      </thead><tbody>${r.evaluation.engines.map((e) => `<tr><td>${esc(e.label)}</td><td>${
+      esc(e.per_seed.seed.length)}</td><td>${esc(JSON.stringify(e.success || e.return || {})
+      .slice(0, 80))}</td></tr>`).join("")}</tbody></table>`;
+  }
   if (r.bundle) html += `<p><button id="download">Download bundle (.tar.gz)</button>
-    <button id="report" class="secondary">Open report</button></p>`;
+    <button id="report" class="secondary">Open report</button>
+    ${j.kind === "compile" ? `<button id="evaluate" class="secondary">Evaluate in closed loop
+    (20 episodes)</button>` : ""}</p>`;
   $("#result").innerHTML = html + `</div><div id="report-view"></div>`;
   if (!r.bundle) return;
   $("#download").onclick = async () => {
@@ -327,6 +335,11 @@ async function showResult(j) {
     a.href = URL.createObjectURL(await resp.blob());
     a.download = `robopt-${j.id.slice(0, 12)}.tar.gz`; document.body.appendChild(a); a.click();
     a.remove();
+  };
+  if ($("#evaluate")) $("#evaluate").onclick = async () => {
+    try { const e = await api("/jobs", { method: "POST", json: { kind: "evaluate",
+      bundle_job: j.id, episodes: 20 } }); location.hash = `#/job/${e.id}`; }
+    catch (err) { toast(err.message); }
   };
   $("#report").onclick = async () => {
     const resp = await api(`/jobs/${j.id}/report.html`);
