@@ -279,6 +279,16 @@ def _await_continue(sock: socket.socket | None, wait: float) -> bool:
     return True
 
 
+def robot_health(url: str, token: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The robot's ``GET /v1/health`` (versions, runtimes, queue), once, no retries.
+
+    Raises:
+        RobotUnreachableError / BackendUnavailableError: no answer; InputError: a rejected
+        token or not a robopt-bench server (one line each).
+    """
+    return _Server(url, token, timeout).request("GET", f"{API}/health", "health")
+
+
 def _query(**settings: Any) -> str:
     return urllib.parse.urlencode({k: v for k, v in settings.items() if v is not None})
 

@@ -9,9 +9,6 @@ call as ``robopt-bench BUNDLE --device URL``). The robot's token is kept in the 
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,17 +76,15 @@ def health(store: Any, device_id: str) -> dict[str, Any]:
 
     Returns ``{"reachable": bool, "health": {...} | None, "error": str | None}``.
     """
+    from robopt_compile.bench.remote import robot_health
+    from robopt_compile.errors import RoboptError
+
     d = get_device(store, device_id, with_token=True)
-    req = urllib.request.Request(d["url"] + "/v1/health",
-                                 headers={"Authorization": f"Bearer {d['token']}"})  # fmt: skip
     body, err = None, None
     try:
-        with urllib.request.urlopen(req, timeout=HEALTH_TIMEOUT_S) as resp:
-            body = json.loads(resp.read().decode())
-    except urllib.error.HTTPError as exc:
-        err = f"HTTP {exc.code}" + (" (wrong token?)" if exc.code == 401 else "")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        err = str(getattr(exc, "reason", exc))[:200]
+        body = robot_health(d["url"], d["token"], HEALTH_TIMEOUT_S)
+    except RoboptError as exc:
+        err = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
     now = utc_now()
     if err is None:
         store.write(

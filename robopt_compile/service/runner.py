@@ -48,13 +48,12 @@ def job_dir(store: Any, job_id: str) -> Path:
 
 
 class _Progress:
-    """The compile's progress callback: job row, notifications, at most one write per 0.2 s
-    for ticks."""
+    """The compile's progress callback: the job's stage and progress, a notification per
+    finished stage."""
 
     def __init__(self, store: Any, job: Any) -> None:
         self.store, self.job = store, job
         self.done: list[str] = []
-        self.last = 0.0
 
     def __call__(self, stage: str, event: str, seconds: float) -> None:
         from robopt_compile.service import queue
