@@ -51,8 +51,20 @@ def build(config: ServiceConfig, log: Any = None) -> Any:
 def serve(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8400,
           ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:  # fmt: skip
     """Run until Ctrl-C (or SIGTERM)."""
+    import socket
+
     import uvicorn
 
+    from robopt_compile.errors import InputError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:  # before the workers start: a taken port is one line, not uvicorn's log
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InputError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): pick another "
+                "--port or stop what uses it."
+            ) from None
     app = build(config)
     scheme = "https" if ssl_certfile else "http"
     print(f"robopt serve: {scheme}://{host}:{port}/ (API {scheme}://{host}:{port}/api/v1, "

@@ -43,3 +43,16 @@ def test_serve_refuses_half_tls(tmp_path, capsys) -> None:
                             str(cert)], capsys)  # fmt: skip
     assert code == 2 and "--ssl-keyfile" in err
     assert_one_error_line(err)
+
+
+def test_serve_on_a_taken_port_is_one_line(tmp_path, capsys) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run_cli(["serve", "--store", str(tmp_path / "s"), "--port", str(port)],
+                               capsys)  # fmt: skip
+    assert code == 2 and f"127.0.0.1:{port}" in err and "--port" in err
+    assert_one_error_line(err)
