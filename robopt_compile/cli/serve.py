@@ -36,10 +36,14 @@ def _store_root(spec: str | None) -> str:
               help="Requests per second per token (bursts of 4x).")  # fmt: skip
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--trust-pt2-uploads", "trust_pt2", is_flag=True,
+              help="Accept .pt2 (torch.export) uploads. Loading one unpickles it, so anyone "
+              "with an operator token can run code as this server's user: only where every "
+              "operator is trusted. Default: .onnx and .zip uploads only.")  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve_cmd(host: str, port: int, workers: int, store_spec: str | None, max_upload_mb: float,
               rate_limit: float, ssl_certfile: str | None, ssl_keyfile: str | None,
-              debug: bool) -> None:  # fmt: skip
+              trust_pt2: bool, debug: bool) -> None:  # fmt: skip
     """Serve the HTTP API (/api/v1, docs at /api/docs), the web UI and the job queue."""
     from robopt_compile.errors import InputError
     from robopt_compile.service.app import ServiceConfig
@@ -52,7 +56,8 @@ def serve_cmd(host: str, port: int, workers: int, store_spec: str | None, max_up
     with open_store(root):  # create it (and migrate) before the workers start
         pass
     cfg = ServiceConfig(store=root, workers=workers, max_upload_mb=max_upload_mb,
-                        rate_per_s=rate_limit, burst=int(rate_limit * 4))  # fmt: skip
+                        rate_per_s=rate_limit, burst=int(rate_limit * 4),
+                        trust_pt2=trust_pt2)  # fmt: skip
     serve(cfg, host, port, ssl_certfile, ssl_keyfile)
 
 

@@ -3,6 +3,8 @@
     app.py            the FastAPI app: routers, errors as one JSON line, the web UI's files
     auth.py           bearer tokens per request, roles, the rate limit, error statuses
     routes_models.py  /api/v1/models: upload (checked before it is kept), zoo models, tags, lineage
+    routes_calibration.py  /api/v1/calibrations: int8 calibration .npz uploads, checked
+    pt2check.py       a .pt2 upload loaded and exported in a child process (--trust-pt2-uploads)
     routes_jobs.py    /api/v1/jobs and /sessions: submit, events (SSE), cancel, resume, downloads
     routes_devices.py /api/v1/devices: robots running robopt-bench serve, their health
     routes_admin.py   /api/v1/me, /targets, /tokens, /webhooks, /notifications

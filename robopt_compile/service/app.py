@@ -37,6 +37,7 @@ class ServiceConfig:
     max_upload_mb: float = 512.0
     rate_per_s: float = 50.0  # per token, sustained
     burst: int = 200  # per token
+    trust_pt2: bool = False  # accept .pt2 uploads (unpickled: operators can run code)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,9 +80,15 @@ def create_app(config: ServiceConfig, store: Any | None = None) -> FastAPI:
             parts.append(f"{where}: {e.get('msg')}")
         return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
 
-    from robopt_compile.service import routes_admin, routes_devices, routes_jobs, routes_models
+    from robopt_compile.service import (
+        routes_admin,
+        routes_calibration,
+        routes_devices,
+        routes_jobs,
+        routes_models,
+    )
 
-    for mod in (routes_models, routes_jobs, routes_devices, routes_admin):
+    for mod in (routes_models, routes_calibration, routes_jobs, routes_devices, routes_admin):
         app.include_router(mod.router, prefix="/api/v1")
 
     @app.get("/api/v1/health")

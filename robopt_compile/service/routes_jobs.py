@@ -26,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import BaseModel, Field
 
 from robopt_compile.service import queue
+from robopt_compile.service import routes_calibration as calibrations
 from robopt_compile.service.auth import OPERATOR, VIEWER, ApiError
 from robopt_compile.service.notify import notify
 from robopt_compile.service.tokens import Token
@@ -71,9 +72,9 @@ def _check_options(options: dict[str, Any]) -> None:
         raise ApiError(422, f"option(s) {bad} are not accepted over the API (they name files "
                        f"or code on the server); allowed: {allowed}.")  # fmt: skip
     cal = options.get("calibration")
-    if cal is not None and not (cal == "random" or str(cal).startswith("task")):
-        raise ApiError(422, "calibration over the API is 'random' or 'task[:episodes=N]' "
-                       "(calibration files are not uploaded yet).")  # fmt: skip
+    if cal is not None and not (cal == "random" or str(cal).startswith(("task", "upload:"))):
+        raise ApiError(422, "calibration over the API is 'random', 'task[:episodes=N]' or "
+                       "'upload:ID' (POST /api/v1/calibrations).")  # fmt: skip
     ev = options.get("eval")
     if ev is not None and not (isinstance(ev, str) and ev.startswith("task")):
         raise ApiError(422, "eval over the API is a 'task[:episodes=N,...]' spec.")
@@ -128,7 +129,12 @@ def _check(store: Any, body: JobRequest) -> dict[str, Any]:
                            f"{', '.join(zoo_names())}.")  # fmt: skip
     load_profile(body.target)  # an unknown board: ProfileError, the CLI's message
     _check_options(body.options)
-    opts = robopt.compile_options(target=body.target, **body.options)
+    options = dict(body.options)
+    if str(options.get("calibration", "")).startswith(calibrations.PREFIX):
+        options["calibration"] = calibrations.resolve(store, options["calibration"])
+        if body.model is not None:
+            calibrations.check_inputs(options["calibration"], store.get_model(body.model).inputs)
+    opts = robopt.compile_options(target=body.target, **options)
     if opts.precision is not None:
         from robopt_compile.precision import PRECISIONS
 
@@ -144,7 +150,7 @@ def _check(store: Any, body: JobRequest) -> dict[str, Any]:
         "label": label,
         "model": body.model,
         "target": body.target,
-        "options": body.options,
+        "options": options,
         "criteria": body.criteria,
         "plan_only": body.plan_only,
     }

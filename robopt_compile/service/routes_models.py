@@ -1,7 +1,9 @@
 """``/api/v1/models``: upload, register a zoo model, list, show, tag, lineage, delete.
 
-An upload (an ``.onnx``, or a ``.zip`` of one ``.onnx`` with its external data, unpacked with
-checks against links, ``..`` names and zip bombs) is streamed to ``<store>/uploads/tmp`` with
+An upload (an ``.onnx``, a ``.zip`` of one ``.onnx`` with its external data, unpacked with
+checks against links, ``..`` names and zip bombs, or, on a server started with
+``--trust-pt2-uploads``, a ``.pt2`` checked in a child process by
+:mod:`~robopt_compile.service.pt2check`) is streamed to ``<store>/uploads/tmp`` with
 its size counted (413 past the limit), checked with the checks every compile runs first
 (``robopt_compile.api.inspect``: the ONNX checker and strict shape inference), and only then
 stored: its bytes as a content-addressed object (a tree for a zip), its folder at
@@ -23,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from robopt_compile.errors import RoboptError
+from robopt_compile.service import pt2check
 from robopt_compile.service.auth import OPERATOR, VIEWER, ApiError, status_of
 from robopt_compile.service.tokens import Token
 from robopt_compile.store.records import utc_now
@@ -90,15 +93,19 @@ async def upload_model(
     filename = model.filename or "model"
     label = _LABEL.sub("-", name or Path(filename).stem).strip("-")[:64]
     kind = Path(filename.lower()).suffix
-    if kind not in (".onnx", ".zip"):
-        raise ApiError(422, "upload an .onnx file, or a .zip of one .onnx with its external data "
-                       "(export a torch model with torch.onnx first).")  # fmt: skip
+    if kind == ".pt2" and not cfg.trust_pt2:
+        raise ApiError(422, "this server does not load .pt2 uploads (torch.export.load unpickles: "
+                       "it can run code); export to ONNX and upload that, or ask the admin to "
+                       "serve with --trust-pt2-uploads.")  # fmt: skip
+    if kind not in (".onnx", ".zip", ".pt2"):
+        raise ApiError(422, "upload an .onnx file, a .zip of one .onnx with its external data, "
+                       "or a .pt2 (torch.export) program.")  # fmt: skip
     tag_list = [t.strip() for t in tags.split(",") if t.strip()]
     limit = int(cfg.max_upload_mb * 2**20)
     work = Path(store.root) / "uploads" / "tmp" / uuid.uuid4().hex
     work.mkdir(parents=True)
     try:
-        dest = work / ("model.onnx" if kind == ".onnx" else "upload.zip")
+        dest = work / {".onnx": "model.onnx", ".zip": "upload.zip", ".pt2": "model.pt2"}[kind]
         size = 0
         with open(dest, "wb") as f:
             while chunk := await model.read(CHUNK):
@@ -113,7 +120,14 @@ async def upload_model(
         if kind == ".zip":
             dest = await run_in_threadpool(unzip_model, dest, work / "model", limit)
         try:
-            info = await run_in_threadpool(robopt.inspect, dest)
+            if kind == ".pt2":  # loaded, exported and checked in a child process
+                exported = work / "check" / "model.onnx"
+                exported.parent.mkdir()
+                await run_in_threadpool(pt2check.check, dest, exported)
+                info = await run_in_threadpool(robopt.inspect, exported)
+                shutil.rmtree(exported.parent)
+            else:
+                info = await run_in_threadpool(robopt.inspect, dest)
         except RoboptError as exc:
             msg = (str(exc).splitlines() or ["invalid"])[0].replace(dest.name, filename)
             raise ApiError(status_of(exc), msg) from exc
@@ -164,14 +178,14 @@ def _keep(store: Any, path: Path, label: str, info: Any, tags: list[str], token:
     """Store the checked upload: its bytes (a tree for a .zip), its folder under
     ``uploads/<id>/`` (moved in by one rename) and its ``models`` row."""
     folder = path.parent
-    single = path.name == "model.onnx" and len(list(folder.iterdir())) == 1
+    single = path.name in ("model.onnx", "model.pt2") and len(list(folder.iterdir())) == 1
     sha = store.put_file(path, kind="model") if single else store.put_tree(folder)
     rid = uuid.uuid4().hex
     final = Path(store.root) / "uploads" / rid
     folder.rename(final)
     source = final / path.name
     try:
-        rec = store.register_model(label, source=str(source), source_kind="onnx",
+        rec = store.register_model(label, source=str(source), source_kind=path.suffix[1:],
                                    inputs=list(info.inputs), outputs=list(info.outputs),
                                    artifact=sha)  # fmt: skip
         _set_tags(store, rec.id, tags)
@@ -237,6 +251,6 @@ def delete_model(model_id: str, request: Request, token: Token = OPERATOR) -> di
     folder = Path(rec.source or "").parent
     store.write(lambda c: (c.execute("DELETE FROM model_tags WHERE model_id=?", (rec.id,)),
                            c.execute("DELETE FROM models WHERE id=?", (rec.id,))))  # fmt: skip
-    if rec.source_kind == "onnx" and folder.parent == uploads:  # only what the server wrote
+    if rec.source_kind in ("onnx", "pt2") and folder.parent == uploads:  # only what it wrote
         shutil.rmtree(folder, ignore_errors=True)
     return {"deleted": rec.id, "time": utc_now()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -83,6 +84,48 @@ def test_bad_uploads_store_nothing(server, tmp_path) -> None:
     assert [p for p in leftovers if p.is_file()] == []
 
 
+def _npz(**arrays: tuple[int, ...] | np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.random.default_rng(0).normal(size=v).astype(np.float32)
+                     if isinstance(v, tuple) else v for k, v in arrays.items()})  # fmt: skip
+    return buf.getvalue()
+
+
+def test_bad_calibration_uploads_store_nothing(server, tmp_path) -> None:
+    folder = server.store / "uploads" / "calibration"
+    before = sorted(folder.glob("*")) if folder.is_dir() else []
+    nan = np.zeros((4, 8), np.float32)
+    nan[1, 2] = np.nan
+    with server.client(server.tokens["operator"]) as c:
+        for name, data, status, says in [
+            ("obs.txt", b"1 2 3", 422, ".npz"),
+            ("obs.npz", b"PK\x03\x04 not a zip", 422, "not a readable .npz"),
+            ("obs.npz", _npz(obs=np.array([{"a": 1}, None], dtype=object)), 422, "pickle"),
+            ("obs.npz", _npz(obs=nan), 422, "NaN"),
+            ("obs.npz", _npz(obs=(4, 8), goal=(3, 2)), 422, "same number"),
+            ("obs.npz", _npz(obs=(1, 8)), 422, ">= 2"),
+        ]:
+            r = c.post("/api/v1/calibrations", files={"data": (name, data)})
+            assert r.status_code == status and says in r.json()["error"], (name, r.text)
+        model = c.post("/api/v1/models", files={"model": ("p.onnx", tiny_onnx(
+            tmp_path / "p.onnx").read_bytes())}).json()  # fmt: skip
+        wrong = c.post("/api/v1/calibrations", files={"data": ("x.npz", _npz(x=(4, 8)))}).json()
+        for spec, says in [(f"upload:{wrong['id']}", "inputs are ['obs']"),
+                           ("upload:../../../etc/passwd", "unknown calibration upload"),
+                           ("upload:" + "0" * 32, "unknown calibration upload")]:  # fmt: skip
+            r = c.post("/api/v1/jobs", json={"model": model["id"], "options": {
+                "precision": "int8", "calibration": spec}})  # fmt: skip
+            assert r.status_code == 422 and says in r.json()["error"], (spec, r.text)
+        assert c.delete(f"/api/v1/calibrations/{wrong['id']}").status_code == 200
+        assert c.delete("/api/v1/calibrations/" + "0" * 32).status_code == 422
+    with server.client(server.tokens["viewer"]) as c:
+        r = c.post("/api/v1/calibrations", files={"data": ("obs.npz", _npz(obs=(4, 8)))})
+        assert r.status_code == 403
+        assert c.get("/api/v1/calibrations").status_code == 200
+    assert (sorted(folder.glob("*")) if folder.is_dir() else []) == before
+    assert list((server.store / "uploads" / "tmp").iterdir()) == []
+
+
 def test_bad_job_requests_are_422_with_the_cli_message(server) -> None:
     with server.client(server.tokens["operator"]) as c:
         r = c.post("/api/v1/jobs", json={"source": "zoo:state-mlp", "target": "no-such-board"})
@@ -123,10 +166,12 @@ def test_upload_compile_watch_download(server, tmp_path, receiver) -> None:
         assert m.status_code == 201, m.text
         model = m.json()
         assert model["tags"] == ["arm", "test"] and model["inputs"][0]["name"] == "obs"
+        cal = c.post("/api/v1/calibrations", files={"data": ("obs.npz", _npz(obs=(24, 8)))})
+        assert cal.status_code == 201 and cal.json()["samples"] == 24, cal.text
         r = c.post("/api/v1/jobs", json={
             "model": model["id"], "target": "host",
-            "options": {"backend": "onnxruntime", "precision": "int8", "calibration": "random",
-                        "max_drop": 0.5, "threads": 1}})  # fmt: skip
+            "options": {"backend": "onnxruntime", "precision": "int8", "max_drop": 0.5,
+                        "calibration": f"upload:{cal.json()['id']}", "threads": 1}})  # fmt: skip
         assert r.status_code == 201, r.text
         job = r.json()
         kinds = []
@@ -138,6 +183,7 @@ def test_upload_compile_watch_download(server, tmp_path, receiver) -> None:
         done = c.get(f"/api/v1/jobs/{job['id']}").json()
         assert done["state"] == "finished", c.get(f"/api/v1/jobs/{job['id']}/log").text
         assert done["progress"] == 1.0 and done["result"]["precision"] == "int8"
+        assert c.delete(f"/api/v1/calibrations/{cal.json()['id']}").status_code == 200
         sess = c.get(f"/api/v1/sessions/{done['session_id']}").json()
         assert sess["state"] == "finished" and any(s["name"] == "build" for s in sess["steps"])
         engine = next(m for m in c.get("/api/v1/models").json() if m["source_kind"] == "derived"
@@ -153,6 +199,9 @@ def test_upload_compile_watch_download(server, tmp_path, receiver) -> None:
         from robopt_compile.bench.manifest import load_manifest
 
         load_manifest(tmp_path / "dl" / "bundle", verify=True)  # every file's sha256 matches
+        data = json.loads((tmp_path / "dl" / "bundle" / "report.json").read_text())
+        data = data["quantization"]["data"]  # calibrated on the 24 uploaded samples
+        assert not data["random"] and data["calibration_count"] + data["holdout_count"] == 24
         wait_for(lambda: "job_finished" in receiver.kinds(), 15, "the job_finished webhook")
         for headers, body in receiver.got:
             assert _verify_signature(hook["secret"], headers, body)

@@ -2,20 +2,22 @@
 installed by ``.ci/run``; Playwright's own browser download is not used) against a real server.
 
 One journey: sign in with a token, subscribe a webhook receiver on 127.0.0.1, upload an ONNX
-policy, start a host int8 compile with an accuracy criterion, watch it finish, open the report,
-download the bundle and check every file's sha256, see the webhook delivered in the feed, and
-compare two sessions. A screenshot of each page goes to the test's folder
-(``ROBOPT_SCREENSHOTS=DIR`` keeps them there instead).
+policy, start a host int8 compile calibrated on an uploaded .npz with an accuracy criterion,
+watch it finish, open the report, download the bundle and check every file's sha256, see the
+webhook delivered in the feed, and compare two sessions. A screenshot of each page goes to the
+test's folder (``ROBOPT_SCREENSHOTS=DIR`` keeps them there instead).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.service.serving import wait_for
@@ -70,6 +72,10 @@ def test_the_web_ui_end_to_end(server, browser, receiver, tmp_path) -> None:
     page.select_option("#board", "host")
     page.wait_for_selector("#board-facts:has-text('backends')")
     page.select_option("#precision", "int8")
+    page.select_option("#calibration", "upload")
+    cal = tmp_path / "arm-obs.npz"
+    np.savez(cal, obs=np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32))
+    page.set_input_files("#calfile", str(cal))
     page.fill("#maxdrop", "0.5")
     shot("03-new-optimization")
     page.click("button:has-text('Start')")
@@ -93,6 +99,8 @@ def test_the_web_ui_end_to_end(server, browser, receiver, tmp_path) -> None:
     from robopt_compile.bench.manifest import load_manifest
 
     assert load_manifest(tmp_path / "dl" / "bundle", verify=True)["precision"] == "int8"
+    report = json.loads((tmp_path / "dl" / "bundle" / "report.json").read_text())
+    assert report["quantization"]["data"]["random"] is False  # the uploaded samples calibrated it
 
     wait_for(lambda: "job_finished" in receiver.kinds(), 20, "the webhook")
     page.click("nav >> text=Notifications")

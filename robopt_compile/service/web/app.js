@@ -126,7 +126,9 @@ const pages = {
       default</option><option>fp32</option><option>fp16</option><option>bf16</option>
       <option selected>int8</option></select>
       <label for="calibration">Calibration (int8)</label><select id="calibration"><option>random
-      </option><option>task</option></select>
+      </option><option>task</option><option value="upload">upload a .npz (one array per input,
+      samples on the leading axis)</option></select><input type="file" id="calfile" accept=".npz"
+      hidden>
       <label for="maxdrop">Max accuracy drop (criterion)</label><input id="maxdrop" value="0.05">
       <label for="latency">Max latency ms (planner)</label><input id="latency" placeholder="none">
       <p><button type="submit">Start</button><span id="new-error" class="error"></span></p></form>`;
@@ -134,12 +136,21 @@ const pages = {
       $("#board-facts").textContent = b ? `${b.description} · ${b.arch} · backends: ${
         Object.keys(b.backends).join(", ")} · precisions: ${b.precisions.join(", ")}` : ""; };
     $("#board").onchange = facts; facts();
+    $("#calibration").onchange = () => { $("#calfile").hidden = $("#calibration").value !== "upload"; };
     $("#newjob").onsubmit = async (ev) => {
       ev.preventDefault();
       const src = $("#src").value, kind = $("#kind").value;
       const options = { max_drop: parseFloat($("#maxdrop").value) };
       if ($("#precision").value) options.precision = $("#precision").value;
       if (options.precision === "int8") options.calibration = $("#calibration").value;
+      if (options.calibration === "upload") {
+        const f = $("#calfile").files[0];
+        if (!f) { $("#new-error").textContent = " choose a .npz calibration file"; return; }
+        const form = new FormData(); form.append("data", f);
+        try { options.calibration = "upload:" + (await api("/calibrations",
+          { method: "POST", body: form })).id; }
+        catch (e) { $("#new-error").textContent = " " + e.message; return; }
+      }
       const body = { kind, target: $("#board").value, options };
       if (src.startsWith("zoo:")) body.source = src; else body.model = src;
       if (kind === "plan") { delete options.precision; body.criteria = {
