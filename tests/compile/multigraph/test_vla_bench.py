@@ -125,3 +125,23 @@ def test_remote_benchmark_of_a_multi_graph_bundle(
             remote_benchmark(bad, srv.url, token, runs=2, retries=0, verify=False)
     finally:
         srv.close(grace_s=5)
+
+
+def test_runtime_api_is_one_control_step(fp32_bundle: Path) -> None:
+    """``load_bundle`` on a VLA bundle: one call = vision, prefill and the decode steps; the
+    tokens are the reference's, a wrong observation is one line."""
+    from robopt_compile import load_bundle
+    from robopt_compile.errors import InputError
+
+    with np.load(fp32_bundle / "reference" / "inputs.npz") as z:
+        obs = [{k: z[k][i] for k in z.files} for i in range(2)]
+    with np.load(fp32_bundle / "reference" / "outputs.npz") as z:
+        tokens = z["tokens"]
+    with load_bundle(fp32_bundle) as policy:
+        assert policy.outputs == ["actions", "tokens"]
+        for i, o in enumerate(obs):
+            got = policy(o)
+            np.testing.assert_array_equal(got["tokens"], tokens[i])
+            assert got["actions"].shape == (7,)
+        with pytest.raises(InputError, match="pixel_values"):
+            policy({"input_ids": obs[0]["input_ids"]})
