@@ -151,7 +151,7 @@ def format_result(r: dict[str, Any]) -> str:
         return format_graph_result(r)
     m, s, t, lat = r["machine"], r["settings"], r["timing"], r["latency"]
     threads = s["threads"] if s["threads"] else "runtime default"
-    scale, unit = (1e3, "us") if lat["p50_ms"] < 1 else (1.0, "ms")  # keep 4 digits
+    digits = 4 if lat["p50_ms"] < 1 else 3  # ms like every other figure, 4 digits kept
     shapes = ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in r["inputs"])
     unpack = t.get("engine_unpack_ms")  # only for bundles with a compressed engine
     startup = (
@@ -169,8 +169,8 @@ def format_result(r: dict[str, Any]) -> str:
         f"inputs      {shapes}",
         startup,
         "",
-        f"{'latency ' + unit:<12}" + "".join(f"{k:>10}" for k in _COLS),
-        f"{'':<12}" + "".join(f"{lat[k + '_ms'] * scale:>10.3f}" for k in _COLS),
+        f"{'latency ms':<12}" + "".join(f"{k:>10}" for k in _COLS),
+        f"{'':<12}" + "".join(f"{lat[k + '_ms']:>10.{digits}f}" for k in _COLS),
         f"jitter      stdev {lat['stdev_ms']:.3f} ms, p99-p50 {lat['jitter_p99_p50_ms']:.3f} ms",
         f"throughput  {lat['throughput_per_s']:.1f} items/s (batch {lat['batch']})",
     ]

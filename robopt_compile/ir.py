@@ -159,3 +159,24 @@ def weight_bytes(model: ir.Model) -> int:
 def clone(model: ir.Model) -> ir.Model:
     """A deep copy (through the proto), so a candidate rewrite never touches its input."""
     return from_proto(to_proto(model))
+
+
+def fix_batch(model: ir.Model, n: int = 1) -> list[str]:
+    """Give every graph input whose first dim is symbolic the batch ``n``, and every value
+    whose first dim is the same symbol too; the names of the inputs changed."""
+    import onnx_ir as ir
+
+    symbols = set()
+    changed = []
+    for v in model.graph.inputs:
+        if v.shape is not None and len(v.shape) and not isinstance(v.shape[0], int):
+            symbols.add(str(v.shape[0]))
+            changed.append(v.name)
+    if not symbols:
+        return []
+    values = [*model.graph.inputs, *model.graph.outputs]
+    values += [o for node in model.graph for o in node.outputs]
+    for v in values:
+        if v.shape is not None and len(v.shape) and str(v.shape[0]) in symbols:
+            v.shape = ir.Shape([n, *list(v.shape)[1:]])
+    return changed

@@ -29,6 +29,7 @@ class BuildOptions:
 
     precision: str = "fp32"
     threads: int | None = None  # None: the runtime's default (all cores)
+    robot_threads: int | None = None  # TVM num-cores; None: the board's cores (host: threads)
     tune_trials: int | None = None  # TVM MetaSchedule trial budget; None: the backend default
     dynamic_batch: tuple[int, int, int] | None = None  # (min, opt, max) for a symbolic batch
     # OpenVINO: the precision activations are computed in ("f32"/"bf16"), overriding what the
@@ -162,6 +163,7 @@ class Backend(abc.ABC):
     name: str = ""
     runtime_module: str = ""  # the Python module the runner needs on the robot
     pip_extra: str = ""  # what to install: `pip install robopt-compile[<extra>]`
+    static_shapes: bool = False  # True: builds fixed shapes only (a symbolic batch gets 1)
     precisions: tuple[str, ...] = ("fp32",)
     # precision -> (registered quantize pass, its keyword arguments) for the precisions whose
     # ONNX must be rewritten before this backend builds it (Q/DQ, MatMulNBits, fp16 types)

@@ -65,7 +65,15 @@ def source_options(f: Any) -> Any:
             "--threads",
             type=int,
             default=None,
-            help="CPU threads for the runtime (default: all cores).",
+            help="CPU threads on this machine: the build's checks, guards and timings (default: "
+            "all cores).",
+        ),
+        click.option(
+            "--robot-threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Threads the engine will run with on the robot, for backends that build them "
+            "in (TVM: num-cores). Default: the board profile's cores (host: --threads).",
         ),
         click.option(
             "--dynamic-batch", is_flag=True, help="Export with a symbolic batch dimension."
@@ -117,6 +125,7 @@ def compile_options(kw: dict[str, Any], **extra: Any) -> Any:
         target=kw["target"],
         hwprofile=kw["hwprofile"],
         threads=kw["threads"],
+        robot_threads=kw.get("robot_threads"),
         dynamic_batch=kw["dynamic_batch"],
         opset=kw["opset"],
         simplify=kw["simplify"],
@@ -129,14 +138,43 @@ def compile_options(kw: dict[str, Any], **extra: Any) -> Any:
 
 
 class StageLog:
-    """Progress on stderr: a line per stage with its time, live on a terminal."""
+    """Progress on stderr: a line per stage with its time; on a terminal, a long stage's
+    progress (episodes, distillation steps, tuning trials, planner builds) as click's
+    progress bar with an ETA. Without a terminal, or with ``--json``, no bar and no tick lines:
+    logs get one line per stage."""
+
+    STEPS = 1000  # the bar's resolution: a tick reports a done fraction
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
-        self._last_tick = -1.0
+        self._bar: Any = None
+        self._done = 0
+        self._open_line = False  # a "  stage ..." line without its newline yet
+
+    def _tick(self, label: str, fraction: float) -> None:
+        if self._bar is None:
+            if self._open_line:  # "  stage ..." waits for its time: the bar goes below it
+                click.echo("", err=True)
+                self._open_line = False
+            self._bar = click.progressbar(length=self.STEPS, label=f"  {label}", show_eta=True,
+                                          file=sys.stderr, width=24)  # fmt: skip
+            self._bar.__enter__()
+            self._done = 0
+        self._bar.label = f"  {label[:50]:<50}"
+        step = min(self.STEPS, int(fraction * self.STEPS)) - self._done
+        if step > 0:
+            self._bar.update(step)
+            self._done += step
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
 
     def __call__(self, stage: str, event: str, seconds: float) -> None:
+        if event != "tick":
+            self._close_bar()  # a line of text ends the bar (a new one starts at the next tick)
         if event == "note":  # a warning the user must see even in --json mode
             warn(stage)
             return
@@ -147,16 +185,15 @@ class StageLog:
             return
         if event == "tick":  # progress inside a long stage; ``seconds`` is the done fraction
             if self.tty:
-                click.echo(f"\r  {stage:<60}", err=True, nl=False)
-            elif int(seconds * 10) != int(self._last_tick * 10) or seconds >= 1:
-                click.echo(f"  {stage}", err=True)
-            self._last_tick = seconds
+                self._tick(stage, seconds)
             return
         if event == "start":
             if self.tty:
                 click.echo(f"  {stage:<10} ...", err=True, nl=False)
+                self._open_line = True
             return
         prefix = "\r" if self.tty else ""
+        self._open_line = False
         click.echo(f"{prefix}  {stage:<10} {seconds:7.2f} s", err=True)
 
 

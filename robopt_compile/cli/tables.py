@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _robot_threads(m: dict) -> str:
+    """TVM kernels are built for the robot's thread count: say it beside the engine."""
+    cores = (m.get("engine", {}).get("config", {}).get("target") or {}).get("num-cores")
+    return f" (kernels for {cores} robot thread{'s' if cores != 1 else ''})" if cores else ""
+
+
 def bundle_rows(result: Any) -> list[tuple[str, str]]:
     """The human summary of a single-graph bundle."""
     m, report = result.manifest, result.report
@@ -19,7 +25,7 @@ def bundle_rows(result: Any) -> list[tuple[str, str]]:
     rows = [
         ("bundle", str(result.bundle)),
         ("target", f"{m['target']['profile']} ({m['target']['description']})"),
-        ("engine", f"{m['backend']} {m['precision']}"),
+        ("engine", f"{m['backend']} {m['precision']}{_robot_threads(m)}"),
         ("inputs", ", ".join(f"{i['name']}{list(i['shape'])}:{i['dtype']}" for i in m["inputs"])),
         ("outputs", ", ".join(f"{o['name']}{list(o['shape'])}" for o in m["outputs"])),
     ]
@@ -102,9 +108,17 @@ def quant_line(q: dict[str, Any]) -> str:
             f"{q['max_accuracy_drop']}), cosine {f['cosine']:.5f} on {f['samples']} held-out "
             "samples"
         )
+    outs = f.get("per_output") or {}
+    if len(outs) > 1 and not cl:  # say how the one figure combines several outputs
+        worst = max(outs, key=lambda n: outs[n].get("relative_l2") or 0.0)
+        alone = outs[worst].get("relative_l2") or 0.0
+        line += (f" ({len(outs)} outputs: relative L2 pooled over all of them, so the larger "
+                 f"output weighs more; worst alone {worst} {alone:.3g}; cosine: the lowest "
+                 "output's)")  # fmt: skip
     mp = q.get("mixed_precision")
     if mp:
-        line += f"; mixed precision kept {len(mp['fp32_nodes'])} layers fp32"
+        n = len(mp["fp32_nodes"])
+        line += f"; mixed precision kept {n} layer{'s' if n != 1 else ''} fp32"
     if q.get("rolled_back"):
         line += "; ROLLED BACK to fp32"
     if data.get("random"):

@@ -93,6 +93,8 @@ def cached_export(
     except KEY_ERRORS as exc:  # the export itself says what is wrong with a broken file
         reason = str(exc) if isinstance(exc, Uncacheable) else f"{type(exc).__name__}: {exc}"
         info["export"] = {"cache": "off", "reason": reason}
+        if isinstance(exc, Uncacheable):  # said once: every rebuild of it will export again
+            progress(f"build cache off for this source: {reason}", "info", 0.0)
         return export()
     entry = cache.get(key)
     if entry is not None:

@@ -90,6 +90,10 @@ def source_kind(source: str) -> str:
             f"{source} is a folder without config.json; a model folder holds config.json and "
             "model.safetensors (robopt_compile.zoo.vla.save_folder writes one)."
         )
+    if suffix in (".pt", ".pth") and Path(source).is_file():
+        from robopt_compile.compile.ptfile import advice
+
+        raise InputError(advice(Path(source)))
     if Path(source).exists():
         raise InputError(
             f"{source}: unsupported model file type {suffix or '(none)'}; give an .onnx file, "
@@ -235,13 +239,17 @@ def _normalise_inputs(module: Any, inputs: Any, source: str) -> dict[str, Any]:
         raise ModelLoadError(f"{source}: expected a torch.nn.Module, got {type(module).__name__}.")
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    sig = inspect.signature(module.forward).parameters.values()
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig):
-        raise ModelLoadError(
-            f"{source}: forward() takes *args/**kwargs; robopt names ONNX inputs after forward's "
-            "parameters, so give it explicitly named tensor parameters (wrap the module)."
-        )
-    params = [p.name for p in sig if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if isinstance(module, torch.jit.ScriptModule):  # TorchScript: its schema names them
+        params = [a.name for a in module.forward.schema.arguments[1:]]
+    else:
+        sig = inspect.signature(module.forward).parameters.values()
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig):
+            raise ModelLoadError(
+                f"{source}: forward() takes *args/**kwargs; robopt names ONNX inputs after "
+                "forward's parameters, so give it explicitly named tensor parameters (wrap the "
+                "module)."
+            )
+        params = [p.name for p in sig if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if isinstance(inputs, dict):
         named = dict(inputs)
         unknown = [k for k in named if k not in params]
@@ -268,14 +276,20 @@ def _normalise_inputs(module: Any, inputs: Any, source: str) -> dict[str, Any]:
     return named
 
 
-def _output_names(module: Any, n: int) -> list[str]:
+def _output_names(module: Any, n: int, keys: list[str] | None = None) -> list[str]:
+    """The module's ``output_names`` attribute, else the keys of the dict its forward
+    returned, else ``output`` / ``output_0``, ``output_1`` ..."""
     names = getattr(module, "output_names", None)
     if names and len(names) == n:
         return list(names)
+    if keys and len(keys) == n and all(isinstance(k, str) and k for k in keys):
+        return list(keys)
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
-def _torch_outputs(module: Any, named: dict[str, Any]) -> list[Any]:
+def _torch_outputs(module: Any, named: dict[str, Any], keys: list[str] | None = None
+                   ) -> list[Any]:  # fmt: skip
+    """The forward's outputs as a list; a dict's keys are appended to ``keys`` when given."""
     import torch
 
     try:
@@ -292,6 +306,8 @@ def _torch_outputs(module: Any, named: dict[str, Any]) -> list[Any]:
     if isinstance(out, tuple | list) and all(isinstance(o, torch.Tensor) for o in out):
         return list(out)
     if isinstance(out, dict):
+        if keys is not None:
+            keys.extend(out)
         return list(out.values())
     raise ModelLoadError(
         f"the model returns {type(out).__name__}; robopt needs a tensor, a tuple of tensors or "
@@ -448,7 +464,8 @@ def _from_torch(
 ) -> SourceModel:
     named = _normalise_inputs(module, inputs, source)
     module.eval()
-    out_names = _output_names(module, len(_torch_outputs(module, named)))
+    keys: list[str] = []
+    out_names = _output_names(module, len(_torch_outputs(module, named, keys)), keys)
     model, exporter, notes = export_torch(
         module, named, out_names, dynamic_batch=dynamic_batch, opset=opset
     )
@@ -507,9 +524,16 @@ def _load_pt2(
         with quiet_exporter():
             ep = torch.export.load(str(path))
     except Exception as exc:  # torch.export.load raises many types on a bad file
+        from robopt_compile.compile.ptfile import kind_of, pt2_advice
+
+        if kind_of(path)[0] in ("torchscript", "state_dict", "module"):  # torch.save'd
+            raise ModelLoadError(pt2_advice(path)) from exc
+        why = f"{type(exc).__name__}: {str(exc)[:160]}"
+        if "check the warnings above" in str(exc):  # torch logged the cause, which we hide
+            why = "a zip archive, but not one torch.export.save wrote"
         raise ModelLoadError(
-            f"{path} is not a loadable torch.export program ({type(exc).__name__}: "
-            f"{str(exc)[:160]}). Save it with torch.export.save()."
+            f"{path} is not a loadable torch.export program ({why}). Save it with "
+            "torch.export.save()."
         ) from exc
     args, kwargs = ep.example_inputs or ((), {})
     if not args and not kwargs:
@@ -520,9 +544,11 @@ def _load_pt2(
     named = dict(zip(names, args, strict=False)) | dict(kwargs)
     module = ep.module()
     out_list = _torch_outputs_positional(module, args, kwargs)
-    out_names = list(ep.graph_signature.user_outputs)[: len(out_list)]
-    if len(set(out_names)) != len(out_list):
-        out_names = _output_names(None, len(out_list))
+    # A program whose forward returned a dict keeps its keys in the output pytree spec; the
+    # graph's own output names (``tanh``, ``getitem_1``) say nothing to the user.
+    spec = getattr(getattr(ep, "call_spec", None), "out_spec", None)
+    keys = spec.context if spec is not None and spec.type is dict else None
+    out_names = _output_names(None, len(out_list), list(keys) if keys else None)
     notes: list[str] = []
     if dynamic_batch:
         notes.append(

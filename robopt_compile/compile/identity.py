@@ -57,9 +57,12 @@ def source_identity(source: str) -> dict[str, Any]:
         }
     import importlib.util
 
+    from robopt_compile.compile.userimport import cwd_on_path
+
     mod = source.partition(":")[0]
     try:
-        spec = importlib.util.find_spec(mod)
+        with cwd_on_path():  # the path the factory itself is imported from
+            spec = importlib.util.find_spec(mod)
     except (ImportError, ValueError) as exc:
         raise Uncacheable(f"factory module {mod} cannot be located ({exc})") from exc
     if spec is None or not spec.origin or not Path(spec.origin).is_file():

@@ -43,6 +43,9 @@ class CompileOptions:
     backend: str | None = None  # None: the profile's first available backend
     precision: str = "fp32"
     threads: int | None = None  # None: the runtime's default (all cores)
+    # The robot's threads, for backends that bake them into the engine (TVM num-cores);
+    # None: the board profile's cores (the host profile: ``threads``).
+    robot_threads: int | None = None
     dynamic_batch: bool = False
     opset: int | None = None
     simplify: str = "default"  # a SimplifyPass tool name, "default" or "none"

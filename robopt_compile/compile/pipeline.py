@@ -33,7 +33,12 @@ from robopt_compile.compile.resolve import (
 )
 from robopt_compile.compile.reuse import bundle_key_for, reuse_bundle, store_bundle
 from robopt_compile.compile.stages import CompileResult, Progress, noop, stage, write_report
-from robopt_compile.compile.tasks import evaluate_bundle, record_calibration, resolve_eval_task
+from robopt_compile.compile.tasks import (
+    check_task_fits,
+    evaluate_bundle,
+    record_calibration,
+    resolve_eval_task,
+)
 from robopt_compile.compile.verify import (
     dynamic_reference,
     runs_here,
@@ -116,7 +121,7 @@ def compile_model(
                     built = reused.report["cache"]["bundle"].get("built_utc") or "earlier"
                     progress(f"unchanged rebuild: the bundle built {built} was restored from "
                              "the build cache and checked (--no-cache builds afresh)",
-                             "note", 0.0)  # fmt: skip
+                             "info", 0.0)  # fmt: skip
                     return reused
                 progress("build cache: the stored bundle is damaged; building again", "note", 0.0)
         except BaseException:
@@ -159,7 +164,7 @@ def compile_model(
             spec = opts.quant.calibration
 
             def record() -> None:
-                record_calibration(spec, source, src.model, calib_tmp, opts)
+                record_calibration(spec, source, src.model, calib_tmp, opts, progress)
 
             if cache is None:
                 record()
@@ -171,6 +176,7 @@ def compile_model(
         requested = opts
     eval_ref: Path | None = None
     if eval_task is not None:
+        check_task_fits(eval_task, src.model, source)  # before minutes of building
         # The fp32 model as exported, before any pass: the closed-loop reference.
         eval_ref = Path(tempfile.mkdtemp(prefix="robopt-evalref-")) / "reference.onnx"
         rir.save(src.model, eval_ref)
@@ -338,6 +344,12 @@ def _compile_rest(
             v.type = typ
         if v.shape is None and shape is not None:
             v.shape = shape
+    if backend.static_shapes and not opts.dynamic_batch:
+        fixed = rir.fix_batch(model, 1)
+        if fixed:
+            progress(f"the model's batch dim is symbolic and {backend.name} builds fixed shapes: "
+                     f"built for batch 1 (inputs {', '.join(fixed)}); a backend that keeps a "
+                     "symbolic batch: -b onnxruntime or -b openvino", "info", 0.0)  # fmt: skip
     with bundle.staged_output(out, force) as tmp:
         with stage(progress, "build", timings):
             model_files = rir.save(model, tmp / "model.onnx")
@@ -347,6 +359,7 @@ def _compile_rest(
             build_opts = BuildOptions(
                 precision=precision,
                 threads=opts.threads,
+                robot_threads=opts.robot_threads,
                 tune_trials=opts.tune_trials,
                 dynamic_batch=(1, 1, opts.max_batch) if dynamic else None,
             )

@@ -21,8 +21,19 @@ CALIBRATION_SEED_OFFSET = 1_000_000  # task calibration episodes start at this s
 CALIBRATION_SAMPLES = 512
 
 
+def check_task_fits(task_name: str, model: Any, source: str) -> None:
+    """Before anything is built: refuse (one line) a model the ``--eval`` task cannot feed."""
+    from robopt_compile import evaluate as ev
+    from robopt_compile import ir as rir
+    from robopt_compile.tasks import get_task
+
+    with get_task(task_name) as task:
+        ev.check_policy_fits(task, [s.to_json() for s in rir.input_specs(model)], source,
+                             option="--eval task:task=NAME")  # fmt: skip
+
+
 def record_calibration(
-    spec: str, source: str, model: Any, out: Path, opts: CompileOptions
+    spec: str, source: str, model: Any, out: Path, opts: CompileOptions, progress: Any = None
 ) -> dict[str, Any]:
     """``--calibration task[:episodes=N,name=TASK]``: record observations for calibration.
 
@@ -43,7 +54,14 @@ def record_calibration(
         from robopt_compile import ir as rir
 
         ev.check_policy_fits(task, [s.to_json() for s in rir.input_specs(model)], source)
-        eps = ev.run_episodes(task, pol, seeds, record=True)
+        done, total = [0], len(seeds)
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(f"record: episode {done[0]}/{total} on {name}", "tick", done[0] / total)
+
+        eps = ev.run_episodes(task, pol, seeds, tick, record=True)
     arrays = {n: np.concatenate([e.feeds[n] for e in eps]) for n in task.input_names}
     steps = next(iter(arrays.values())).shape[0]
     keep = np.unique(np.linspace(0, steps - 1, min(steps, CALIBRATION_SAMPLES)).astype(int))
@@ -165,7 +183,8 @@ def evaluate_bundle(
         progress(f"evaluate: episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
 
     with get_task(task_name) as task:
-        ev.check_policy_fits(task, manifest["inputs"], str(out), adapter)
+        ev.check_policy_fits(task, manifest["inputs"], str(published or out), adapter,
+                             option="--eval task:task=NAME")  # fmt: skip
         meta = ev.bundle_meta(out)
         meta["bundle"] = str((published or out).resolve())
         label = f"optimized {manifest['precision']} ({manifest['backend']})"

@@ -62,5 +62,10 @@ def import_callable(
             ) from exc
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
-        raise error(f"{what} {spec}: {mod_name} has no callable {fn_name!r}.")
+        import difflib
+
+        names = [n for n in dir(mod) if not n.startswith("_") and callable(getattr(mod, n))]
+        close = difflib.get_close_matches(fn_name, names, n=1)
+        hint = f" Did you mean {mod_name}:{close[0]}?" if close else ""
+        raise error(f"{what} {spec}: {mod_name} has no callable {fn_name!r}.{hint}")
     return fn

@@ -19,11 +19,15 @@ from robopt_compile.evaluate.policies import TimedPolicy
 from robopt_compile.tasks import Policy, Task
 
 
-def load_dataset(path: str | Path, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+def load_dataset(
+    path: str | Path, input_names: Sequence[str], specs: Sequence[dict[str, Any]] | None = None
+) -> dict[str, np.ndarray]:
     """An episodes .npz: one array per model input, stacked over time steps along axis 0.
 
     Optional keys: ``actions`` (the recorded actions, for reporting the reference's own error
-    against them) and ``episode`` (the episode index of every step).
+    against them) and ``episode`` (the episode index of every step). With ``specs`` (the
+    model's inputs: name, shape, dtype) every array is checked against them: each step is the
+    input's shape, with or without its batch axis of 1, as in calibration files.
     """
     from robopt_compile.feeds import load_npz_inputs
 
@@ -37,19 +41,44 @@ def load_dataset(path: str | Path, input_names: Sequence[str]) -> dict[str, np.n
             f"{p}: lacks arrays for the model inputs {missing} (has {sorted(data)}); store one "
             "array per input, steps along axis 0."
         )
-    steps = {data[n].shape[0] for n in input_names}
+    steps = {data[n].shape[0] if data[n].ndim else 0 for n in input_names}
     if len(steps) != 1:
         raise InputError(f"{p}: the input arrays have different step counts {sorted(steps)}.")
+    for spec in specs or ():
+        _check_steps(p, data[spec["name"]], spec)
     return data
 
 
+def _check_steps(p: Path, a: np.ndarray, spec: dict[str, Any]) -> None:
+    """Steps on axis 0, then the input's shape, with or without its batch axis of 1 (the
+    convention of calibration files and reference inputs); InputError (one line) otherwise."""
+    shape = list(spec["shape"])
+    fits = lambda want: len(want) == a.ndim - 1 and all(  # noqa: E731
+        isinstance(d, str) or d == n for d, n in zip(want, a.shape[1:], strict=True))  # fmt: skip
+    batch_like = bool(shape) and (shape[0] == 1 or isinstance(shape[0], str))
+    if fits(shape) or (batch_like and fits(shape[1:])):
+        return
+    dims = lambda d: ", ".join(map(str, d))  # noqa: E731
+    ways = f"(steps, {dims(shape[1:])}) or (steps, {dims(shape)})" if batch_like else (
+        f"(steps, {dims(shape)})")  # fmt: skip
+    raise InputError(
+        f"{p}: array {spec['name']!r} has shape {list(a.shape)}; the model takes {shape} per "
+        f"step, so store {ways}."
+    )
+
+
 def _outputs_over(
-    policy: TimedPolicy, data: dict[str, np.ndarray], names: Sequence[str], dtypes: dict[str, Any]
-) -> np.ndarray:
+    policy: TimedPolicy, data: dict[str, np.ndarray], names: Sequence[str], dtypes: dict[str, Any],
+    ranks: dict[str, int] | None = None,
+) -> np.ndarray:  # fmt: skip
     n = data[names[0]].shape[0]
+    ranks = ranks or {}
     acts = []
     for i in range(n):
-        feeds = {k: np.asarray(data[k][i : i + 1], dtype=dtypes.get(k, np.float32)) for k in names}
+        # a step stored with its batch axis is taken as is, one without it gets one
+        feeds = {k: np.asarray(data[k][i] if data[k].ndim - 1 == ranks.get(k) else
+                               data[k][i : i + 1], dtype=dtypes.get(k, np.float32))
+                 for k in names}  # fmt: skip
         acts.append(np.asarray(policy(feeds)[0], np.float64)[0])
     return np.stack(acts)
 
@@ -104,11 +133,13 @@ def open_loop(
     input_names: Sequence[str],
     dtypes: dict[str, Any] | None = None,
     gripper_dim: int | None = None,
+    specs: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run recorded observations through the reference and the candidates; action errors."""
-    data = load_dataset(dataset, input_names)
+    data = load_dataset(dataset, input_names, specs)
     dtypes = dtypes or {}
-    ref_act = _outputs_over(reference, data, input_names, dtypes)
+    ranks = {s["name"]: len(s["shape"]) for s in specs or ()}
+    ref_act = _outputs_over(reference, data, input_names, dtypes, ranks)
     engines = []
     recorded = data.get("actions")
     if recorded is not None and recorded.shape == ref_act.shape:
@@ -120,7 +151,7 @@ def open_loop(
             }
         )
     for label, pol, meta in candidates:
-        act = _outputs_over(pol, data, input_names, dtypes)
+        act = _outputs_over(pol, data, input_names, dtypes, ranks)
         engines.append(
             {
                 "label": label,

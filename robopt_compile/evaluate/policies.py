@@ -167,7 +167,7 @@ def any_policy(spec: str | Path, threads: int | None, load: Loader) -> Iterator[
 
 
 def check_policy_fits(task: Task, manifest_inputs: Sequence[dict[str, Any]], what: str,
-                      adapter: Adapter | None = None) -> None:  # fmt: skip
+                      adapter: Adapter | None = None, option: str = "--task") -> None:  # fmt: skip
     """Refuse, in one line, a model whose input names or fixed shapes the task cannot feed.
     With the model's task ``adapter`` the feeds it reads (its ``task_feeds``) are checked
     instead: the adapter builds the model's inputs from them."""
@@ -177,14 +177,14 @@ def check_policy_fits(task: Task, manifest_inputs: Sequence[dict[str, Any]], wha
         if any(tuple(have.get(k, ())) != tuple(v) for k, v in want.items()):
             raise InputError(
                 f"{what} reads task feeds {want} but task {task.name} feeds {have}; pick the "
-                "task the model was trained for (--task)."
+                f"task the model was trained for ({option})."
             )
         return
     names = [i["name"] for i in manifest_inputs]
     if list(task.input_names) != names:
         raise InputError(
             f"{what} takes inputs {names} but task {task.name} feeds {list(task.input_names)}; "
-            "pick the task the model was trained for (--task)."
+            f"pick the task the model was trained for ({option})."
         )
     shapes = getattr(task, "feed_shapes", None) or {}
     for spec in manifest_inputs:
@@ -194,7 +194,7 @@ def check_policy_fits(task: Task, manifest_inputs: Sequence[dict[str, Any]], wha
         if want is not None and fixed and tuple(got) != tuple(want):
             raise InputError(
                 f"{what} takes {spec['name']} of shape {['B', *got]} but task {task.name} "
-                f"feeds {['B', *want]}; pick the task the model was trained for (--task)."
+                f"feeds {['B', *want]}; pick the task the model was trained for ({option})."
             )
 
 

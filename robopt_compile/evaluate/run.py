@@ -25,6 +25,31 @@ from robopt_compile.errors import InputError
 Progress = Callable[[str, str, float], None]  # (stage, event, seconds), as a compile's
 
 
+def source_changed(bundle_dir: Path, manifest: dict[str, Any], ref: Any) -> str | None:
+    """The reloaded source against the outputs it gave when the bundle was built (the bundle's
+    reference): a line saying it changed (a factory with unseeded random weights, or weights
+    edited since), else None. Every comparison with "the original" assumes they match."""
+    import numpy as np
+
+    from robopt_compile.feeds import load_npz_inputs
+
+    try:
+        ins = load_npz_inputs(bundle_dir / manifest["reference"]["inputs"])
+        want = load_npz_inputs(bundle_dir / manifest["reference"]["outputs"])
+        got = ref({k: ins[k] for k in (i["name"] for i in manifest["inputs"])})
+    except Exception:  # the check is a courtesy: a bundle it cannot read is judged elsewhere
+        return None
+    names = [o["name"] for o in manifest["outputs"]]
+    for name, g in zip(names, got, strict=False):
+        w = want.get(name)
+        if w is not None and w.shape == np.shape(g) and not np.allclose(g, w, rtol=1e-2, atol=1e-3):
+            return (f"the original ({manifest['model'].get('source')}) now computes different "
+                    f"{name!r} outputs than when {bundle_dir} was built: a factory that builds "
+                    "unseeded random weights, or weights changed since? Every figure below "
+                    "compares against the original as it is now.")  # fmt: skip
+    return None
+
+
 def reference_spec(bundle_dir: Path, manifest: dict[str, Any], reference: str | None) -> str:
     """What the bundle is compared against: ``reference``, else its recorded source."""
     from robopt_compile.evaluate.spec import looks_like_bundle
@@ -93,6 +118,10 @@ def run_evaluation(
         t0 = time.perf_counter()
         ref = stack.enter_context(ev.any_policy(ref_spec, threads, _loader(load)))
         log("load reference", "done", time.perf_counter() - t0)
+        if reference is None and "graphs" not in manifest:
+            changed = source_changed(bundle_dir, manifest, ref)
+            if changed:
+                log(changed, "note", 0.0)
         cands = [
             (
                 label,
@@ -113,7 +142,8 @@ def run_evaluation(
             dataset = Path(dataset)
             names = [i["name"] for i in manifest["inputs"]]
             dtypes = {i["name"]: i["dtype"] for i in manifest["inputs"]}
-            result = ev.open_loop(dataset, ref, cands, names, dtypes, gripper_dim)
+            result = ev.open_loop(dataset, ref, cands, names, dtypes, gripper_dim,
+                                  manifest["inputs"])  # fmt: skip
             return result, save_result(bundle_dir, f"openloop-{dataset.stem}", result)
         assert task_name is not None
         t = stack.enter_context(get_task(task_name))

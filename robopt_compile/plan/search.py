@@ -185,7 +185,8 @@ def plan_and_search(
         else:
             kept.append(c)
     precisions = {PRECISIONS[c.precision].compute for c in kept} | {"fp32"}
-    log(f"planning: {len(kept)} candidate plans on {', '.join(buildable)}")
+    aside = f" ({len(pre_rejected)} of them rejected before ranking)" if pre_rejected else ""
+    log(f"planning: {len(cands)} candidate plans on {', '.join(buildable)}{aside}")
     facts, ref_inputs, ref_outputs = search_facts(source, base, profile, precisions, log)
     if history is None:
         history = history_from_store(store, source, profile.name) if store else History()
@@ -330,6 +331,12 @@ def plan_and_search(
                 shutil.copytree(result.best.bundle, tmp)
                 result.best.bundle = str(out)
                 save_result(tmp, "plan", result.to_json())  # published with the bundle
+                from robopt_compile.report.write import write_reports
+
+                try:  # the report shows the search (its planner section reads plan.json)
+                    write_reports(tmp, shown=out)
+                except RoboptError as exc:  # the bundle stands without a refreshed report
+                    log(f"report not refreshed with the search: {exc}")
         if session is not None:
             summary = {
                 "best": result.best.candidate.label if result.best else None,

@@ -8,6 +8,7 @@ still written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from robopt_compile.report.data import BundleData
 from robopt_compile.report.format import dig, esc, missing
@@ -29,6 +30,7 @@ from robopt_compile.report.sections_eval import (
     section_closed_loop,
     section_open_loop,
 )
+from robopt_compile.report.sections_plan import section_planner
 from robopt_compile.report.sections_timing import (
     section_control_loop,
     section_latency,
@@ -36,7 +38,8 @@ from robopt_compile.report.sections_timing import (
     section_remote,
 )
 
-# (anchor, heading) of every section, in order; every one is always present in report.html.
+# (anchor, heading) of every section, in order; every one is present in report.html (the
+# multi-graph one only for a multi-graph bundle: ``sections_of``).
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("summary", "Summary"),
     ("graphs", "Graphs and actions (multi-graph bundle)"),
@@ -44,6 +47,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("analysis", "Model analysis"),
     ("quantization", "Quantization"),
     ("compression", "Compression"),
+    ("planner", "Planner search"),
     ("latency", "Latency"),
     ("accuracy-latency", "Accuracy vs latency"),
     ("layers", "Per-layer time"),
@@ -98,7 +102,15 @@ _SECTION_FUNCS: dict[str, Callable[[BundleData, Plots], str]] = {
     "control-loop": section_control_loop,
     "remote": section_remote,
     "versions": section_versions,
+    "planner": section_planner,
 }
+
+
+def sections_of(manifest: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The sections a bundle's report has: all of them, but the multi-graph one only for a
+    multi-graph bundle."""
+    multi = bool(manifest.get("graphs"))
+    return tuple(s for s in SECTIONS if multi or s[0] != "graphs")
 
 
 def render_html(d: BundleData) -> str:
@@ -114,9 +126,9 @@ def render_html(d: BundleData) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        "<nav>" + "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in SECTIONS) + "</nav>",
+        "<nav>" + "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in sections_of(m)) + "</nav>",
     ]
-    for anchor, heading in SECTIONS:
+    for anchor, heading in sections_of(m):
         try:
             body = _SECTION_FUNCS[anchor](d, plots)
         except Exception as exc:  # broad: a malformed result must not sink the whole page

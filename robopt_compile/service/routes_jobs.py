@@ -58,8 +58,8 @@ class JobRequest(BaseModel):
 # inputs, module:function metrics, calibration folders or iterators) would make the server read
 # its own files or import code a client names: refused, with the reason.
 SAFE_OPTIONS = {
-    "backend", "precision", "threads", "dynamic_batch", "opset", "simplify", "check_parity",
-    "seed", "tune_trials", "max_batch", "dla_core", "eval", "cache", "activations",
+    "backend", "precision", "threads", "robot_threads", "dynamic_batch", "opset", "simplify",
+    "check_parity", "seed", "tune_trials", "max_batch", "dla_core", "eval", "cache", "activations",
     "decode_backend", "calibration", "method", "max_drop", "strict", "measure_sensitivity",
     "block_size", "holdout_fraction", "prune", "prune_layers", "low_rank", "distill",
 }  # fmt: skip

@@ -32,6 +32,7 @@ class TvmBackend(Backend):
     runtime_module = "tvm"
     pip_extra = "tvm"
     precisions = ("fp32",)
+    static_shapes = True  # a symbolic batch is fixed to 1 before the build (the pipeline)
 
     def _build(
         self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path
@@ -39,10 +40,11 @@ class TvmBackend(Backend):
         self.require()
         if options.dynamic_batch is not None:
             raise BuildError(
-                "the tvm backend builds static shapes: drop --dynamic-batch for --backend tvm."
+                "the tvm backend builds static shapes: drop --dynamic-batch for --backend tvm "
+                "(a model whose batch dim is symbolic is then built for batch 1)."
             )
         opts = dict(getattr(profile, "backend_options", {}).get("tvm", {}))
-        target_dict = resolve_target(profile, options.threads)
+        target_dict = resolve_target(profile, options.threads, options.robot_threads)
         arch = target_arch(target_dict)
         cross = cross_compiler(target_dict, opts)
         os.environ.setdefault("TVM_BIND_THREADS", "0")  # see TvmRunner._activate

@@ -39,11 +39,15 @@ def host_target(threads: int | None, cores: int) -> dict[str, Any]:
     }
 
 
-def resolve_target(profile: Any, threads: int | None) -> dict[str, Any]:
+def resolve_target(profile: Any, threads: int | None, robot_threads: int | None = None
+                   ) -> dict[str, Any]:  # fmt: skip
     """The profile's ``backend_options.tvm.target``, or the host's when the profile is the host.
 
-    ``threads`` (the build's thread count) overrides ``num-cores``: MetaSchedule sizes its
-    parallel loops by it, so kernels tuned for 4 cores are not the ones a 1-thread loop wants.
+    ``num-cores`` is the robot's thread count (MetaSchedule sizes its parallel loops by it, so
+    kernels for 4 cores are not the ones a 1-thread loop wants): ``robot_threads`` when given,
+    else the board's own (its target's ``num-cores``, else its cores). On the host profile the
+    robot is this machine, so the build's ``threads`` stand in for it. The build's threads
+    never decide a board's kernels (``-t raspberry-pi-5 --threads 1`` builds for 4 cores).
     """
     opts = dict(getattr(profile, "backend_options", {}).get("tvm", {}))
     target = opts.get("target")
@@ -53,15 +57,15 @@ def resolve_target(profile: Any, threads: int | None) -> dict[str, Any]:
                 f"hardware profile {getattr(profile, 'name', '?')!r} names no TVM target: add "
                 '[backend_options.tvm] target = { kind = "llvm", mtriple = ..., mcpu = ... }.'
             )
-        return host_target(threads, getattr(profile, "cpu_cores", 1))
+        return host_target(robot_threads or threads, getattr(profile, "cpu_cores", 1))
     if isinstance(target, str):
         raise BuildError(
             f"TVM 0.27 takes targets as JSON dicts, not strings ({target!r}): write "
             '{ kind = "llvm", mcpu = "...", ... } in the profile.'
         )
     target = dict(target)
-    if threads:
-        target["num-cores"] = threads
+    cores = getattr(profile, "cpu_cores", None)
+    target["num-cores"] = robot_threads or target.get("num-cores") or cores or 1
     return target
 
 

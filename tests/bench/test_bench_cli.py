@@ -37,6 +37,7 @@ def test_table_for_people(ort_bundle: Path) -> None:
     for word in ("latency ", "p99", "jitter", "throughput", "control     50 Hz", "memory",
                  "fidelity    PASS", "action", "value"):  # fmt: skip
         assert word in r.stdout, word
+    assert "latency ms" in r.stdout and "latency us" not in r.stdout  # ms like every figure
     assert r.stderr == ""  # no progress bar when stderr is not a terminal
 
 

@@ -303,3 +303,16 @@ def test_graph_engine_config_outside_the_bundle_is_refused(tmp_path: Path) -> No
                                         "outputs": []}]))  # fmt: skip
     with pytest.raises(InputError, match=r"graphs\[llm\]\.engine\.config\.model '\.\./\.\./x'"):
         load_manifest(b, verify=False)
+
+
+def test_bundle_doc_lists_every_backend_and_precision() -> None:
+    """docs/BUNDLE.md's manifest table names what manifests really hold (it had gone stale:
+    "onnxruntime or openvino", "fp32 (later: ...)")."""
+    from robopt_compile.bench.manifest import RUNTIMES
+    from robopt_compile.precision import PRECISIONS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "BUNDLE.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in doc.splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    assert all(f"`{b}`" in rows["`backend`"] for b in RUNTIMES), rows["`backend`"]
+    assert all(f"`{p}`" in rows["`precision`"] for p in PRECISIONS), rows["`precision`"]

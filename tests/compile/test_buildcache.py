@@ -34,8 +34,10 @@ def _compile(out: Path, **kw) -> tuple[dict, float, list[str]]:
     notes: list[str] = []
 
     def progress(stage: str, event: str, seconds: float) -> None:
-        if event == "note":
+        if event == "note":  # a warning
             notes.append(stage)
+        elif event == "info":  # a plain line, no "warning:"
+            notes.append(f"info: {stage}")
 
     opts = CompileOptions(target="host", threads=1, **kw)
     t = time.perf_counter()
@@ -74,7 +76,7 @@ def test_unchanged_rebuild_restores_the_bundle_and_threads_only_rebuild(
     assert _states(cold) == _all("miss")
     warm, warm_s, notes = _compile(tmp_path / "warm")
     assert _states(warm) == _all("hit")
-    assert any("unchanged rebuild" in n for n in notes)
+    assert any(n.startswith("info: unchanged rebuild") for n in notes)  # not a warning
     assert {k: warm["cache"][k]["key"] for k in ALL[:3]} == {
         k: cold["cache"][k]["key"] for k in ALL[:3]
     }
@@ -290,3 +292,21 @@ def test_task_calibration_recording_is_cached(tmp_path: Path, store_dir: Path) -
     other = replace(opts, quant=QuantOptions(calibration="task:episodes=3"))
     fourth = compile_model("zoo:hopper-mlp", tmp_path / "d", other, force=True).report
     assert _states(fourth)["record"] == "miss" and _states(fourth)["transform"] == "miss"
+
+
+def test_a_factory_in_the_current_folder_is_cacheable(tmp_path: Path, monkeypatch) -> None:
+    """The factory is imported with the current folder on the path; its identity is found on
+    the same path (it was "cannot be located", and every rebuild exported again)."""
+    import sys
+
+    from robopt_compile.compile.identity import source_identity
+
+    pkg = tmp_path / "userpol_cwd"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "policies.py").write_text("def make_policy():\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    ident = source_identity("userpol_cwd.policies:make_policy")
+    assert ident["module_sha256"] and ident["factory"] == "userpol_cwd.policies:make_policy"
+    assert str(tmp_path) not in sys.path  # the path is restored

@@ -340,3 +340,16 @@ def test_missing_simulator_fails_before_the_build(tmp_path, capsys, monkeypatch)
     assert code == 3 and "pip install 'robopt-compile[sim]'" in err
     assert len(err.strip().splitlines()) == 1 and "export" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_compile_eval_on_a_task_the_model_does_not_fit_stops_before_building(
+    policy_dir, capsys, tmp_path
+) -> None:
+    """The tiny policy's state is 4 wide, the swing-up task feeds 5: refused after the export,
+    before any build, naming the source and the option; no output folder is left."""
+    out = tmp_path / "o"
+    code, _, err = run_cli(["tiny_policies:make_tiny", "--target", "host", "-o", str(out),
+                            "--eval", f"task:task={SWINGUP},episodes=2"], capsys)  # fmt: skip
+    assert code == 2 and "tiny_policies:make_tiny takes" in err and "--eval task:task=" in err
+    assert "build " not in err and not out.exists()
+    assert not list(tmp_path.glob(".o.tmp-*"))

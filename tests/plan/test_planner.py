@@ -176,6 +176,10 @@ def test_plan_only_builds_nothing(tmp_path: Path, capsys) -> None:
     tvm = [d for d in r["decisions"] if d["backend"] == "tvm"]
     assert all(d["verdict"] == "reject" and "--tune-trials" in d["reason"] for d in tvm)
     assert not list(tmp_path.iterdir())
+    # the count it announces is the count it lists (it said 11 and listed 12)
+    code, _, err = run_cli(["zoo:pendulum-swingup-mlp", "--target", "host", "--threads", "1",
+                            "--plan-only", "--max-size-mb", "0.005"], capsys)  # fmt: skip
+    assert code == 0 and f"planning: {len(r['decisions'])} candidate plans" in err, err
 
 
 def test_search_keeps_the_best_plan_that_meets_the_bounds(tmp_path: Path, capsys) -> None:
@@ -192,6 +196,11 @@ def test_search_keeps_the_best_plan_that_meets_the_bounds(tmp_path: Path, capsys
     assert plan_json["best"]["candidate"] == r["best"]["candidate"]
     measured = {m["candidate"] for m in r["measured"]}
     assert "onnxruntime fp32" in measured and len(measured) >= 2
+    # the report shows the search: every measured plan and the chosen one, the front plotted
+    html = (out / "report.html").read_text()
+    section = html.split('<section id="planner">', 1)[1].split("</section>", 1)[0]
+    assert all(m in section for m in measured) and "(chosen)" in section
+    assert "Not measured" not in section
     # Every measured plan has a verdict against the bounds.
     assert {n["plan"] for n in r["choice"]} == measured
     # One accuracy measure for every plan (fp32 and quantized alike), named once.

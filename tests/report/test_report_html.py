@@ -101,6 +101,24 @@ CONTROL = {
 }  # fmt: skip
 
 
+def _plan(label: str, p50: float, drop: float) -> dict:
+    return {"candidate": label, "latency_ms": {"p50": p50, "p99": p50 * 1.2}, "size_mb": 0.1,
+            "accuracy_drop": drop, "applied": None}  # fmt: skip
+
+
+PLAN = {  # a planner search (results/plan.json) as plan.search writes it
+    "kind": "plan", "stopped": "every proposed plan that runs here was measured", "seconds": 9.0,
+    "accuracy_measure": "relative L2", "best": {"candidate": "onnxruntime int8"},
+    "pareto": ["onnxruntime int8", "onnxruntime fp32"],
+    "measured": [_plan("onnxruntime fp32", 0.2, 0.0), _plan("onnxruntime int8", 0.1, 0.01),
+                 _plan("openvino bf16", 0.3, 0.02)],
+    "decisions": [{"plan": "onnxruntime fp32", "verdict": "keep",
+                   "prediction": {"latency_ms": 0.25}},
+                  {"plan": "tvm fp32", "verdict": "reject", "reason": "give --tune-trials N"}],
+    "failed": [],
+}  # fmt: skip
+
+
 def add_results(bundle: Path, passed: bool = True, label: str = "optimized int8 (onnxruntime)"):
     """Every kind of result: a real benchmark with samples, layers, and synthetic evaluations."""
     from robopt_compile.bench.harness import run_benchmark
@@ -113,6 +131,7 @@ def add_results(bundle: Path, passed: bool = True, label: str = "optimized int8 
     save_result(bundle, "eval-reach", closed_loop(passed, label))
     save_result(bundle, "openloop-obs", OPEN_LOOP)
     save_result(bundle, "control-100hz", CONTROL)
+    save_result(bundle, "plan", PLAN)
     remote = {**bench, "remote": {"host": "orin-01", "url": "http://orin-01:8470", "job_id": "j1"}}
     save_result(bundle, "remote-orin-01-20260101T000000Z", remote)
 
@@ -183,13 +202,16 @@ def test_full_report_is_self_contained_with_every_section_and_plot(bundles, copy
     assert paths == {"html": b / "report.html", "md": b / "report.md"}
     text = paths["html"].read_text()
     for anchor, heading in SECTIONS:
+        if anchor == "graphs":  # a single-graph bundle has no multi-graph section
+            assert heading not in text and 'href="#graphs"' not in text
+            continue
         assert f'<section id="{anchor}"><h2>{heading}</h2>' in text, heading
     assert_offline(text)
     assert "<svg" in text and "<img" not in text
     for alt in ("latency histogram", "accuracy vs latency", "per-layer time layers",
                 "per-layer sensitivity", "closed loop eval-reach", "open loop openloop-obs",
                 "control loop control-100hz", "roofline estimate",
-                "compile stage times"):  # fmt: skip
+                "compile stage times", "planner pareto front"):  # fmt: skip
         assert f'<svg role="img" aria-label="{alt}"' in text, alt
     assert "not measured" not in text.lower().replace("latency histogram not measured", "")
     ids = re.findall(r'\bid="([^"]+)"', text)
@@ -232,11 +254,11 @@ def test_missing_pieces_become_notes(bundles, copy) -> None:
     (b / "results" / "bench-broken.json").write_text("{not json")
     write_reports(b)
     text = (b / "report.html").read_text()
-    for _, heading in SECTIONS:
-        assert f"<h2>{heading}</h2>" in text
+    for anchor, heading in SECTIONS:
+        assert (f"<h2>{heading}</h2>" in text) == (anchor != "graphs")
     assert_offline(text)
     for section in ("latency", "accuracy-latency", "layers", "sensitivity", "closed-loop",
-                    "open-loop", "control-loop", "remote"):  # fmt: skip
+                    "open-loop", "control-loop", "remote", "planner"):  # fmt: skip
         body = text.split(f'<section id="{section}">', 1)[1].split("</section>", 1)[0]
         assert "Not measured:" in body, section
     for section in ("passes", "analysis", "quantization", "compression"):
@@ -258,8 +280,8 @@ def test_malformed_results_do_not_sink_the_report(bundles, copy) -> None:
     save_result(b, "bench-odd", {"latency": {"samples_ms": "x"}, "fidelity": None})
     write_reports(b)
     text = (b / "report.html").read_text()
-    for _, heading in SECTIONS:
-        assert f"<h2>{heading}</h2>" in text
+    for anchor, heading in SECTIONS:
+        assert (f"<h2>{heading}</h2>" in text) == (anchor != "graphs")
     assert_offline(text)
     assert (b / "report.md").read_text().startswith("✅ **PASS**")
 

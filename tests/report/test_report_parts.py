@@ -35,6 +35,7 @@ LAYERS = (
     "sections_build",
     "sections_compress",
     "sections_eval",
+    "sections_plan",
     "sections_timing",
     "html",
     "markdown",

@@ -114,13 +114,20 @@ def test_tuning_writes_a_database_and_a_second_build_reuses_it(tvm_backend, tmp_
         np.testing.assert_allclose(r.infer({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
 
 
-def test_threads_enter_the_target_and_the_database_key(tvm_backend, tmp_path, monkeypatch):
+def test_robot_threads_enter_the_target_and_the_database_key(tvm_backend, tmp_path, monkeypatch):
+    """num-cores is the robot's: the host's is --threads (the robot is this machine); a
+    board's is its own unless --robot-threads says otherwise, whatever the build's --threads
+    (``-t raspberry-pi-5 --threads 1`` used to bake num-cores 1 into the Pi's kernels)."""
     from robopt_compile.targets.tvm import resolve_target, target_key
 
     one = resolve_target(load_profile("host"), 1)
-    four = resolve_target(_profile("host", target=AARCH64_TARGET), 2)
     assert one["num-cores"] == 1 and one["mcpu"]
-    assert four["num-cores"] == 2 and four["mcpu"] == "cortex-a76"
+    assert resolve_target(load_profile("host"), 1, robot_threads=2)["num-cores"] == 2
+    pi = load_profile("raspberry-pi-5")
+    assert resolve_target(pi, 1)["num-cores"] == 4 == pi.cpu_cores
+    assert resolve_target(pi, 1, robot_threads=2)["num-cores"] == 2
+    board = resolve_target(_profile("host", target=AARCH64_TARGET), 1, robot_threads=3)
+    assert board["num-cores"] == 3 and board["mcpu"] == "cortex-a76"
     assert target_key(one, "0.27") != target_key({**one, "num-cores": 2}, "0.27")
 
 
@@ -225,3 +232,25 @@ def test_runner_module_imports_without_tvm_or_compile_stack():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_symbolic_batch_is_built_for_batch_1_with_a_line_saying_so(
+    tvm_backend, tmp_path, capsys
+) -> None:
+    """Neither --dynamic-batch nor a batch was asked for: the model's own symbolic batch is
+    fixed to 1 for TVM (it was "drop --dynamic-batch", a flag nobody gave)."""
+    from helpers import run_cli
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])
+    path = _save(tmp_path, [helper.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], [w])
+    out = tmp_path / "out"
+    code, _, err = run_cli([str(path), "-b", "tvm", "--threads", "1", "-o", str(out),
+                            "--no-cache"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "robopt-compile: the model's batch dim is symbolic" in err  # a plain line
+    assert "built for batch 1" in err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["inputs"][0]["shape"] == [1, 16] and m["parity"]["engine"]["passed"]
