@@ -255,6 +255,7 @@ def plan(
     force: bool = False,
     store: StorePath = None,
     log: Log | None = None,
+    progress: Progress | None = None,
     **option_fields: Any,
 ) -> SearchResult:
     """Let robopt choose the backend and precision (docs/PLANNER.md): rank the plans, build
@@ -268,6 +269,7 @@ def plan(
         plan_only: rank and predict only; nothing is built and ``out`` is not needed.
         store: the store that keeps the session, the measurements and the planner's memory.
         log: called with one line per decision and build.
+        progress: called ``(line, "tick", done fraction)`` as each build starts.
 
     Returns:
         The ``SearchResult``: ``best`` is None when no plan met every bound (nothing written).
@@ -281,7 +283,7 @@ def plan(
         raise InputError("plan: give out (the bundle folder), or plan_only=True.")
     dest = Path(out) if out is not None else Path("plan-only")  # never written with plan_only
     return run_search(src, dest, opts, crit, plan_only=plan_only, force=force,
-                      log=log or _quiet, store=store)  # fmt: skip
+                      log=log or _quiet, store=store, progress=progress)  # fmt: skip
 
 
 def resume(

@@ -173,6 +173,13 @@ class StageLog:
             self._bar = None
 
     def __call__(self, stage: str, event: str, seconds: float) -> None:
+        if event == "line" and self.enabled:  # a log line goes above the bar, which stays
+            if self._bar is not None:
+                click.echo(f"\r\x1b[K  {stage}", err=True)
+                self._bar.render_progress()
+            else:
+                click.echo(f"  {stage}", err=True)
+            return
         if event != "tick":
             self._close_bar()  # a line of text ends the bar (a new one starts at the next tick)
         if event == "note":  # a warning the user must see even in --json mode
@@ -197,9 +204,14 @@ class StageLog:
         click.echo(f"{prefix}  {stage:<10} {seconds:7.2f} s", err=True)
 
 
-def line_log(as_json: bool) -> Any:
-    """A planner's log lines on stderr, indented (none in ``--json`` mode)."""
-    return (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+def line_log(as_json: bool, stages: StageLog | None = None) -> Any:
+    """A planner's log lines on stderr, indented (none in ``--json`` mode); through ``stages``
+    when given, so a progress bar on the terminal ends before a line is printed."""
+    if as_json:
+        return lambda m: None
+    if stages is not None:
+        return lambda m: stages(m, "line", 0.0)
+    return lambda m: click.echo(f"  {m}", err=True)
 
 
 def criteria_exit(

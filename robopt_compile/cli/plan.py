@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from robopt_compile import api
-from robopt_compile.cli.common import PROG, Invocation, line_log, print_json
+from robopt_compile.cli.common import PROG, Invocation, StageLog, line_log, print_json
 from robopt_compile.cli.tables import format_plan
 from robopt_compile.errors import CheckFailedError
 
@@ -26,9 +26,10 @@ def run_planner(
     as_json: bool,
 ) -> None:
     """Propose plans, build and measure the promising ones, keep the best (api.plan)."""
+    stages = StageLog(not as_json)  # a bar over the builds on a terminal
     r = api.plan(
         source, out=out, criteria=criteria, recipe=recipe, options=opts, plan_only=plan_only,
-        force=force, store=store_spec, log=line_log(as_json),
+        force=force, store=store_spec, log=line_log(as_json, stages), progress=stages,
     )  # fmt: skip
     report_plan(r, as_json, plan_only)
 

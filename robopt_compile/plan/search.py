@@ -146,6 +146,7 @@ def plan_and_search(
     log: Log = lambda m: None,
     store: Any = None,
     resume: Any = None,  # (Session, prior measured, prior failed) from ``resume_search``
+    progress: Any = None,  # (line, "tick", done fraction) per build: the CLI's progress bar
 ) -> SearchResult:
     """Plan, then build and measure within the budget; the best plan's bundle goes to ``out``."""
     from robopt_compile.compile import bundle as bundle_mod
@@ -251,6 +252,9 @@ def plan_and_search(
             c = queue.pop(0)
             builds += 1
             log(f"[{builds}] building {c.label} ...")
+            total = min(max_builds, builds + len(queue))
+            if progress is not None:
+                progress(f"plan {builds}/{total}: {c.label}", "tick", (builds - 1) / total)
             bdir = work / c.key().replace("/", "_")
             opts = replace(base, backend=c.backend, precision=c.precision,
                            compress=plan_compression(c, base))  # fmt: skip
@@ -410,6 +414,7 @@ def run_search(
     force: bool = False,
     log: Log = lambda m: None,
     store: str | Path | None = None,
+    progress: Any = None,
 ) -> SearchResult:
     """Planner mode as ``robopt-compile`` runs it: the planner's options
     (:func:`planner_options`), ``opts.backend`` (if any) as the only backend, and the session,
@@ -422,7 +427,7 @@ def run_search(
     try:
         return plan_and_search(
             source, out, opts, criteria, plan_only=plan_only, backends=backends, force=force,
-            log=log, store=db,
+            log=log, store=db, progress=progress,
         )  # fmt: skip
     finally:
         db.close()

@@ -47,3 +47,19 @@ def test_no_terminal_or_json_no_ticks(monkeypatch: pytest.MonkeyPatch, tty: bool
     _run(StageLog(enabled=enabled))
     assert "episode" not in err.getvalue()
     assert ("1.50 s" in err.getvalue()) == enabled
+
+
+def test_log_lines_print_above_a_bar_that_keeps_its_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's lines ("[2] building ...") interleave with its bar over the builds: the
+    bar is redrawn below each line and keeps counting (one bar, not one per build)."""
+    err = _Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    log = StageLog(enabled=True)
+    for k in range(1, 4):
+        log(f"plan {k}/3: onnxruntime int8", "tick", (k - 1) / 3)
+        log(f"[{k}] building onnxruntime int8 ...", "line", 0.0)
+    bar = log._bar
+    log("[3] done", "line", 0.0)
+    assert log._bar is bar and bar is not None  # the same bar all along
+    text = err.getvalue()
+    assert text.count("building") == 3 and "\x1b[K  [3] done" in text

@@ -447,3 +447,21 @@ def test_criteria_refuse_a_bound_that_is_not_a_number(bad) -> None:
     # From JSON (the web API) a bound can be any value: one line, never a TypeError.
     with pytest.raises(InputError, match="max-latency-ms must be a number"):
         OptimizationCriteria(max_latency_ms=bad)
+
+
+def test_the_search_reports_each_build_as_progress(tmp_path: Path) -> None:
+    """``progress`` gets a tick as each build starts (the CLI draws a bar with an ETA from
+    them on a terminal)."""
+    import robopt_compile.api as robopt
+
+    ticks: list[tuple[str, float]] = []
+
+    def progress(stage: str, event: str, fraction: float) -> None:
+        if event == "tick":
+            ticks.append((stage, fraction))
+
+    r = robopt.plan("zoo:pendulum-swingup-mlp", out=tmp_path / "o", target="host",
+                    backend="onnxruntime", threads=1, store=tmp_path / "store",
+                    criteria={"techniques": ()}, progress=progress)  # fmt: skip
+    assert r.best is not None and len(ticks) == len(r.measured) >= 1
+    assert ticks[0] == (f"plan 1/{len(r.measured)}: onnxruntime fp32", 0.0)
