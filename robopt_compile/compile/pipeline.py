@@ -294,7 +294,16 @@ def _compile_rest(
 
             with stage(progress, "quantize", timings):
                 qres = quantize(
-                    model, backend, profile, precision, opts.threads, opts.quant, runner
+                    model,
+                    backend,
+                    profile,
+                    precision,
+                    opts.threads,
+                    opts.quant,
+                    runner,
+                    progress=lambda i, n: progress(
+                        f"quantize: layer sensitivity {i}/{n}", "tick", i / n
+                    ),
                 )
             quant_report = qres.report
             precision = qres.precision

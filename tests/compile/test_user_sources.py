@@ -107,3 +107,22 @@ def test_each_kind_of_pt_file_says_what_to_do(userpol: Path) -> None:
 def test_a_factory_typo_suggests_the_name(userpol: Path) -> None:
     with pytest.raises(RoboptError, match="Did you mean userpol_src:make_policy"):
         load_source("userpol_src:make_polcy")
+
+
+def test_the_mixed_precision_search_reports_progress(userpol: Path) -> None:
+    """A bound int8 cannot meet at once sends the per-layer search's progress as ticks (the
+    CLI draws them as a bar with an ETA on a terminal)."""
+    import robopt_compile.api as robopt
+
+    ticks: list[tuple[str, float]] = []
+
+    def progress(stage: str, event: str, fraction: float) -> None:
+        if event == "tick":
+            ticks.append((stage, fraction))
+
+    robopt.compile("userpol_src:make_policy", out=userpol / "o", target="host",
+                   backend="onnxruntime", precision="int8", calibration="random",
+                   max_drop=1e-6, threads=1, cache=False, progress=progress)  # fmt: skip
+    layer = [t for t in ticks if t[0].startswith("quantize: layer sensitivity")]
+    n = layer[-1][0].rsplit("/", 1)[-1]
+    assert layer[-1][1] == 1.0 and layer[0][0].endswith(f" 1/{n}") and len(layer) == int(n)
