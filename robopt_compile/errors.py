@@ -85,3 +85,11 @@ class CheckFailedError(RoboptError):
     """A numerical check failed (export parity, simplify parity, engine fidelity)."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+def install_hint(extra: str) -> str:
+    """How to add one of robopt's extras (robopt is installed from a checkout or a wheel, not
+    from PyPI: docs/DEPLOY.md)."""
+    return (f"install robopt's [{extra}] extra: pip install -e '.[{extra}]' in a robopt "
+            f"checkout, or pip install 'robopt_compile-*.whl[{extra}]' "
+            "(docs/DEPLOY.md)")  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.errors import BackendUnavailableError, BuildError, InputError
+from robopt_compile.errors import BackendUnavailableError, BuildError, InputError, install_hint
 from robopt_compile.paths import member
 
 
@@ -162,7 +162,7 @@ class Backend(abc.ABC):
 
     name: str = ""
     runtime_module: str = ""  # the Python module the runner needs on the robot
-    pip_extra: str = ""  # what to install: `pip install robopt-compile[<extra>]`
+    pip_extra: str = ""  # robopt's extra that installs the runtime (errors.install_hint)
     static_shapes: bool = False  # True: builds fixed shapes only (a symbolic batch gets 1)
     precisions: tuple[str, ...] = ("fp32",)
     # precision -> (registered quantize pass, its keyword arguments) for the precisions whose
@@ -206,8 +206,7 @@ class Backend(abc.ABC):
         """(available, reason). Checks the runtime is importable without importing it."""
         if importlib.util.find_spec(self.runtime_module) is None:
             return False, (
-                f"{self.runtime_module} is not installed "
-                f"(pip install 'robopt-compile[{self.pip_extra}]')"
+                f"{self.runtime_module} is not installed ({install_hint(self.pip_extra)})"
             )
         return True, f"{self.runtime_module} is installed"
 

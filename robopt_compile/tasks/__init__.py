@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.errors import BackendUnavailableError, UnknownNameError
+from robopt_compile.errors import BackendUnavailableError, UnknownNameError, install_hint
 
 # feeds -> outputs, in the model's output order; the first output is the action.
 Policy = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -161,7 +161,7 @@ def get_task(name: str) -> Task:
     except ImportError as exc:
         raise BackendUnavailableError(
             f"task {name!r} needs a simulator that is not installed ({exc.name or exc}): "
-            "pip install 'robopt-compile[sim]'."
+            f"{install_hint('sim')}."
         ) from exc
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robopt_compile.errors import ModelLoadError
+from robopt_compile.errors import ModelLoadError, install_hint
 from robopt_compile.zoo import seeded
 
 _INPUT_SEED_OFFSET = 1_000_003
@@ -48,7 +48,7 @@ def examples_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
             "the pretrained pybullet policies come with the pybullet wheel, which is not "
-            "installed: pip install 'robopt-compile[sim]'."
+            f"installed: {install_hint('sim')}."
         )
     return Path(next(iter(spec.submodule_search_locations))) / "examples"
 

@@ -14,12 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from robopt_compile.errors import BackendUnavailableError
+from robopt_compile.errors import BackendUnavailableError, install_hint
 from robopt_compile.targets.tensorrt.support import MIN_TRT, parse_version
 
-INSTALL_HINT = (
-    "pip install 'robopt-compile[tensorrt]'; on JetPack 6.1+: sudo apt install python3-libnvinfer"
-)
+INSTALL_HINT = f"{install_hint('tensorrt')}; on JetPack 6.1+: sudo apt install python3-libnvinfer"
 
 
 @dataclass(frozen=True)

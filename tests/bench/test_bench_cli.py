@@ -124,7 +124,7 @@ def test_missing_runtime_names_the_pip_extra(
     from robopt_compile.targets.onnxruntime import OnnxRuntimeBackend
 
     monkeypatch.setattr(OnnxRuntimeBackend, "runtime_module", "onnxruntime_not_installed_here")
-    assert_one_line_error(bench(ort_bundle), 3, "pip install 'robopt-compile[onnxruntime]'")
+    assert_one_line_error(bench(ort_bundle), 3, "robopt's [onnxruntime] extra")
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -337,7 +337,7 @@ def test_missing_simulator_fails_before_the_build(tmp_path, capsys, monkeypatch)
     code, _, err = run_cli(
         ["zoo:pendulum-swingup-mlp", "--eval", "task", "-o", str(tmp_path / "o")], capsys
     )
-    assert code == 3 and "pip install 'robopt-compile[sim]'" in err
+    assert code == 3 and "robopt's [sim] extra" in err
     assert len(err.strip().splitlines()) == 1 and "export" not in err
     assert not (tmp_path / "o").exists()
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.errors import CheckFailedError, InputError
+from robopt_compile.errors import CheckFailedError, InputError, install_hint
 
 Progress = Callable[[str, str, float], None]
 GRAPHS = ("vision", "embed", "llm")
@@ -262,7 +262,7 @@ def require_transformers() -> None:
 
         raise BackendUnavailableError(
             "an OpenVLA-style model needs transformers 5 (DINOv2, SigLIP, Llama): "
-            "pip install 'robopt-compile[vla]'."
+            f"{install_hint('vla')}."
         )
 
 

@@ -242,7 +242,7 @@ def test_missing_transformers_is_one_line_exit_3(
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     code, _, err = run_cli(["zoo:openvla-tiny", "-o", str(tmp_path / "x")], capsys)
-    assert code == 3 and "robopt-compile[vla]" in err and not (tmp_path / "x").exists()
+    assert code == 3 and "[vla] extra" in err and not (tmp_path / "x").exists()
     assert_one_error_line(err)
 
 
