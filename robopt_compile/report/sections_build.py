@@ -8,6 +8,7 @@ Each section is a function ``(BundleData, Plots) -> HTML``.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from robopt_compile.report.checks import pending_engine_check, verdict
@@ -181,17 +182,19 @@ def section_passes(d: BundleData, plots: Plots) -> str:
     out += [note(str(n)) for n in r.get("notes") or []]
     if r.get("passes"):
         runs = [p for p in r["passes"] if isinstance(p, dict)]
-        total = {n: sum(p.get("name") == n for p in runs) for n in {p.get("name") for p in runs}}
-        seen: dict[Any, int] = {}
-        for p in runs:  # a pass that ran twice says which run each row is
-            seen[p.get("name")] = seen.get(p.get("name"), 0) + 1
-            if total[p.get("name")] > 1:
-                p["name"] = f"{p.get('name')} (run {seen[p.get('name')]} of {total[p.get('name')]})"
+        total = Counter(p.get("name") for p in runs)
+        seen: Counter[Any] = Counter()
+        rows = []
+        for p in runs:  # a pass that ran twice says which run each row is (report unchanged)
+            name = p.get("name")
+            seen[name] += 1
+            label = f"{name} (run {seen[name]} of {total[name]})" if total[name] > 1 else name
+            rows.append({**p, "name": label})
         if dig(r, "quantization.surgery_requantization") and any(v > 1 for v in total.values()):
             out.append(note("The quantizer ran twice: the second run requantized with the "
                             "options the per-layer (mixed-precision) search needs; the "
                             "Quantization section says which one the engine kept."))  # fmt: skip
-        out.append(table(runs, [("pass", "name", ""), ("seconds", "seconds", ".3f"),
+        out.append(table(rows, [("pass", "name", ""), ("seconds", "seconds", ".3f"),
                                        ("modified", "modified", ""),
                                        ("nodes before", "nodes_before", "n"),
                                        ("nodes after", "nodes_after", "n")]))  # fmt: skip

@@ -24,6 +24,8 @@ import numpy as np
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
+from robopt_compile.errors import RoboptError
+from robopt_compile.feeds import load_npz_inputs
 from robopt_compile.service.auth import OPERATOR, VIEWER, ApiError
 from robopt_compile.service.tokens import Token
 from robopt_compile.store.records import utc_now
@@ -71,15 +73,10 @@ def check_npz(path: Path, limit: int) -> dict[str, Any]:
                        f"(save it with numpy.savez): {exc}.") from exc  # fmt: skip
     if unpacked > limit:
         raise ApiError(413, "the .npz unpacks to more than the server's upload limit.")
-    arrays: dict[str, Any] = {}
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            for key in npz.files:
-                arrays[key] = npz[key]
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise ApiError(422, f"the .npz could not be read without pickle ({exc}).") from exc
-    if not arrays:
-        raise ApiError(422, "the .npz holds no arrays; name one array per model input.")
+    try:  # the project's reader: no pickle, one line for anything wrong
+        arrays = load_npz_inputs(path, "calibration upload")
+    except RoboptError as exc:
+        raise ApiError(422, str(exc).replace(str(path), "the .npz")) from exc
     for key, a in arrays.items():
         if a.dtype.kind not in "biuf" or a.ndim == 0:
             raise ApiError(422, f"array {key!r} ({a.dtype}, shape {list(a.shape)}) is not a "
