@@ -95,3 +95,42 @@ def machine_summary(runtime_module: str) -> dict[str, Any]:
         "runtime_version": runtime_version(runtime_module),
         "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+# ISA features that change which kernels a runtime picks (and so its latency).
+_FEATURES = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "sve",
+)
+
+
+def machine_profile() -> dict[str, Any]:
+    """Who measured: host, CPU, cores and the ISA features behind the kernels. Two latencies are
+    comparable only when ``same_hardware`` holds for their profiles."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        words = set()
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "host": platform.node(),
+        "cpu_model": cpu_model(),
+        "arch": platform.machine(),
+        "cores_available": len(affinity(0)) if affinity else os.cpu_count(),
+        "features": [f for f in _FEATURES if f in words],
+    }
+
+
+def same_hardware(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same CPU model, architecture and kernel features (the host may differ: two identical
+    boards measure alike)."""
+    keys = ("cpu_model", "arch", "features")
+    return all(a.get(k) == b.get(k) for k in keys)

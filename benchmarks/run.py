@@ -217,6 +217,7 @@ def write_report(
     metaworld: dict[str, Any] | None = None,
     metaworld_vla: dict[str, Any] | None = None,
     platform: dict[str, Any] | None = None,
+    scale: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -376,6 +377,10 @@ def write_report(
         from benchmarks.platform import report_lines as platform_lines
 
         lines += platform_lines(platform)
+    if scale:
+        from benchmarks.scale import report_lines as scale_lines
+
+        lines += scale_lines(scale)
     out.write_text("\n".join(lines))
     _plot(rows, cols, out.parent / "bench_latency.png")
 
@@ -402,7 +407,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
 
 SECTIONS = (
     "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache", "vla",
-    "faults", "metaworld", "metaworld-vla", "platform",
+    "faults", "metaworld", "metaworld-vla", "platform", "scale",
 )  # fmt: skip
 
 
@@ -531,6 +536,11 @@ def main() -> None:
 
             res["platform"] = bench_platform(work, log)
             stamps["platform"] = now
+        if "scale" in args.sections:
+            from benchmarks.scale import bench_scale
+
+            res["scale"] = bench_scale(work, log)
+            stamps["scale"] = now
     finally:
         # Sections measured before a failure are kept (a rerun with --sections reuses them).
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -544,7 +554,7 @@ def main() -> None:
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
         res["planner"], res["crash"], res["cache"], res["vla"], res["faults"], res["metaworld"],
-        res["metaworld-vla"], res["platform"],
+        res["metaworld-vla"], res["platform"], res["scale"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

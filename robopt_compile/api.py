@@ -239,6 +239,34 @@ def compile(
                     _engine_verdict(result.manifest), failures, session_id)  # fmt: skip
 
 
+def compile_fleet(
+    source: str,
+    *,
+    out: str | Path,
+    targets: Sequence[str],
+    options: CompileOptions | None = None,
+    force: bool = False,
+    log: Log | None = None,
+    warn: Warn | None = None,
+    **option_fields: Any,
+) -> dict[str, Any]:
+    """One bundle per board in ``targets`` at ``out/<board>/`` (``--target a,b,c``), built in
+    parallel on ``options.executor`` (docs/SCALE.md). A board that fails does not stop the
+    others; the summary (also ``out/fleet.json``) lists each board's bundle or error.
+
+    Raises:
+        InputError: an unknown board or a bad option (before any build);
+        NoBoardBuiltError (3): every board failed (nothing written).
+    """
+    from robopt_compile.compile.fleet import compile_fleet as run
+    from robopt_compile.executor import open_executor
+
+    opts = compile_options(options, **option_fields)
+    with open_executor(opts.executor, warn) as ex:
+        return run(_source(source, None), Path(out), list(targets), opts, ex, force=force,
+                   log=log or _quiet)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- plan
 
 
@@ -306,7 +334,7 @@ def resume(
             compile session without ``rerun``. StoreError: no store there.
     """
     from robopt_compile.compile.session import compile_command, resume_compile
-    from robopt_compile.plan.search import is_search_session, resume_search
+    from robopt_compile.plan.resume import is_search_session, resume_search
     from robopt_compile.store import open_store
 
     db = open_store(None if store is None else str(store), create=False)
@@ -433,6 +461,7 @@ def evaluate(
     threads: int | None = 1,
     progress: Progress | None = None,
     warn: Warn | None = None,
+    executor: str | None = None,
 ) -> Evaluation:
     """Does the engine in ``bundle`` still do the task? (docs/EVALUATION.md)
 
@@ -441,19 +470,23 @@ def evaluate(
     the same ``episodes`` seeds; ``compare`` adds bundles. ``dataset``: open loop on recorded
     observations. ``record``: record the original's episodes to that .npz and stop. The result
     is saved in ``bundle/results/`` and the bundle's report regenerated (problems: ``warn``).
+    ``executor``: where the episodes run (``local``, ``ray``, ``ray://HOST:PORT``, ``auto``;
+    docs/SCALE.md); the per-seed results are the same everywhere.
     """
     from robopt_compile.compile.frontend import load_fp32
     from robopt_compile.evaluate import Criteria
     from robopt_compile.evaluate.run import run_evaluation
+    from robopt_compile.executor import open_executor
     from robopt_compile.report.write import regenerate_reports
 
-    result, path = run_evaluation(
-        bundle, task=task, episodes=episodes, seed=seed,
-        reference=None if reference is None else str(reference), compare=compare,
-        dataset=dataset, gripper_dim=gripper_dim, record=record, metric=metric,
-        criteria=Criteria(max_return_drop, max_success_drop), threads=threads, progress=progress,
-        load=load_fp32,
-    )  # fmt: skip
+    with open_executor(executor, warn) as ex:
+        result, path = run_evaluation(
+            bundle, task=task, episodes=episodes, seed=seed,
+            reference=None if reference is None else str(reference), compare=compare,
+            dataset=dataset, gripper_dim=gripper_dim, record=record, metric=metric,
+            criteria=Criteria(max_return_drop, max_success_drop), threads=threads,
+            progress=progress, load=load_fp32, executor=ex,
+        )  # fmt: skip
     if record is not None:
         return Evaluation("recording", result, None)
     regenerate_reports(bundle, warn)

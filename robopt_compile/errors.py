@@ -87,6 +87,12 @@ class CheckFailedError(RoboptError):
     exit_code = EXIT_CHECK_FAILED
 
 
+class ClusterError(RoboptError):
+    """The ``--executor`` cluster cannot be reached, or a unit failed on it beyond its retries."""
+
+    exit_code = EXIT_BACKEND
+
+
 def install_hint(extra: str) -> str:
     """How to add one of robopt's extras (robopt is installed from a checkout or a wheel, not
     from PyPI: docs/DEPLOY.md)."""

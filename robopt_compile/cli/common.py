@@ -45,6 +45,18 @@ def print_rows(rows: list[tuple[str, str]]) -> None:
         click.echo(f"{k:<{width}}  {v}")
 
 
+EXECUTOR_HELP = (
+    "Where independent units run (evaluation episodes, planner builds, one board of a fleet): "
+    "local (default), ray (this machine's cluster, `ray start --head`), ray://HOST:PORT, or "
+    "auto (ray when a cluster answers, else local). docs/SCALE.md."
+)
+
+
+def executor_option(f: Any) -> Any:
+    return click.option("--executor", default="local", show_default=True, metavar="WHERE",
+                        help=EXECUTOR_HELP)(f)  # fmt: skip
+
+
 def source_options(f: Any) -> Any:
     """SOURCE and the options of every command that loads a model (compile, analyze)."""
     opts = [

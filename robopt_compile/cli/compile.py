@@ -15,6 +15,7 @@ from robopt_compile.cli.common import (
     compile_options,
     criteria_exit,
     device_token,
+    executor_option,
     print_json,
     print_rows,
     source_options,
@@ -22,6 +23,7 @@ from robopt_compile.cli.common import (
 )
 from robopt_compile.cli.tables import bundle_rows, evaluation_lines, graph_bundle_rows
 from robopt_compile.errors import CheckFailedError, InputError, RoboptError
+from robopt_compile.executor import parse_executor
 
 
 @click.command("compile")
@@ -229,6 +231,7 @@ from robopt_compile.errors import CheckFailedError, InputError, RoboptError
     help="Do not use the build cache in the store (export, passes and engine are reused when "
     "their inputs, options and tool versions are unchanged; docs/STORE.md).",
 )
+@executor_option
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.pass_obj
 def compile_cmd(
@@ -270,6 +273,7 @@ def compile_cmd(
     device: str | None,
     token_file: Path | None,
     no_cache: bool,
+    executor: str,
     force: bool,
     **kw: Any,
 ) -> None:
@@ -284,6 +288,7 @@ def compile_cmd(
     if out is None and not plan_only:
         raise click.UsageError("Missing option '-o' / '--output'.")
     token = device_token(device, token_file)  # before the build: fail fast on a bad file
+    parse_executor(executor)  # a bad --executor fails before any work
     from robopt_compile.compile.options import CompressOptions, QuantOptions
     from robopt_compile.evaluate import Criteria, parse_eval_spec
 
@@ -313,6 +318,7 @@ def compile_cmd(
         cache=not no_cache,
         activations=activations,
         decode_backend=decode_backend,
+        executor=executor,
     )
     if (max_return_drop is not None or max_success_drop is not None) and not eval_spec:
         raise InputError("--max-return-drop/--max-success-drop need --eval task[:...].")
@@ -331,7 +337,11 @@ def compile_cmd(
         from robopt_compile.plan.planner import parse_budget
 
         planner_args["search_budget_s"] = parse_budget(search_budget)
-    if recipe is not None or plan_only or any(v is not None for v in planner_args.values()):
+    planner = recipe is not None or plan_only or any(v is not None for v in planner_args.values())
+    if planner and "," in kw["target"]:
+        raise InputError("a planner search is for one board; give one --target, or drop the "
+                         "planner options to build one bundle per board.")  # fmt: skip
+    if planner:
         from robopt_compile.cli.plan import run_planner
 
         given = {k: v for k, v in planner_args.items() if v is not None}
@@ -339,6 +349,11 @@ def compile_cmd(
             given["max_accuracy_drop"] = max_accuracy_drop
         run_planner(kw["source"], out, opts, given, recipe, plan_only, force, store_spec,
                     kw["as_json"])  # fmt: skip
+        return
+    if "," in kw["target"]:  # a fleet: one bundle per board
+        from robopt_compile.cli.fleet import run_fleet
+
+        run_fleet(kw["source"], out, opts, force, kw["as_json"])
         return
     result = api.compile(
         kw["source"], out=out, options=opts, force=force, progress=StageLog(not kw["as_json"]),

@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from robopt_compile import api
-from robopt_compile.cli.common import StageLog, criteria_exit, print_json, print_rows, warn
+from robopt_compile.cli.common import (
+    StageLog,
+    criteria_exit,
+    executor_option,
+    print_json,
+    print_rows,
+    warn,
+)
 from robopt_compile.cli.tables import evaluation_lines, format_open_loop
 
 
@@ -57,6 +64,7 @@ from robopt_compile.cli.tables import evaluation_lines, format_open_loop
 )
 @click.option("--fail-on-criteria", is_flag=True, help="Exit 4 when a bound does not hold.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@executor_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def evaluate_cmd(
@@ -74,6 +82,7 @@ def evaluate_cmd(
     max_success_drop: float | None,
     fail_on_criteria: bool,
     threads: int,
+    executor: str,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -90,7 +99,7 @@ def evaluate_cmd(
         bundle_dir, task=task, episodes=episodes, seed=seed, reference=reference,
         compare=compare, dataset=dataset, gripper_dim=gripper_dim, record=record, metric=metric,
         max_return_drop=max_return_drop, max_success_drop=max_success_drop, threads=threads,
-        progress=StageLog(not as_json), warn=warn,
+        progress=StageLog(not as_json), warn=warn, executor=executor,
     )  # fmt: skip
     if e.kind == "recording":
         info = e.result

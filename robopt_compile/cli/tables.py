@@ -146,7 +146,9 @@ def compress_lines(c: dict[str, Any]) -> list[tuple[str, str]]:
         d = step.get("distillation")
         if d:
             b = step["figures_before_distillation"]
-            line += f" (distilled {d['steps']} steps, from {b['drop']:.4g})"
+            rounds = (d.get("onpolicy") or {}).get("rounds") or []
+            on = f", {len(rounds)} on-policy rounds" if rounds else ""
+            line += f" (distilled {d['steps']} steps{on}, from {b['drop']:.4g})"
         if step.get("rolled_back"):
             line += "; ROLLED BACK"
         if rep.get("note"):

@@ -229,7 +229,9 @@ def transform_config(
         "implementation": implementation_of(*TRANSFORM_IMPLEMENTATION),
         "simplify": opts.simplify,
         "seed": opts.seed,
-        "compress": asdict(opts.compress),
+        # ``task`` follows from the calibration spec (keyed below): the pipeline sets it after
+        # recording, the bundle lookup before, and both must give the same key.
+        "compress": {k: v for k, v in asdict(opts.compress).items() if k != "task"},
         "precision": opts.precision,
         "backend": backend.name,
         "profile": profile_fingerprint(profile),

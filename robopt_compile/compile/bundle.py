@@ -99,10 +99,32 @@ def check_output_dir(out: Path, force: bool) -> None:
         raise InputError(f"cannot write into {existing}; choose another -o path.")
 
 
+FLEET = "fleet.json"  # a fleet folder (--target a,b,c): this file and one bundle per board
+
+
+def foreign_fleet(folder: Path) -> str | None:
+    """Why ``folder`` is not a fleet folder robopt wrote (``FLEET`` and the bundles it names,
+    each a robopt bundle), or None when it is one."""
+    try:
+        boards = json.loads((folder / FLEET).read_text(encoding="utf-8"))["boards"]
+        names = {b["board"] for b in boards if b.get("bundle")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"it has no readable {FLEET}"
+    for p in folder.iterdir():
+        if p.name == FLEET:
+            continue
+        if p.name not in names or p.is_symlink() or not p.is_dir():
+            return f"{p.name} is not a bundle of the fleet"
+        why = foreign_entry(p)
+        if why is not None:
+            return f"{p.name}: {why}"
+    return None
+
+
 def _check_replaceable(out: Path) -> None:
     if not any(out.iterdir()):
         return
-    why = foreign_entry(out)
+    why = foreign_entry(out) if not (out / FLEET).exists() else foreign_fleet(out)
     if why is not None:
         raise OutputExistsError(
             f"{out} is not a robopt bundle ({why}); refusing to replace it even with --force. "
@@ -193,7 +215,9 @@ def publish(tmp: Path, out: Path, force: bool, tag: str, cleanup: Callable[[], N
                 raise _Appeared("it appeared while the bundle was built")
             old = out.parent / f".{out.name}.old-{tag}-{time.time_ns()}"
             out.rename(old)
-            why = foreign_entry(old) if any(old.iterdir()) else None
+            why = None
+            if any(old.iterdir()):
+                why = foreign_fleet(old) if (old / FLEET).exists() else foreign_entry(old)
             if why is not None:  # written to while we looked: give it back untouched
                 old.rename(out)
                 old = None

@@ -135,8 +135,14 @@ def build_steps(opts: CompressOptions, calibration: list[dict[str, np.ndarray]])
     return structured + masks
 
 
-def validate(opts: CompressOptions, has_calibration: bool) -> None:
+def validate(opts: CompressOptions, has_calibration: bool, task_calibration: bool = False) -> None:
     """Check the specs before the slow export (the passes are built again with the data)."""
+    dist = distill_options(opts.distill)
+    if dist and dist.get("onpolicy") and not task_calibration:
+        raise InputError(
+            "--distill onpolicy=R lets the student drive the task: it needs --calibration "
+            "task (the recordings' task)."
+        )
     if (opts.distill or opts.prune_layers) and not opts.active:
         raise InputError("--distill and --prune-layer need --prune channels:R or --low-rank.")
     if opts.prune_layers and not any(p.startswith("channels") for p in opts.prune):
@@ -152,7 +158,7 @@ def distill_options(spec: str | None) -> dict[str, Any] | None:
     if spec is None:
         return None
     _, kv = parse_spec(spec, "--distill") if spec not in ("", "on") else ("", {})
-    _check_keys(kv, {"steps", "lr", "batch", "loss"}, "--distill")
+    _check_keys(kv, {"steps", "lr", "batch", "loss", "onpolicy", "episodes"}, "--distill")
     out: dict[str, Any] = {"steps": _num(kv, "steps", "--distill", int) if "steps" in kv else 500}
     if "lr" in kv:
         out["lr"] = _num(kv, "lr", "--distill")
@@ -164,6 +170,11 @@ def distill_options(spec: str | None) -> dict[str, Any] | None:
         out["loss"] = kv["loss"]
     if out["steps"] < 1:
         raise InputError("--distill steps must be >= 1.")
+    for key in ("onpolicy", "episodes"):  # on-policy rounds (compile/onpolicy.py)
+        if key in kv:
+            out[key] = _num(kv, key, "--distill", int)
+            if out[key] < (0 if key == "onpolicy" else 1):
+                raise InputError(f"--distill {key}={out[key]} is out of range.")
     return out
 
 
@@ -278,14 +289,23 @@ def compress(
             def tick(step: int, total: int, loss: float) -> None:
                 note(f"distill step {step}/{total}, loss {loss:.4g}", "tick", step / total)
 
-            res = distill(
-                candidate, original, list(data.calibration), seed=quant.seed, threads=threads,
-                progress=tick, **dist,
-            )  # fmt: skip
-            note("distill", "done", float(res.report.get("seconds", 0.0)))
-            entry["distillation"] = res.report
+            if dist.get("onpolicy"):
+                from robopt_compile.compile.onpolicy import distill_on_policy
+
+                trained, dreport = distill_on_policy(
+                    candidate, original, list(data.calibration), dist, opts.task, quant.seed,
+                    threads, note,
+                )  # fmt: skip
+            else:
+                res = distill(
+                    candidate, original, list(data.calibration), seed=quant.seed,
+                    threads=threads, progress=tick, **dist,
+                )  # fmt: skip
+                trained, dreport = res.model, res.report
+            note("distill", "done", float(dreport.get("seconds", 0.0)))
+            entry["distillation"] = dreport
             entry["figures_before_distillation"] = fig
-            candidate = res.model
+            candidate = trained
             fig = score(candidate)
             entry["figures"] = fig
         if bound is not None and fig["drop"] > bound:

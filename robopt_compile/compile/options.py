@@ -29,7 +29,10 @@ class CompressOptions:
     prune: tuple[str, ...] = ()  # "channels:0.5,criterion=l1", "2:4", "unstructured:0.8"
     prune_layers: tuple[str, ...] = ()  # "NODE=RATIO" overrides for channel pruning
     low_rank: str | None = None  # "energy=0.95" | "rank=0.25"
-    distill: str | None = None  # "steps=2000,lr=1e-3,batch=8,loss=mse"
+    distill: str | None = None  # "steps=2000,lr=1e-3,batch=8,loss=mse,onpolicy=4"
+    # The task --calibration task recorded in (set by the pipeline): where --distill
+    # onpolicy=R lets the student drive (compile/onpolicy.py).
+    task: str | None = None
 
     @property
     def active(self) -> bool:
@@ -61,6 +64,10 @@ class CompileOptions:
     eval: Any = None  # robopt_compile.evaluate.EvalSpec: closed-loop task evaluation
     eval_criteria: Any = None  # robopt_compile.evaluate.Criteria for that evaluation
     cache: bool = True  # the build cache in the store (robopt_compile/store/cache.py)
+    # Where units of work run (--executor: local, ray, ray://HOST:PORT, auto; docs/SCALE.md):
+    # the --eval episodes, the planner's plans, the boards of --target a,b,c. Never part of a
+    # cache key: a unit gives the same result wherever it runs.
+    executor: str = "local"
     # Multi-graph bundles on OpenVINO: compute activations in "fp32" or "bf16" (None: the
     # precision's own); see graph_bundle.check_activations.
     activations: str | None = None

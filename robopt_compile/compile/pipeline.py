@@ -171,7 +171,11 @@ def compile_model(
             else:
                 cached_record(cache, spec, opts, cache_info, calib_tmp, record, progress)
         requested = opts  # the bundle's cache key names the spec, not the temporary file
-        opts = replace(opts, quant=replace(opts.quant, calibration=str(calib_tmp)))
+        from robopt_compile.evaluate import parse_eval_spec
+
+        task_of = resolve_eval_task(parse_eval_spec(spec, option="--calibration"), source)
+        opts = replace(opts, quant=replace(opts.quant, calibration=str(calib_tmp)),
+                       compress=replace(opts.compress, task=task_of))  # fmt: skip
     else:
         requested = opts
     eval_ref: Path | None = None

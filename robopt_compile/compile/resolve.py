@@ -107,7 +107,8 @@ def check_options(opts: CompileOptions) -> None:
     if opts.compress.active or opts.compress.distill or opts.compress.prune_layers:
         from robopt_compile.compile.compress import validate
 
-        validate(opts.compress, opts.quant.calibration is not None)
+        validate(opts.compress, opts.quant.calibration is not None,
+                 (opts.quant.calibration or "").split(":")[0] == "task")  # fmt: skip
     if opts.dump_ir is not None and Path(opts.dump_ir).exists() and not Path(opts.dump_ir).is_dir():
         raise InputError(f"--dump-ir {opts.dump_ir} is a file; give a folder.")
 

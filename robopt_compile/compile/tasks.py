@@ -127,6 +127,27 @@ def evaluate_vla_bundle(
     )  # fmt: skip
 
 
+def _eval_runner(ex: Any, task_name: str, spec: Any, reference: Any, out: Path,
+                 meta: dict[str, Any], opts: CompileOptions, tick: Any) -> Any:  # fmt: skip
+    """``--eval`` on an executor: the reference and the fresh bundle (or its ONNX stand-in)
+    shipped to the workers; a VLA's torch reference is rebuilt there from the zoo."""
+    from robopt_compile import evaluate as ev
+    from robopt_compile.evaluate import distributed as dist
+
+    if isinstance(reference, (str, Path)):
+        ref = dist.ship_onnx(ex, reference)
+    else:
+        import json as _json
+
+        source = str(_json.loads((out / "manifest.json").read_text())["model"]["source"])
+        ref = dist.ship_vla(source)
+    cand = (dist.ship_onnx(ex, out / "model.onnx") if meta.get("proxy")
+            else dist.ship_bundle(ex, out))  # fmt: skip
+    return dist.episodes_runner(
+        ex, task_name, [ref, cand], ev.seeds_for(spec.episodes, spec.seed), opts.threads or 1, tick
+    )
+
+
 def resolve_eval_task(spec: Any, source: str) -> str:
     """The task ``--eval`` runs: named in the spec, or the trained zoo model's own task."""
     from robopt_compile.tasks import TASKS
@@ -172,6 +193,7 @@ def evaluate_bundle(
 
     from robopt_compile import evaluate as ev
     from robopt_compile.bench.results import save_result
+    from robopt_compile.executor import open_executor
     from robopt_compile.tasks import get_task
 
     manifest = _json.loads((out / "manifest.json").read_text())
@@ -199,6 +221,12 @@ def evaluate_bundle(
                 cand = stack.enter_context(ev.onnx_policy(out / "model.onnx", opts.threads or 1))
                 label += " via its ONNX in onnxruntime (engine does not run here)"
                 meta["proxy"] = True
+            ex = stack.enter_context(
+                open_executor(opts.executor, lambda m: progress(m, "note", 0.0))
+            )
+            runner = None
+            if ex.name != "local":
+                runner = _eval_runner(ex, task_name, spec, reference, out, meta, opts, tick)
             result = ev.closed_loop(
                 task,
                 ref,
@@ -208,8 +236,11 @@ def evaluate_bundle(
                 metric=spec.metric,
                 criteria=opts.eval_criteria,
                 progress=tick,
+                runner=runner,
                 **({"reference_label": reference_label} if reference_label else {}),
             )
+            if runner is not None:
+                result["executor"] = {**ex.describe(), "machines": runner.machines}
     saved = save_result(out, f"eval-{task_name}", result)
     result["path"] = str((published or out) / saved.relative_to(out))
     return result

@@ -22,6 +22,8 @@ from robopt_compile.evaluate.stats import mcnemar_p, mean_ci, paired_t_p, wilson
 from robopt_compile.tasks import Episode, Policy, Task, get_task
 
 Progress = Callable[[int], None]  # called with the number of episodes just finished
+# (engine index: 0 the reference, policy, seeds, progress) -> that engine's episodes in order
+Runner = Callable[[int, TimedPolicy, Sequence[int], Progress | None], list[Episode]]
 
 GUARD_SEED_OFFSET = 500_000  # the closed-loop accuracy guard's episodes start here
 
@@ -163,27 +165,34 @@ def closed_loop(
     reference_meta: dict[str, Any] | None = None,
     criteria: Criteria | None = None,
     progress: Progress | None = None,
+    runner: Runner | None = None,
 ) -> dict[str, Any]:
     """Run the reference and every candidate on the same seeds; figures and paired tests.
 
     ``candidates`` are ``(label, policy, meta)``; meta (precision, backend, bundle) is copied
-    into the candidate's entry. Criteria are checked against the first candidate.
+    into the candidate's entry. Criteria are checked against the first candidate. ``runner``
+    (engine index, policy, seeds, progress) -> episodes runs them elsewhere
+    (``distributed.episodes_runner``); by default they run here, one after another.
     """
     metric = metric or default_metric(task)
     seeds = seeds_for(episodes, seed)
     t0 = time.perf_counter()
+
+    def run(i: int, pol: TimedPolicy) -> list[Episode]:
+        if runner is not None:
+            return runner(i, pol, seeds, progress)
+        return run_episodes(task, pol, seeds, progress)
+
     ref = summarize(
         reference_label,
         "reference",
-        run_episodes(task, reference, seeds, progress),
+        run(0, reference),
         _meta(reference, {"precision": "fp32", "backend": "onnxruntime", **(reference_meta or {})}),
     )
     engines = [ref]
     pairs = []
-    for label, pol, meta in candidates:
-        cand = summarize(
-            label, "candidate", run_episodes(task, pol, seeds, progress), _meta(pol, meta)
-        )
+    for k, (label, pol, meta) in enumerate(candidates, start=1):
+        cand = summarize(label, "candidate", run(k, pol), _meta(pol, meta))
         engines.append(cand)
         pairs.append(paired(ref, cand, metric))
     crit = (criteria or Criteria()).check(ref, engines[1]) if len(engines) > 1 else None

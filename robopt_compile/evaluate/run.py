@@ -86,6 +86,7 @@ def run_evaluation(
     threads: int | None = 1,
     progress: Progress | None = None,
     load: Callable[[str], Any] | None = None,
+    executor: Any = None,  # executor.Executor; None or local: episodes run here
 ) -> tuple[dict[str, Any], Path | None]:
     """Original vs the bundle's engine; returns (result, the saved result file).
 
@@ -157,12 +158,37 @@ def run_evaluation(
             done[0] += n
             log(f"episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
 
+        runner = None
+        if executor is not None and executor.name != "local":
+            runner = _runner(executor, task_name, ref_spec, [bundle_dir, *map(Path, compare)],
+                             episodes, seed, threads, tick, load)  # fmt: skip
         result = ev.closed_loop(
             t, ref, cands, episodes=episodes, seed=seed, metric=metric,
             reference_label=f"original fp32 ({ref_spec})",
-            criteria=criteria or ev.Criteria(), progress=tick,
+            criteria=criteria or ev.Criteria(), progress=tick, runner=runner,
         )  # fmt: skip
+        if runner is not None:
+            result["executor"] = {**executor.describe(), "machines": runner.machines}
         return result, save_result(bundle_dir, f"eval-{task_name}", result)
+
+
+def _runner(executor: Any, task_name: str, ref_spec: str, bundles: Sequence[Path], episodes: int,
+            seed: int, threads: int | None, tick: Callable[[int], None],
+            load: Callable[[str], Any] | None) -> Any:  # fmt: skip
+    """The executor's runner for the reference and the bundles (shipped, never by path)."""
+    from robopt_compile import evaluate as ev
+    from robopt_compile.evaluate import distributed as dist
+    from robopt_compile.zoo import is_vla, task_adapter
+
+    if ev.looks_like_bundle(ref_spec):
+        ref = dist.ship_bundle(executor, ref_spec)
+    elif is_vla(ref_spec) and task_adapter(ref_spec) is not None:
+        ref = dist.ship_vla(ref_spec)
+    else:
+        ref = dist.ship_onnx(executor, _loader(load)(ref_spec))
+    shipped = [ref, *(dist.ship_bundle(executor, b) for b in bundles)]
+    return dist.episodes_runner(executor, task_name, shipped, ev.seeds_for(episodes, seed),
+                                threads, tick)  # fmt: skip
 
 
 def criteria_failures(result: dict[str, Any]) -> list[str]:

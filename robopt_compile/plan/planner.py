@@ -354,6 +354,9 @@ class Measured:
     # relative L2 against the fp32 model on the search's reference inputs.
     accuracy_metric: str | None = None
     applied: str | None = None  # what the engine really is, when it differs from the label
+    # Set when a worker of other hardware than this machine measured it (--executor): its
+    # latency is shown, never compared with this machine's (docs/SCALE.md).
+    measured_on: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "candidate": self.candidate.label}
@@ -379,6 +382,8 @@ def violations(m: Measured, criteria: OptimizationCriteria) -> list[str]:
         )
     if m.rolled_back:
         out.append("the accuracy guard rolled it back to fp32")
+    if m.measured_on is not None:
+        out.append(f"measured on other hardware ({m.measured_on}): not comparable")
     if criteria.max_size_mb is not None and m.size_mb > criteria.max_size_mb:
         out.append(f"size {m.size_mb:.3g} MB > --max-size-mb {criteria.max_size_mb:g}")
     if (
@@ -406,7 +411,7 @@ def pareto(measured: Sequence[Measured], criteria: OptimizationCriteria) -> list
         return (m.latency_ms.get(pct, float("inf")), m.accuracy_drop or 0.0)
 
     # A plan the guard rolled back to fp32 was not delivered: it is not on the front.
-    real = [m for m in measured if not m.rolled_back]
+    real = [m for m in measured if not m.rolled_back and m.measured_on is None]
     out = []
     for m in real:
         a = pt(m)

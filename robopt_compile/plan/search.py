@@ -22,13 +22,7 @@ from typing import Any
 
 from robopt_compile.errors import InputError, RoboptError
 from robopt_compile.plan.facts import search_facts
-from robopt_compile.plan.measure import (
-    OUTPUT_MEASURE,
-    applied_label,
-    bundle_size_mb,
-    measure_bundle,
-    output_drop,
-)
+from robopt_compile.plan.measure import OUTPUT_MEASURE, applied_label, output_drop
 from robopt_compile.plan.planner import (
     Candidate,
     Decision,
@@ -147,12 +141,19 @@ def plan_and_search(
     store: Any = None,
     resume: Any = None,  # (Session, prior measured, prior failed) from ``resume_search``
     progress: Any = None,  # (line, "tick", done fraction) per build: the CLI's progress bar
+    executor: Any = None,  # executor.Executor: where plans are built and measured
 ) -> SearchResult:
-    """Plan, then build and measure within the budget; the best plan's bundle goes to ``out``."""
+    """Plan, then build and measure within the budget; the best plan's bundle goes to ``out``.
+
+    With an ``executor`` of N workers, plans are built and measured N at a time (a wave), and
+    the measurements of a wave correct the predictions for the rest, as one build does alone.
+    """
+    from robopt_compile.bench.machine import machine_profile, same_hardware
     from robopt_compile.compile import bundle as bundle_mod
-    from robopt_compile.compile.pipeline import compile_model
     from robopt_compile.compile.resolve import resolve_profile, target_status
     from robopt_compile.evaluate import evaluation_drop
+    from robopt_compile.executor import Executor, unpack_tree
+    from robopt_compile.plan.distributed import build_plan
     from robopt_compile.targets import TARGETS, get_backend
 
     t0 = time.perf_counter()
@@ -226,6 +227,7 @@ def plan_and_search(
             "max_drop": base.quant.max_drop, "backends": list(backends or ()),
             "max_builds": max_builds, "bench_runs": bench_runs,
             "eval": None if base.eval is None else asdict(base.eval),
+            "executor": base.executor,
         }  # fmt: skip
         session = store.create_session(
             source, profile.name, {**criteria.to_json(), RUN_KEY: run},
@@ -241,6 +243,9 @@ def plan_and_search(
                  and d.candidate.backend in runs_here
                  and d.candidate.label not in tried]  # fmt: skip
         builds = len(tried)
+        ex = executor if executor is not None else Executor()
+        local = ex.name == "local"
+        here = machine_profile()
         while queue:
             if builds >= max_builds:
                 result.stopped = f"{max_builds} builds (the search's build limit)"
@@ -249,67 +254,82 @@ def plan_and_search(
             if criteria.search_budget_s is not None and spent > criteria.search_budget_s:
                 result.stopped = f"search budget {criteria.search_budget_s:g} s spent"
                 break
-            c = queue.pop(0)
-            builds += 1
-            log(f"[{builds}] building {c.label} ...")
+            # A wave: as many plans as the executor has workers (one here, as before).
+            wave: list[tuple[int, Candidate, Path, Any]] = []
+            while queue and len(wave) < ex.workers and builds < max_builds:
+                c = queue.pop(0)
+                builds += 1
+                log(f"[{builds}] building {c.label} ..."
+                    + ("" if local else f" (on {ex.name})"))  # fmt: skip
+                opts = replace(base, backend=c.backend, precision=c.precision,
+                               compress=plan_compression(c, base), executor="local")  # fmt: skip
+                wave.append((builds, c, work / c.key().replace("/", "_"), opts))
             total = min(max_builds, builds + len(queue))
             if progress is not None:
-                progress(f"plan {builds}/{total}: {c.label}", "tick", (builds - 1) / total)
-            bdir = work / c.key().replace("/", "_")
-            opts = replace(base, backend=c.backend, precision=c.precision,
-                           compress=plan_compression(c, base))  # fmt: skip
-            if session is not None:
-                cfg = {"backend": c.backend, "precision": c.precision, "prune": c.prune}
-                session.start_step(c.label, config=cfg)
-            try:
-                res = compile_model(source, bdir, opts, force=True)
-                lat = measure_bundle(bdir, base.threads, bench_runs)
-                rolled = bool((res.report.get("quantization") or {}).get("rolled_back"))
-                judged = evaluation_drop(res.evaluation)  # --eval: the task decides
-                if judged is not None:
-                    drop, metric = judged  # "task:return" or "task:success"
-                else:
-                    drop, metric = output_drop(bdir, ref_inputs, ref_outputs), OUTPUT_MEASURE
-                result.accuracy_measure = metric
-                applied = applied_label(c, res.manifest, res.report)
-            except RoboptError as exc:  # graceful degradation: record, try the next plan
-                msg = str(exc).splitlines()[0]
-                log(f"[{builds}] {c.label} failed: {msg}")
-                result.failed.append({"plan": c.label, "error": msg})
+                progress(f"plan {builds}/{total}: " + ", ".join(w[1].label for w in wave), "tick",
+                         (builds - len(wave)) / total)  # fmt: skip
+            outs = ex.map(build_plan, [(source, str(b) if local else None, o, bench_runs)
+                                       for _, _, b, o in wave])  # fmt: skip
+            for (n, c, bdir, _), r in zip(wave, outs, strict=True):
                 if session is not None:
-                    session.fail_step(msg)
-                continue
-            m = Measured(
-                candidate=c,
-                latency_ms={"p50": lat["p50"], "p99": lat["p99"]},
-                size_mb=bundle_size_mb(bdir),
-                memory_mb=lat["memory_mb"],
-                accuracy_drop=drop,
-                bundle=str(bdir),
-                rolled_back=rolled,
-                accuracy_metric=metric,
-                applied=applied,
-            )
-            result.measured.append(m)
-            shown = "-" if drop is None else f"{drop:.3g} ({metric})"
-            log(f"[{builds}] {c.label}: p50 {lat['p50']:.4g} ms, accuracy drop {shown}"
-                + (f"; built as {applied}" if applied else ""))  # fmt: skip
-            roof = facts.roofline_ms.get(PRECISIONS[c.precision].compute, float("nan"))
-            if not rolled:  # a rolled-back plan ran the fp32 engine: no correction for c
-                history = with_measurement(history, c, lat["p50"], roof)
-            if session is not None:
-                from robopt_compile.plan.planner import violations
+                    cfg = {"backend": c.backend, "precision": c.precision, "prune": c.prune}
+                    session.start_step(c.label, config=cfg)
+                try:
+                    if r["error"] is not None:
+                        raise InputError(r["error"])
+                    if r["tar"] is not None:
+                        unpack_tree(r["tar"], bdir)
+                    lat = r["latency"]
+                    rolled = bool((r["report"].get("quantization") or {}).get("rolled_back"))
+                    judged = evaluation_drop(r["evaluation"])  # --eval: the task decides
+                    if judged is not None:
+                        drop, metric = judged  # "task:return" or "task:success"
+                    else:
+                        drop, metric = output_drop(bdir, ref_inputs, ref_outputs), OUTPUT_MEASURE
+                    result.accuracy_measure = metric
+                    applied = applied_label(c, r["manifest"], r["report"])
+                except RoboptError as exc:  # graceful degradation: record, try the next plan
+                    msg = str(exc).splitlines()[0]
+                    log(f"[{n}] {c.label} failed: {msg}")
+                    result.failed.append({"plan": c.label, "error": msg})
+                    if session is not None:
+                        session.fail_step(msg)
+                    continue
+                elsewhere = not same_hardware(r["machine"], here)
+                m = Measured(
+                    candidate=c,
+                    latency_ms={"p50": lat["p50"], "p99": lat["p99"]},
+                    size_mb=r["size_mb"],
+                    memory_mb=lat["memory_mb"],
+                    accuracy_drop=drop,
+                    bundle=str(bdir),
+                    rolled_back=rolled,
+                    accuracy_metric=metric,
+                    applied=applied,
+                    measured_on=None if not elsewhere else
+                    f"{r['machine']['cpu_model']} on {r['machine']['host']}",
+                )  # fmt: skip
+                result.measured.append(m)
+                shown = "-" if drop is None else f"{drop:.3g} ({metric})"
+                other = f"; measured on other hardware: {m.measured_on}" if elsewhere else ""
+                log(f"[{n}] {c.label}: p50 {lat['p50']:.4g} ms, accuracy drop {shown}"
+                    + (f"; built as {applied}" if applied else "") + other)  # fmt: skip
+                roof = facts.roofline_ms.get(PRECISIONS[c.precision].compute, float("nan"))
+                if not rolled and not elsewhere:  # a rolled-back plan ran the fp32 engine
+                    history = with_measurement(history, c, lat["p50"], roof)
+                if session is not None:
+                    from robopt_compile.plan.planner import violations
 
-                v = violations(m, criteria)
-                m.artifact = session.put_tree(bdir)  # resume needs the bundle itself
-                session.finish_step(output_hash=m.artifact, results={MEASUREMENT: {
-                    **m.to_json(), "backend": c.backend, "precision": c.precision,
-                    "roofline_ms": roof,
-                    "ratio": None if rolled else history.ratios.get((c.backend, c.precision)),
-                    "violations": v,
-                    "broke_accuracy": rolled or any(x.startswith("accuracy") for x in v),
-                }})  # fmt: skip
-            # Re-predict what is left with the correction this measurement gave.
+                    v = violations(m, criteria)
+                    m.artifact = session.put_tree(bdir)  # resume needs the bundle itself
+                    session.finish_step(output_hash=m.artifact, results={MEASUREMENT: {
+                        **m.to_json(), "backend": c.backend, "precision": c.precision,
+                        "roofline_ms": roof,
+                        "ratio": None if rolled else history.ratios.get((c.backend, c.precision)),
+                        "violations": v,
+                        "broke_accuracy": rolled or any(x.startswith("accuracy") for x in v),
+                    }})  # fmt: skip
+            # Re-predict what is left with the corrections these measurements gave.
             queue = [q for q in queue if not _now_hopeless(q, facts, criteria, history)]
         else:
             result.stopped = "every proposed plan that runs here was measured"
@@ -419,84 +439,23 @@ def run_search(
     """Planner mode as ``robopt-compile`` runs it: the planner's options
     (:func:`planner_options`), ``opts.backend`` (if any) as the only backend, and the session,
     measurements and memory in the store named by ``store`` (default: ``$ROBOPT_STORE``)."""
+    from robopt_compile.executor import open_executor
     from robopt_compile.store import open_store
 
     opts = planner_options(source, opts, criteria)
     backends = (opts.backend,) if opts.backend is not None else None
     db = open_store(None if store is None else str(store))
     try:
-        return plan_and_search(
-            source, out, opts, criteria, plan_only=plan_only, backends=backends, force=force,
-            log=log, store=db, progress=progress,
-        )  # fmt: skip
+        with open_executor("local" if plan_only else opts.executor, log) as ex:
+            return plan_and_search(
+                source, out, opts, criteria, plan_only=plan_only, backends=backends,
+                force=force, log=log, store=db, progress=progress, executor=ex,
+            )  # fmt: skip
     finally:
         db.close()
 
 
 RUN_KEY = "_run"  # the search settings kept with a session's criteria, for --resume
-
-
-def is_search_session(record: Any) -> bool:
-    """Whether a store session is a planner search (else a plain compile)."""
-    return RUN_KEY in (record.criteria or {})
-
-
-def resume_search(
-    store: Any, session_id: str, log: Log = lambda m: None, force: bool = False
-) -> SearchResult:
-    """Continue an interrupted planner session from its last finished step.
-
-    The plans measured before are not built again (their measurements and bundles come from
-    the store); a plan whose build was cut off is built again; the choice is made over all.
-    """
-    import json
-
-    from robopt_compile.compile.options import CompileOptions, QuantOptions
-    from robopt_compile.plan.planner import OptimizationCriteria
-
-    rec = store.get_session(session_id)
-    crit_json = dict(rec.criteria)
-    run = crit_json.pop(RUN_KEY, None)
-    if run is None or rec.source is None:
-        raise InputError(f"session {rec.id[:12]} is not a planner session; it cannot be resumed.")
-    for k in ("techniques", "precisions"):
-        if crit_json.get(k) is not None:
-            crit_json[k] = tuple(crit_json[k])
-    criteria = OptimizationCriteria(**crit_json)
-    from robopt_compile.evaluate import EvalSpec
-
-    base = CompileOptions(
-        target=run["target"],
-        hwprofile=None if run["hwprofile"] is None else Path(run["hwprofile"]),
-        threads=run["threads"],
-        seed=run["seed"],
-        quant=QuantOptions(calibration=run["calibration"], max_drop=run["max_drop"]),
-        eval=EvalSpec(**run["eval"]) if run.get("eval") else None,
-    )
-    session = store.resume_session(rec.id)  # refuses a running or finished session
-    measured, failed = [], []
-    steps = {st.index: st for st in store.steps(rec.id)}
-    for r in store.results(rec.id):
-        if r.kind != MEASUREMENT:
-            continue
-        d = r.data if isinstance(r.data, dict) else json.loads(r.data)
-        st = steps.get(r.step_index)
-        measured.append(Measured(
-            candidate=Candidate(d["backend"], d["precision"], d.get("prune")),
-            latency_ms=d["latency_ms"], size_mb=d["size_mb"], memory_mb=d.get("memory_mb"),
-            accuracy_drop=d.get("accuracy_drop"), bundle=None, rolled_back=d["rolled_back"],
-            artifact=st.output_hash if st else None, accuracy_metric=d.get("accuracy_metric"),
-            applied=d.get("applied"),
-        ))  # fmt: skip
-    for st in steps.values():
-        if st.state == "failed":
-            failed.append({"plan": st.name, "error": st.error or "failed"})
-    return plan_and_search(
-        rec.source, Path(run["out"]), base, criteria,
-        backends=tuple(run["backends"]) or None, max_builds=run["max_builds"],
-        bench_runs=run["bench_runs"], force=True, log=log, store=store,
-        resume=(session, measured, failed),
-    )  # fmt: skip
 
 
 def _now_hopeless(c: Candidate, facts: Facts, criteria: OptimizationCriteria, h: History) -> bool:

@@ -127,7 +127,11 @@ def section_compression(d: BundleData, plots: Plots) -> str:
     def distilled(s: Any) -> str:
         steps = dig(s, "distillation.steps")
         before = fnum(dig(s, "figures_before_distillation.drop"))
-        return f"{steps} steps (from {before})" if steps is not None else "–"
+        rounds = dig(s, "distillation.onpolicy.rounds", [])
+        on = ""
+        if rounds:  # on-policy rounds: the student's own success in each
+            on = ", on-policy " + " / ".join(f"{r['student_success']:.0%}" for r in rounds)
+        return f"{steps} steps (from {before}{on})" if steps is not None else "–"
 
     steps = dicts(c.get("steps"))
     out.append(table(steps, [

@@ -100,16 +100,19 @@ def test_adapter_builds_the_observation_from_task_feeds() -> None:
         ev.check_policy_fits(reacher, [], "zoo:metaworld-vla", vla_metaworld.observation)
 
 
-def test_short_seeded_evaluation_of_the_torch_policy(model: vla_metaworld.MetaWorldVla) -> None:
-    """One drawer-open episode twice: deterministic, the same steps and actions. (Whether it
-    succeeds is measured, not asserted: at 20-40% success per task, one episode says little;
-    make bench runs 100 per engine.)"""
+def test_short_seeded_evaluation_of_the_torch_policy(
+    model: vla_metaworld.MetaWorldVla, fp32_bundle: dict
+) -> None:
+    """One drawer-open episode, here, is the one the compile's --eval ran in its own process
+    (deterministic: the same steps and outcome). (Whether it succeeds is measured, not
+    asserted: at 20-40% success per task, one episode says little; make bench runs 100 per
+    engine.)"""
     pol = ev.vla_eager_policy(model, vla_metaworld.observation)
     with get_task("metaworld-suite") as suite:
         a = suite.episode(pol, HELD_OUT + 15, record=True)
-        b = suite.episode(pol, HELD_OUT + 15, record=True)
-    assert a.steps == b.steps and a.success == b.success
-    assert np.array_equal(a.actions, b.actions) and np.abs(a.actions).max() <= 1.0
+    ref = fp32_bundle["evaluation"]["engines"][0]["per_seed"]
+    assert (a.steps, a.success) == (ref["steps"][1], ref["success"][1])
+    assert np.abs(a.actions).max() <= 1.0
     assert a.feeds["image"].shape == (a.steps, 3, 168, 168)
 
 
