@@ -353,6 +353,11 @@ def compile_cmd(
     if "," in kw["target"]:  # a fleet: one bundle per board
         from robopt_compile.cli.fleet import run_fleet
 
+        if device is not None or require_engine_check:
+            raise InputError(
+                "--device and --require-engine-check are for one board; with --target a,b,c "
+                "benchmark each OUT/<board> with robopt-bench."
+            )
         run_fleet(kw["source"], out, opts, force, kw["as_json"])
         return
     result = api.compile(

@@ -39,6 +39,11 @@ def test_fleet_bad_input_is_one_line(tmp_path, capsys) -> None:
         assert_one_error_line(err)
     code, _, err = run_cli([*base, "--target", "host,rk3588", "--objective", "latency"], capsys)
     assert code == 2 and "one board" in err
+    tok = tmp_path / "tok"
+    tok.write_text("t" * 32 + "\n")
+    code, _, err = run_cli([*base, "--target", "host,rk3588", "--device", "http://127.0.0.1:9",
+                            "--token-file", str(tok)], capsys)  # fmt: skip
+    assert code == 2 and "for one board" in err
     code, _, err = run_cli([*base, "--target", "host,jetson-orin-nano-8gb", "--precision",
                             "bf16"], capsys)  # fmt: skip
     assert code == 3 and "no board built" in err and not (tmp_path / "f").exists()
