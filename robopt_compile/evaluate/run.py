@@ -50,6 +50,20 @@ def source_changed(bundle_dir: Path, manifest: dict[str, Any], ref: Any) -> str 
     return None
 
 
+def _compressed(bundle_dir: Path) -> bool:
+    """Whether pruning or low-rank changed the bundle's model: its reference outputs are then
+    the compressed model's (what the engine must reproduce), not the source's, and cannot
+    tell whether the source changed."""
+    import json
+
+    try:
+        report = json.loads((bundle_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    steps = (report.get("compression") or {}).get("steps") or []
+    return any(not s.get("rolled_back") for s in steps)
+
+
 def reference_spec(bundle_dir: Path, manifest: dict[str, Any], reference: str | None) -> str:
     """What the bundle is compared against: ``reference``, else its recorded source."""
     from robopt_compile.evaluate.spec import looks_like_bundle
@@ -119,7 +133,7 @@ def run_evaluation(
         t0 = time.perf_counter()
         ref = stack.enter_context(ev.any_policy(ref_spec, threads, _loader(load)))
         log("load reference", "done", time.perf_counter() - t0)
-        if reference is None and "graphs" not in manifest:
+        if reference is None and "graphs" not in manifest and not _compressed(bundle_dir):
             changed = source_changed(bundle_dir, manifest, ref)
             if changed:
                 log(changed, "note", 0.0)

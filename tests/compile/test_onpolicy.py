@@ -25,6 +25,11 @@ def test_onpolicy_rounds_add_the_students_states(tmp_path, capsys) -> None:
     assert rounds[0]["samples"] == first + rounds[0]["samples_added"] > first
     assert rounds[1]["samples"] == rounds[0]["samples"] + rounds[1]["samples_added"]
     assert all(0.0 <= r["student_success"] <= 1.0 for r in rounds)
+    # A pruned bundle's reference outputs are the pruned model's: evaluate must not take
+    # them for a changed source (it warned "now computes different outputs" here).
+    code, _, err = run_cli(["evaluate", str(out), "--episodes", "2"], capsys)
+    assert code == 0, err
+    assert "now computes different" not in err
 
 
 def test_onpolicy_needs_a_task(tmp_path, capsys) -> None:
