@@ -93,7 +93,9 @@ def episode_batch(
     from robopt_compile.evaluate.closedloop import run_episodes
 
     pol = _policy(Shipped(kind, data, key), threads)
-    task = _kept(("task", task_name), lambda s: s.enter_context(_get_task(task_name)))
+    from robopt_compile.tasks import get_task
+
+    task = _kept(("task", task_name), lambda s: s.enter_context(get_task(task_name)))
     first = len(pol.latencies_ns)
     eps = run_episodes(task, pol, seeds)
     return eps, list(pol.latencies_ns[first:]), machine_profile()
@@ -115,12 +117,6 @@ def _kept(key: Any, open_: Callable[[Any], Any]) -> Any:
     if key not in _OPEN:
         _OPEN[key] = open_(_OPEN["stack"])
     return _OPEN[key]
-
-
-def _get_task(name: str) -> Any:
-    from robopt_compile.tasks import get_task
-
-    return get_task(name)
 
 
 def _policy(shipped: Shipped, threads: int | None) -> Any:
