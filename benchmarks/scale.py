@@ -248,9 +248,10 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         f"per-seed results: **{met}**. The command also exports the reference and starts "
         "Python, which Ray cannot share out. The search's builds: "
         f"{loc['waves']} builds one after another locally (mean {loc['wave_s']:.1f} s each), "
-        f"{ray['waves']} waves of 2 on Ray (mean {ray['wave_s']:.1f} s a wave): on 2 cores a "
-        "build alone already uses both for part of its work (torch, OpenVINO, NNCF thread "
-        "pools), so two at once take about as long as two in turn; the gain needs more cores.",
+        f"{ray['waves']} waves of 2 on Ray (mean {ray['wave_s']:.1f} s a wave): two at once "
+        "took about as long as two in turn. Not explained yet: one build alone averaged 1.1 "
+        "cores here (user+sys 50 s over 46 s wall), so thread pools (torch, OpenVINO, NNCF) "
+        "competing in short bursts are a guess, not a measurement.",
         f"Overheads: a Ray task round trip {o['task_round_trip_ms']:.2f} ms per unit (200 no-op "
         f"units, warm workers); shipping a {o['bundle_mb']:.2f} MB bundle to a worker "
         f"{o['ship_bundle_ms']:.1f} ms.",
