@@ -273,16 +273,35 @@ def format_overhead(o: dict[str, Any]) -> str:
 )
 @click.option(
     "--device",
-    metavar="URL",
+    metavar="URL|NAME|any:BOARD",
     default=None,
-    help="Run on the robot serving `robopt-bench serve` at URL (http://ROBOT:8470) instead of "
-    "here; the result is also saved in BUNDLE/results/.",
+    help="Run on a robot serving `robopt-bench serve` instead of here: its URL "
+    "(http://ROBOT:8470, with --token-file), a robot registered with `robopt-bench devices "
+    "add` by NAME, or any:BOARD for the first free registered robot of that board (queued "
+    "while all are busy, moved to another one if it drops off). The result is also saved in "
+    "BUNDLE/results/.",
 )
 @click.option(
     "--token-file",
     type=click.Path(path_type=str),
     default=None,
-    help="File whose first line is the --device server's token.",
+    help="File whose first line is the --device URL's token (registered robots need none).",
+)
+@click.option(
+    "--store",
+    "store_spec",
+    metavar="PATH|URL",
+    default=None,
+    help="Store whose device registry --device NAME|any:BOARD uses (default: $ROBOPT_STORE, "
+    "else ~/.cache/robopt/store).",
+)
+@click.option(
+    "--queue-timeout",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    metavar="S",
+    help="With --device any:BOARD or NAME: seconds to wait for a free robot before giving up.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run(
@@ -297,6 +316,8 @@ def run(
     save: bool,
     device: str | None,
     token_file: str | None,
+    store_spec: str | None,
+    queue_timeout: float,
     debug: bool,
 ) -> None:
     """Benchmark the bundle in BUNDLE: engine fidelity, latency, jitter, memory.
@@ -306,15 +327,31 @@ def run(
     printed first), 1 internal error.
     """
     try:
-        if (device is None) != (token_file is None):
-            raise InputError("--device and --token-file go together: give both or neither.")
+        if device is None and token_file is not None:
+            raise InputError("--token-file goes with --device URL: give both or neither.")
         if device is not None:
             if overhead:
                 raise InputError("--overhead runs here only: drop --device or --overhead.")
-            result = _remote_run(
-                bundle, device, token_file or "", runs, warmup, threads, control_rate, verify,
-                as_json,
-            )  # fmt: skip
+            if token_file is None:
+                if not is_registered_device(device):
+                    raise InputError(
+                        f"--device {device}: a robot's URL needs --token-file (registered "
+                        "robots are named: --device NAME or any:BOARD)."
+                    )
+                if FARM is None:
+                    raise InputError(
+                        "--device NAME|any:BOARD needs the device registry: run the installed "
+                        "robopt-bench, or give a URL with --token-file."
+                    )
+                result = FARM(
+                    bundle, device, store_spec, queue_timeout, runs, warmup, threads,
+                    control_rate, verify, as_json,
+                )  # fmt: skip
+            else:
+                result = _remote_run(
+                    bundle, device, token_file, runs, warmup, threads, control_rate, verify,
+                    as_json,
+                )  # fmt: skip
             _check_fidelity(result)
             return
         from .harness import measure_overhead, run_benchmark
@@ -393,6 +430,18 @@ def format_remote(r: dict[str, Any], saved: str) -> str:
             f"saved       {saved}",
         ]
     )
+
+
+def is_registered_device(device: str) -> bool:
+    """``any:BOARD`` or a bare name: not a URL (``http://...`` or ``HOST:PORT``)."""
+    return device.startswith("any:") or not ("://" in device or ":" in device)
+
+
+# ``robopt-bench`` (robopt_compile/cli/bench.py) sets this to the device farm's run, which
+# queues for a registered robot and prints as a remote run does: the registry lives in the
+# store, above this robot-side layer. Called as FARM(bundle, device, store_spec,
+# queue_timeout, runs, warmup, threads, control_rate, verify, as_json) -> the result.
+FARM: Callable[..., dict[str, Any]] | None = None
 
 
 def _remote_run(

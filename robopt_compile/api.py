@@ -23,6 +23,7 @@ Nothing heavy is imported here (no torch, numpy or runtime): each call imports w
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -462,6 +463,7 @@ def evaluate(
     progress: Progress | None = None,
     warn: Warn | None = None,
     executor: str | None = None,
+    resume: bool = False,
 ) -> Evaluation:
     """Does the engine in ``bundle`` still do the task? (docs/EVALUATION.md)
 
@@ -471,21 +473,33 @@ def evaluate(
     observations. ``record``: record the original's episodes to that .npz and stop. The result
     is saved in ``bundle/results/`` and the bundle's report regenerated (problems: ``warn``).
     ``executor``: where the episodes run (``local``, ``ray``, ``ray://HOST:PORT``, ``auto``;
-    docs/SCALE.md); the per-seed results are the same everywhere.
+    docs/SCALE.md); the per-seed results are the same everywhere. On a cluster (or with
+    ``resume``) each batch of episodes is recorded in the store as it finishes; ``resume``
+    reads back those an earlier, killed run of the same evaluation recorded.
     """
     from robopt_compile.compile.frontend import load_fp32
     from robopt_compile.evaluate import Criteria
     from robopt_compile.evaluate.run import run_evaluation
     from robopt_compile.executor import open_executor
     from robopt_compile.report.write import regenerate_reports
+    from robopt_compile.store.cache import BuildCache, UnitMemo
 
-    with open_executor(executor, warn) as ex:
+    with contextlib.ExitStack() as stack:
+        ex = stack.enter_context(open_executor(executor, warn))
+        memo = None
+        if dataset is None and record is None and (resume or ex.name != "local"):
+            cache = BuildCache.open(warn or (lambda m: None))
+            if cache is not None:
+                stack.callback(cache.close)
+                memo = UnitMemo(cache, "episodes", reuse=resume)
+            elif resume:
+                raise InputError("--resume needs the store, which cannot be opened (above).")
         result, path = run_evaluation(
             bundle, task=task, episodes=episodes, seed=seed,
             reference=None if reference is None else str(reference), compare=compare,
             dataset=dataset, gripper_dim=gripper_dim, record=record, metric=metric,
             criteria=Criteria(max_return_drop, max_success_drop), threads=threads,
-            progress=progress, load=load_fp32, executor=ex,
+            progress=progress, load=load_fp32, executor=ex, memo=memo,
         )  # fmt: skip
     if record is not None:
         return Evaluation("recording", result, None)
@@ -528,14 +542,34 @@ def bench(
     token: str | None = None,
     progress: Callable[[int], None] | None = None,
     warn: Warn | None = None,
+    store: StorePath = None,
+    queue_timeout_s: float = 3600.0,
 ) -> Benchmark:
     """Benchmark a bundle here, or on the robot serving ``robopt-bench serve`` at ``device``
-    (with its ``token``; ``bench.remote.read_token_file`` reads one): fidelity against the
-    reference outputs, then ``runs`` timed runs. A remote result is saved in the bundle's
-    ``results/`` and its report regenerated. A fidelity failure is in the result
-    (``passed``), not raised; ``progress`` gets the number of timed runs just finished."""
+    (with its ``token``; ``bench.remote.read_token_file`` reads one), or on the device farm
+    of ``store``: ``device`` a registered robot's name or ``any:BOARD`` (no token: the
+    registry has it; queued up to ``queue_timeout_s``). Fidelity against the reference
+    outputs, then ``runs`` timed runs. A remote result is saved in the bundle's ``results/``
+    and its report regenerated. A fidelity failure is in the result (``passed``), not
+    raised; ``progress`` gets the number of timed runs just finished."""
+    from robopt_compile.farm import bench_on_farm, is_farm_device
+
+    if device is not None and token is None and is_farm_device(device):
+        from robopt_compile.bench.remote import save_remote_result
+        from robopt_compile.report.write import regenerate_reports
+        from robopt_compile.store import open_store
+
+        with open_store(None if store is None else str(store)) as st:
+            r = bench_on_farm(
+                st, bundle, device, runs=runs, warmup=warmup, threads=threads,
+                control_rate=control_rate, verify=verify, progress=progress, warn=warn,
+                queue_timeout_s=queue_timeout_s,
+            )  # fmt: skip
+        saved = save_remote_result(bundle, r)
+        regenerate_reports(bundle, warn)
+        return Benchmark(r, saved)
     if (device is None) != (token is None):
-        raise InputError("device and token go together: give both or neither.")
+        raise InputError("a device URL and its token go together: give both or neither.")
     if device is None:
         from robopt_compile.bench.harness import run_benchmark
 

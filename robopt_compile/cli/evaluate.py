@@ -65,6 +65,14 @@ from robopt_compile.cli.tables import evaluation_lines, format_open_loop
 @click.option("--fail-on-criteria", is_flag=True, help="Exit 4 when a bound does not hold.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @executor_option
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an evaluation that was killed: batches of episodes an earlier run of the "
+    "same evaluation (same bundles, task, seeds, threads) recorded in the store are read back, "
+    "the rest run. Runs on an --executor cluster record their batches always; a local run "
+    "records them with --resume.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout only.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def evaluate_cmd(
@@ -83,6 +91,7 @@ def evaluate_cmd(
     fail_on_criteria: bool,
     threads: int,
     executor: str,
+    resume: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -99,7 +108,7 @@ def evaluate_cmd(
         bundle_dir, task=task, episodes=episodes, seed=seed, reference=reference,
         compare=compare, dataset=dataset, gripper_dim=gripper_dim, record=record, metric=metric,
         max_return_drop=max_return_drop, max_success_drop=max_success_drop, threads=threads,
-        progress=StageLog(not as_json), warn=warn, executor=executor,
+        progress=StageLog(not as_json), warn=warn, executor=executor, resume=resume,
     )  # fmt: skip
     if e.kind == "recording":
         info = e.result
@@ -113,6 +122,10 @@ def evaluate_cmd(
         print_json(e.to_json(), lenient=True)
     elif e.kind == "closed_loop":
         print_rows(evaluation_lines(e.result))
+        resumed = (e.result.get("executor") or {}).get("resumed_units")
+        if resumed:
+            click.echo(f"resumed {resumed} batch(es) of episodes recorded by an earlier run "
+                       "(their latencies were measured then)")  # fmt: skip
         click.echo(f"saved {e.path}")
     else:
         click.echo(format_open_loop(e.result))

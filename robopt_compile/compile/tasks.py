@@ -35,10 +35,11 @@ def check_task_fits(task_name: str, model: Any, source: str) -> None:
 def record_calibration(
     spec: str, source: str, model: Any, out: Path, opts: CompileOptions, progress: Any = None
 ) -> dict[str, Any]:
-    """``--calibration task[:episodes=N,name=TASK]``: record observations for calibration.
+    """``--calibration task[:episodes=N,name=TASK,samples=S]``: record observations for
+    calibration (and distillation).
 
     The fp32 model (ONNX Runtime) drives its task for N episodes (default 4) from seed
-    1,000,000 + ``--seed``; up to 512 steps, spread evenly, are kept.
+    1,000,000 + ``--seed``; up to S steps (default 512), spread evenly, are kept.
     """
     import numpy as np
 
@@ -64,7 +65,8 @@ def record_calibration(
         eps = ev.run_episodes(task, pol, seeds, tick, record=True)
     arrays = {n: np.concatenate([e.feeds[n] for e in eps]) for n in task.input_names}
     steps = next(iter(arrays.values())).shape[0]
-    keep = np.unique(np.linspace(0, steps - 1, min(steps, CALIBRATION_SAMPLES)).astype(int))
+    cap = espec.samples or CALIBRATION_SAMPLES
+    keep = np.unique(np.linspace(0, steps - 1, min(steps, cap)).astype(int))
     # One sample per step, with the batch axis of 1 the model expects.
     np.savez(out, **{n: a[keep][:, None] for n, a in arrays.items()})
     return {"task": name, "episodes": len(eps), "seeds": seeds, "samples": int(keep.size)}
@@ -92,7 +94,8 @@ def record_vla_calibration(
         eps = ev.run_episodes(task, ev.vla_eager_policy(model, adapter), seeds, record=True)
     frames = [adapter({k: e.feeds[k][i : i + 1] for k in task.input_names})["pixel_values"]
               for e in eps for i in range(e.steps)]  # fmt: skip
-    keep = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), CALIBRATION_SAMPLES))
+    cap = espec.samples or CALIBRATION_SAMPLES
+    keep = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), cap))
                      .astype(int))  # fmt: skip
     np.savez(out, pixel_values=np.stack([frames[i] for i in keep]))
     return {"task": name, "episodes": len(eps), "seeds": seeds, "samples": int(keep.size)}

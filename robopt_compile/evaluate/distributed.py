@@ -142,26 +142,54 @@ def episodes_runner(
     seeds: Sequence[int],
     threads: int | None,
     progress: Callable[[int], None] | None = None,
+    memo: Any = None,
+    idents: Sequence[str] = (),
 ) -> Callable[[int, Any, Sequence[int], Any], list[Episode]]:
     """A ``closed_loop`` runner: on its first call every engine's batches go to the executor
     at once; each call then returns engine ``i``'s episodes (in seed order) and puts the
-    latencies its worker measured into the local policy's timer."""
+    latencies its worker measured into the local policy's timer.
+
+    ``memo`` (``store.cache.UnitMemo``) records each unit as it finishes and gives back the
+    units an earlier run recorded (``--resume``); ``idents`` name the engines by content for
+    its keys (the manifest's hash for a bundle)."""
     results: dict[int, list[Episode]] = {}
     machines: list[dict[str, Any]] = []
     latencies: dict[int, list[int]] = {}
 
+    def parts(i: int, chunk: list[int]) -> dict[str, Any]:
+        return {"task": task_name, "engine": idents[i], "seeds": chunk, "threads": threads}
+
     def run_all() -> None:
         units = [(i, list(seeds[k : k + CHUNK])) for i in range(len(shipped))
                  for k in range(0, len(seeds), CHUNK)]  # fmt: skip
-        args = [(task_name, shipped[i].kind, shipped[i].key, shipped[i].data, chunk, threads)
-                for i, chunk in units]  # fmt: skip
+        got: dict[int, tuple[list[Episode], list[int], dict[str, Any]]] = {}
+        if memo is not None:
+            for u, (i, chunk) in enumerate(units):
+                m = memo.get(parts(i, chunk))
+                if m is not None:
+                    got[u] = ([Episode(**e) for e in m["episodes"]], m["latencies_ns"],
+                              m["machine"])  # fmt: skip
+                    if progress is not None:
+                        progress(len(chunk))
+        todo = [u for u in range(len(units)) if u not in got]
+        args = [(task_name, shipped[units[u][0]].kind, shipped[units[u][0]].key,
+                 shipped[units[u][0]].data, units[u][1], threads) for u in todo]  # fmt: skip
 
-        def done(_: int, res: Any) -> None:
+        def done(k: int, res: Any) -> None:
+            if memo is not None:
+                eps, lat, machine = res
+                memo.put(parts(*units[todo[k]]), {
+                    "episodes": [{"seed": int(e.seed), "ret": float(e.ret),
+                                  "success": bool(e.success), "steps": int(e.steps)}
+                                 for e in eps],
+                    "latencies_ns": [int(t) for t in lat], "machine": machine})  # fmt: skip
             if progress is not None:
                 progress(len(res[0]))
 
-        out = executor.map(episode_batch, args, progress=done)
-        for (i, _), (eps, lat, machine) in zip(units, out, strict=True):
+        for u, res in zip(todo, executor.map(episode_batch, args, progress=done), strict=True):
+            got[u] = res
+        for u, (i, _) in enumerate(units):
+            eps, lat, machine = got[u]
             results.setdefault(i, []).extend(eps)
             latencies.setdefault(i, []).extend(lat)
             if machine not in machines:

@@ -101,8 +101,13 @@ def run_evaluation(
     progress: Progress | None = None,
     load: Callable[[str], Any] | None = None,
     executor: Any = None,  # executor.Executor; None or local: episodes run here
+    memo: Any = None,  # store.cache.UnitMemo: finished units recorded, reused with --resume
 ) -> tuple[dict[str, Any], Path | None]:
     """Original vs the bundle's engine; returns (result, the saved result file).
+
+    With a non-local ``executor``, or a ``memo`` that reuses units (``--resume``), episodes
+    run as units of ``CHUNK`` seeds (evaluate/distributed.py), each recorded in ``memo`` as it
+    finishes; result["executor"]["resumed_units"] counts those read back.
 
     With ``record``: (``{"episodes", "steps", "path"}`` of the recording, None).
 
@@ -173,23 +178,27 @@ def run_evaluation(
             log(f"episode {done[0]}/{total} on {task_name}", "tick", done[0] / total)
 
         runner = None
-        if executor is not None and executor.name != "local":
+        if executor is not None and (executor.name != "local" or (memo and memo.reuse)):
             runner = _runner(executor, task_name, ref_spec, [bundle_dir, *map(Path, compare)],
-                             episodes, seed, threads, tick, load)  # fmt: skip
+                             episodes, seed, threads, tick, load, memo)  # fmt: skip
         result = ev.closed_loop(
             t, ref, cands, episodes=episodes, seed=seed, metric=metric,
             reference_label=f"original fp32 ({ref_spec})",
             criteria=criteria or ev.Criteria(), progress=tick, runner=runner,
         )  # fmt: skip
         if runner is not None:
-            result["executor"] = {**executor.describe(), "machines": runner.machines}
+            result["executor"] = {**executor.describe(), "machines": runner.machines,
+                                  "resumed_units": memo.reused if memo else 0}  # fmt: skip
         return result, save_result(bundle_dir, f"eval-{task_name}", result)
 
 
 def _runner(executor: Any, task_name: str, ref_spec: str, bundles: Sequence[Path], episodes: int,
             seed: int, threads: int | None, tick: Callable[[int], None],
-            load: Callable[[str], Any] | None) -> Any:  # fmt: skip
-    """The executor's runner for the reference and the bundles (shipped, never by path)."""
+            load: Callable[[str], Any] | None, memo: Any = None) -> Any:  # fmt: skip
+    """The executor's runner for the reference and the bundles (shipped, never by path);
+    ``memo``'s keys name a bundle by its manifest (which hashes every file)."""
+    import hashlib
+
     from robopt_compile import evaluate as ev
     from robopt_compile.evaluate import distributed as dist
     from robopt_compile.zoo import is_vla, task_adapter
@@ -201,8 +210,13 @@ def _runner(executor: Any, task_name: str, ref_spec: str, bundles: Sequence[Path
     else:
         ref = dist.ship_onnx(executor, _loader(load)(ref_spec))
     shipped = [ref, *(dist.ship_bundle(executor, b) for b in bundles)]
+
+    def ident(folder: str | Path) -> str:
+        return hashlib.sha256((Path(folder) / "manifest.json").read_bytes()).hexdigest()
+
+    idents = [ident(ref_spec) if ref.kind == "bundle" else ref.key, *map(ident, bundles)]
     return dist.episodes_runner(executor, task_name, shipped, ev.seeds_for(episodes, seed),
-                                threads, tick)  # fmt: skip
+                                threads, tick, memo, idents)  # fmt: skip
 
 
 def criteria_failures(result: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ class EvalSpec:
     seed: int = 0
     task: str | None = None  # None: the zoo model's task
     metric: str | None = None  # None: the task's default (success for Reacher, else return)
+    samples: int | None = None  # --calibration only: steps kept (None: 512)
 
 
 def parse_eval_spec(spec: str, option: str = "--eval") -> EvalSpec:
@@ -49,12 +50,17 @@ def parse_eval_spec(spec: str, option: str = "--eval") -> EvalSpec:
                 if value not in ("return", "success"):
                     raise ValueError
                 out.metric = value
+            elif key == "samples" and option == "--calibration":
+                out.samples = int(value)
+                if not 16 <= out.samples <= 100_000:
+                    raise ValueError
             else:
                 raise ValueError
         except ValueError:
+            extra = ", samples=16..100000" if option == "--calibration" else ""
             raise InputError(
                 f"{option} {spec!r}: cannot read {item!r}; keys are episodes=N, seed=N, "
-                "name=TASK, metric=return|success."
+                f"name=TASK, metric=return|success{extra}."
             ) from None
     if out.episodes < 2:
         raise InputError(f"{option} {spec!r}: episodes must be at least 2.")

@@ -8,7 +8,6 @@
     routes_jobs.py    /api/v1/jobs and /sessions: submit, events (SSE), cancel, resume, downloads
     routes_devices.py /api/v1/devices: robots running robopt-bench serve, their health
     routes_admin.py   /api/v1/me, /targets, /tokens, /webhooks, /notifications
-    devices.py        registered robots and their /v1/health
     queue.py          the job queue in the store's ``jobs`` table: claim, cancel, resume, recover
     workers.py        --workers N slots, each job in its own process (runner.py)
     runner.py         one job: the same ``robopt_compile.api`` call as the CLI, progress mirrored

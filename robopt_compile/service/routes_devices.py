@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from robopt_compile.service import devices
+from robopt_compile import farm as devices
 from robopt_compile.service.auth import OPERATOR, VIEWER
 from robopt_compile.service.notify import notify
 from robopt_compile.service.tokens import Token

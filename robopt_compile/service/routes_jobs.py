@@ -41,7 +41,11 @@ class JobRequest(BaseModel):
         None, description="kind bench or evaluate: a finished compile job's id"
     )
     episodes: int = Field(20, ge=2, le=1000, description="kind evaluate: paired episodes")
-    device: str | None = Field(None, description="kind bench: a registered device's id")
+    device: str | None = Field(
+        None,
+        description="kind bench: a registered device's id, or "
+        "any:BOARD for the first free robot of that board",
+    )
     runs: int = Field(100, ge=1, le=100_000, description="kind bench: timed runs")
     source: str | None = Field(None, description="or a source: zoo:NAME")
     target: str = "host"
@@ -81,14 +85,22 @@ def _check_options(options: dict[str, Any]) -> None:
 
 
 def _check_bench(store: Any, body: JobRequest) -> dict[str, Any]:
-    from robopt_compile.service.devices import get_device
+    from robopt_compile.farm import get_device, list_devices
+    from robopt_compile.farm.queue import canonical_board
 
     if body.bundle_job is None or body.device is None:
         raise ApiError(422, "a bench job needs bundle_job (a finished compile job) and device.")
     bundle = _bundle(store, body.bundle_job)
-    dev = get_device(store, body.device)
-    return {"source": str(bundle), "label": f"{bundle.parent.name[:12]} on {dev['name']}",
-            "bundle": str(bundle), "device": dev["id"], "target": dev["board"],
+    if body.device.startswith("any:"):
+        board = canonical_board(body.device[4:], "device any:")
+        if not list_devices(store, board):
+            raise ApiError(422, f"no {board} robot is registered: POST /api/v1/devices first.")
+        device, name = body.device, body.device
+    else:
+        dev = get_device(store, body.device)
+        device, name, board = dev["id"], dev["name"], dev["board"]
+    return {"source": str(bundle), "label": f"{bundle.parent.name[:12]} on {name}",
+            "bundle": str(bundle), "device": device, "target": board,
             "runs": body.runs}  # fmt: skip
 
 

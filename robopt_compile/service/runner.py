@@ -153,18 +153,21 @@ def _evaluate(store: Any, job: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bench(store: Any, job: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """On the device farm (robopt_compile/farm): the registered robot ``device`` (queued while
+    another job holds it) or ``any:BOARD`` (the first free robot of the board, moved to
+    another one if it drops off)."""
     import robopt_compile.api as robopt
-    from robopt_compile.errors import RoboptError
-    from robopt_compile.service.devices import get_device, health
+    from robopt_compile.errors import BackendUnavailableError, RoboptError
     from robopt_compile.service.notify import notify
 
-    dev = get_device(store, request["device"], with_token=True)
-    h = health(store, dev["id"])
-    if not h["reachable"]:
-        notify(store, "device_unreachable", job_id=job.id, device=dev["id"], error=h["error"])
-        raise RoboptError(f"device {dev['name']} at {dev['url']} does not answer ({h['error']})")
-    b = robopt.bench(request["bundle"], runs=int(request.get("runs") or 100), device=dev["url"],
-                     token=dev["token"])  # fmt: skip
+    try:
+        b = robopt.bench(request["bundle"], runs=int(request.get("runs") or 100),
+                         device=request["device"], store=str(store.db_path))  # fmt: skip
+    except BackendUnavailableError as exc:
+        notify(store, "device_unreachable", job_id=job.id, device=request["device"],
+               error=str(exc))  # fmt: skip
+        raise RoboptError(f"device {request['device']} does not answer ({exc})") from None
+    dev = b.result["remote"]["farm"]["device"]
     return {"benchmark": b.to_json(), "device": dev["id"], "saved": str(b.saved)}
 
 

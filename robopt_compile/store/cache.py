@@ -329,3 +329,29 @@ def implementation_of(*refs: str) -> list[str]:
             obj = getattr(obj, part)
         names.extend(implementation(obj))
     return names
+
+
+class UnitMemo:
+    """Plain-JSON results of units of work (a batch of evaluation episodes) kept in the build
+    cache under ``stage``, so a run whose driver was killed continues from the units that had
+    finished (``robopt-compile evaluate --resume``). Every finished unit is recorded; earlier
+    ones are read back only with ``reuse``. Keys are ``BuildCache.key`` of the unit's parts,
+    so a changed engine, task, seed, tool or robopt code never matches. A store problem is a
+    miss (the unit runs), never an error."""
+
+    def __init__(self, cache: BuildCache, stage: str, reuse: bool) -> None:
+        self.cache, self.stage, self.reuse = cache, stage, reuse
+        self.reused = 0
+
+    def get(self, parts: dict[str, Any]) -> dict[str, Any] | None:
+        if not self.reuse:
+            return None
+        entry = self.cache.get(BuildCache.key(self.stage, "", parts))
+        if entry is None:
+            return None
+        self.reused += 1
+        return {k: v for k, v in entry.meta.items() if k != "_trees"}
+
+    def put(self, parts: dict[str, Any], meta: dict[str, Any]) -> None:
+        with contextlib.suppress(StoreError, OSError, sqlite3.Error):
+            self.cache.put(BuildCache.key(self.stage, "", parts), self.stage, meta)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from robopt_compile.store.records import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Migration N brings a store from schema version N-1 to N. Append; never edit a released one.
 MIGRATIONS: tuple[str, ...] = (
@@ -184,6 +184,32 @@ MIGRATIONS: tuple[str, ...] = (
         tag      TEXT NOT NULL,
         PRIMARY KEY (model_id, tag)
     );
+    """,
+    # 4: the device farm (robopt_compile/farm): who waits for a robot of a board (a queue
+    # per board, first come first served) and which robot each benchmark holds.
+    """
+    CREATE TABLE device_waiters (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- the queue order
+        board      TEXT NOT NULL,
+        pid        INTEGER NOT NULL,      -- the waiting process, against kill -9
+        proc_start TEXT,
+        host       TEXT NOT NULL,
+        label      TEXT NOT NULL,         -- what it will run (a bundle folder's name)
+        created    TEXT NOT NULL,
+        heartbeat  REAL NOT NULL          -- unix time: another host's waiter expires without it
+    );
+    CREATE INDEX device_waiters_board ON device_waiters(board, id);
+    CREATE TABLE device_leases (
+        device_id  TEXT PRIMARY KEY REFERENCES devices(id),
+        waiter_id  INTEGER NOT NULL,
+        pid        INTEGER NOT NULL,
+        proc_start TEXT,
+        host       TEXT NOT NULL,
+        label      TEXT NOT NULL,
+        acquired   TEXT NOT NULL,
+        heartbeat  REAL NOT NULL
+    );
+    ALTER TABLE devices ADD COLUMN down_until REAL
     """,
 )
 

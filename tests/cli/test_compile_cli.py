@@ -276,7 +276,7 @@ def test_help_starts_fast_without_heavy_imports(cmd):
     exe = Path(sys.executable).parent / cmd
     best = min(_timed([str(exe), "--help"]) for _ in range(3))
     assert best < 1.0, f"{cmd} --help took {best:.2f} s"
-    module = {"robopt-compile": "robopt_compile.cli", "robopt-bench": "robopt_compile.bench.cli"}
+    module = {"robopt-compile": "robopt_compile.cli", "robopt-bench": "robopt_compile.cli.bench"}
     code = (
         f"import sys; sys.argv = ['{cmd}', '--help']\n"
         f"from {module[cmd]} import main\n"

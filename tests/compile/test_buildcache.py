@@ -185,7 +185,7 @@ def test_store_migration_gc_and_verify_know_the_cache(tmp_path: Path) -> None:
     con.commit()
     con.close()
     with Store(old) as st:  # a version-1 store opens, upgraded
-        assert st.schema_version() == SCHEMA_VERSION == 3  # every migration applied
+        assert st.schema_version() == SCHEMA_VERSION == 4  # every migration applied
         cache = BuildCache(st)
         f = tmp_path / "a.bin"
         f.write_bytes(b"payload")

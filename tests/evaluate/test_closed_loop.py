@@ -58,6 +58,10 @@ def test_parse_eval_spec() -> None:
     for bad in ("dataset:x", "task:episodes=x", "task:foo=1", "task:episodes=1", "task:metric=x"):
         with pytest.raises(InputError):
             ev.parse_eval_spec(bad)
+    assert ev.parse_eval_spec("task:samples=2048", option="--calibration").samples == 2048
+    for bad, option in (("task:samples=2048", "--eval"), ("task:samples=4", "--calibration")):
+        with pytest.raises(InputError, match="cannot read"):
+            ev.parse_eval_spec(bad, option=option)
 
 
 def test_action_error_chunks_and_gripper() -> None:

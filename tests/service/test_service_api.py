@@ -245,8 +245,9 @@ def test_cancel_a_queued_and_a_running_job(server) -> None:
     with server.client(server.tokens["operator"]) as c:
         slow = _slow_job(c)
         queued = c.post("/api/v1/jobs", json={"source": "zoo:state-mlp", "priority": -1}).json()
-        wait_for(lambda: c.get(f"/api/v1/jobs/{slow['id']}").json()["state"] == "running", 30,
-                 "the first job to start")  # fmt: skip
+        # Running, with its store session open (a job cancelled before that has none).
+        wait_for(lambda: (j := c.get(f"/api/v1/jobs/{slow['id']}").json())["state"] == "running"
+                 and j["session_id"], 60, "the first job to start")  # fmt: skip
         r = c.post(f"/api/v1/jobs/{queued['id']}/cancel").json()
         assert r["state"] == "cancelled"
         c.post(f"/api/v1/jobs/{slow['id']}/cancel")

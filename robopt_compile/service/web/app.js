@@ -239,7 +239,9 @@ const pages = {
     const [devs, jobs] = await Promise.all([api("/devices"), api("/jobs?state=finished")]);
     const bundles = jobs.filter((j) => j.kind === "compile");
     $("#main").innerHTML = `<h1>Devices</h1><p class="muted">Robots running
-      <code>robopt-bench serve</code>; a benchmark job uploads a finished bundle to one.</p>
+      <code>robopt-bench serve</code>; a benchmark job uploads a finished bundle to one (the
+      same registry and queue as <code>robopt-bench devices</code>; a robot that dropped a job
+      is marked down for 30 s).</p>
       <form class="card" id="dev"><label for="dname">Name</label><input id="dname">
       <label for="durl">URL</label><input id="durl" placeholder="http://robot.local:8470">
       <label for="dtoken">Its token</label><input id="dtoken" type="password">
@@ -247,7 +249,8 @@ const pages = {
       <p><button type="submit">Register</button><span id="dev-msg" class="error"></span></p>
       </form><table><thead><tr><th>name</th><th>board</th><th>url</th><th>last seen</th>
       <th>health</th><th>benchmark a bundle</th></tr></thead><tbody>${devs.map((d) => `<tr>
-      <td>${esc(d.name)}</td><td>${esc(d.board)}</td><td>${esc(d.url)}</td><td>${when(
+      <td>${esc(d.name)}${d.down ? ' <span class="error">down</span>' : ""}</td><td>${esc(
+      d.board)}</td><td>${esc(d.url)}</td><td>${when(
       d.last_seen)}<br><span class="error">${esc(d.last_error || "")}</span></td><td><button
       class="secondary" data-health="${esc(d.id)}">Check</button><span id="h-${esc(d.id)}"></span>
       </td><td><select id="b-${esc(d.id)}">${bundles.map((j) => `<option value="${esc(j.id)}">${

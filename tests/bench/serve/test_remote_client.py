@@ -198,7 +198,7 @@ def test_bench_cli_device_end_to_end(
     assert "fidelity    PASS" in r.stdout and "remote      " in r.stdout and "saved" in r.stdout
     assert len(list((b / "results").glob("remote-*.json"))) == 2
     r = CliRunner().invoke(bench_main, [str(b), "--device", server.url])
-    assert r.exit_code == 2 and "go together" in r.stderr
+    assert r.exit_code == 2 and "URL needs --token-file" in r.stderr
 
 
 def test_bench_cli_remote_fidelity_failure_exits_4(
