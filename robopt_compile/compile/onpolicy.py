@@ -13,7 +13,9 @@ recorded ones. Nothing else is labelled: no expert, no rewards.
 
 Measured on zoo:metaworld-resnet18 pruned to 50% of its channels (docs/METAWORLD.md): the
 student's own success over the rounds was 28%, 28%, 47%, 72% (32 episodes each, 600 steps of
-batch 16 per round), where distillation on 40 recorded episodes alone gave 15%.
+batch 16 per round), where distillation on 40 recorded episodes alone gave 15%; through the
+CLI with 5 rounds, 19% -> 72%, and 72% vs fp32's 89% on 100 held-out episodes (the loss is
+almost all in push-v3).
 """
 
 from __future__ import annotations
