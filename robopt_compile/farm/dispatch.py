@@ -23,6 +23,7 @@ from robopt_compile.farm import registry
 from robopt_compile.farm.queue import BoardQueue, canonical_board
 
 QUEUE_TIMEOUT_S = 3600.0
+FARM_RETRIES = 1  # per request on one robot, for any:BOARD (then the job moves on)
 
 
 def is_farm_device(device: str) -> bool:
@@ -59,6 +60,7 @@ def bench_on_farm(
         NoFreeRobotError (exit 3): every robot tried failed, or none came free in time.
     """
     from robopt_compile.bench.remote import RobotUnreachableError, remote_benchmark
+    from robopt_compile.bench.retry import DEFAULT_ATTEMPTS
 
     say = warn or (lambda m: None)
     target = _bundle_target(bundle)
@@ -91,10 +93,12 @@ def bench_on_farm(
             queued_s = time.monotonic() - t0
             try:
                 with q.heartbeat():
+                    # With other robots to move to, one quick retry is enough on this one.
                     result = remote_benchmark(
                         bundle, dev["url"], dev["token"], runs=runs, warmup=warmup,
                         threads=threads, control_rate=control_rate, verify=verify,
                         progress=progress, on_retry=warn,
+                        retries=FARM_RETRIES if only is None else DEFAULT_ATTEMPTS - 1,
                     )  # fmt: skip
             except BackendUnavailableError as exc:
                 why = " ".join(str(exc).split())

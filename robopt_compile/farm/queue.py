@@ -98,8 +98,13 @@ class BoardQueue:
             usable = [d for d in devs if d["id"] not in exclude
                       and (self.only is None or d["id"] == self.only)]  # fmt: skip
             leased = {r[0] for r in c.execute("SELECT device_id FROM device_leases")}
-            free = [d for d in usable if d["id"] not in leased
-                    and not (d["down_until"] and d["down_until"] > now)]  # fmt: skip
+
+            # A robot that dropped a job lately is skipped while others may serve; one asked
+            # for by name (``only``) is tried at once: its own failure is then the answer.
+            def skipped(d: dict[str, Any]) -> bool:
+                return self.only is None and bool(d["down_until"] and d["down_until"] > now)
+
+            free = [d for d in usable if d["id"] not in leased and not skipped(d)]
             ahead = c.execute(
                 "SELECT COUNT(*) FROM device_waiters w WHERE w.board=? AND w.id<? AND NOT "
                 "EXISTS (SELECT 1 FROM device_leases l WHERE l.waiter_id=w.id)",
