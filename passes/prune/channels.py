@@ -38,6 +38,7 @@ import onnx_ir as ir
 
 from robopt_compile.errors import InputError, PassError
 from robopt_compile.passes.prune.groups import WEIGHTED, Analysis, Group, Slice
+from robopt_compile.passes.prune.unshare import reshare, unshare_small_initializers
 
 CRITERIA = ("l1", "l2", "activation")
 SCOPES = ("layer", "global")
@@ -92,6 +93,15 @@ class ChannelPrunePass(ir.passes.InPlacePass):
 
         if any(n.op_type == "Constant" for n in model.graph):
             LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+        unshared = unshare_small_initializers(model)
+        try:
+            self._prune(model, unshared)
+        except Exception:
+            reshare(model, unshared)
+            raise
+        return ir.passes.PassResult(model, modified=True)
+
+    def _prune(self, model: ir.Model, unshared: list) -> None:
         analysis = Analysis(model)
         groups = analysis.final_groups()
         by_producer = {p.node.name: g for g in groups for p in g.producers}
@@ -128,7 +138,7 @@ class ChannelPrunePass(ir.passes.InPlacePass):
         _apply(model, analysis, groups, keep)
         after = _layer_stats(model)
         self.report = self._report(groups, status, keep, before, after)
-        return ir.passes.PassResult(model, modified=True)
+        self.report["unshared_constants"] = len(unshared)
 
     # ---- choices -----------------------------------------------------------------------------
 

@@ -9,14 +9,19 @@ space through; ops that couple channels merge groups (a residual ``Add`` of two 
 outputs makes them one group, pruned together or not at all); ``Concat`` on the channel axis
 concatenates spaces, so each input's group keeps its own offsets; and any op whose semantics
 would change (a graph output, an attention ``MatMul`` of two activations, a ``Reshape`` that
-splits channels into heads, a LayerNorm over channels, an op not in the tables) *blocks* the
-groups it touches, with the reason.
+splits channels into heads, a LayerNorm over more than the channels, an op not in the tables)
+*blocks* the groups it touches, with the reason. Normalizations over the channels alone
+(LayerNorm on a channels-last tensor, a ReduceMean over the channels with keepdims, as a
+written-out channels-first LayerNorm has) let the channels through: their statistics are then
+taken over the kept channels, an approximation like pruning itself.
 
 The result is a list of :class:`Group` plus the slicing actions that realise a choice of kept
 channels: producer weights lose rows, consumer weights lose input slices, per-channel
 parameters (BatchNorm, depthwise Conv, broadcast constants) lose entries, and a Reshape's
 hard-coded shape gets the new channel count. Nothing is guessed: a value without static rank,
-a weight that is not an initializer, or a weight shared by two nodes blocks its group.
+a weight that is not an initializer, or a weight shared by two weighted nodes blocks its group
+(small per-channel constants shared by several nodes get a copy each first:
+:func:`passes.prune.unshare.unshare_small_initializers`).
 """
 
 from __future__ import annotations
@@ -363,6 +368,32 @@ class Analysis:
     def _op_InstanceNormalization(self, node: ir.Node) -> None:
         self._per_channel_params(node, node.inputs[1:3])
 
+    def _op_LayerNormalization(self, node: ir.Node) -> None:
+        """LayerNorm over the channel axis alone (channels-last: ConvNeXt, transformer
+        residual streams): per-channel scale and bias are sliced with the channels. The mean
+        and variance are then taken over the kept channels: an approximation, like pruning
+        itself, which distillation recovers (Torch-Pruning treats LayerNorm the same way)."""
+        x = node.inputs[0]
+        space = self.spaces.get(x)
+        if space is None:
+            return
+        rank = _rank(x)
+        axis = _int_attr(node, "axis", -1)
+        if rank is None or axis % rank != rank - 1 or space.axis != rank - 1:
+            self._block(space, f"LayerNormalization {node.name!r} normalizes other axes too")
+            return
+        if any(o is not None and o.uses() for o in node.outputs[1:]):
+            self._block(space, f"LayerNormalization {node.name!r}: its mean/variance are used")
+            return
+        params = [p for p in node.inputs[1:3] if p is not None]
+        for p in params:
+            why = _private_initializer(p, node)
+            if why:
+                self._block(space, f"LayerNormalization {node.name!r}: {why}")
+                return
+        self.slices.extend(Slice(p, 0, space, node, "param") for p in params)
+        self.spaces[node.outputs[0]] = space
+
     def _per_channel_params(self, node: ir.Node, params: Iterable[ir.Value | None]) -> None:
         x = node.inputs[0]
         space = self.spaces.get(x)
@@ -494,6 +525,12 @@ class Analysis:
             self._block(space, f"{node.op_type} {node.name!r}: reduces every axis")
             return
         axes = sorted(int(a) % rank for a in np.ravel(axes))
+        if axes == [space.axis] and node.op_type == "ReduceMean" and _int_attr(node, "keepdims", 1):
+            # A per-position statistic over the channels (ConvNeXt's channels-first LayerNorm,
+            # decomposed: mean, variance, normalize): its shape does not depend on how many
+            # channels there are, and it is then taken over the kept ones (an approximation,
+            # as for LayerNormalization). Its output carries no channels.
+            return
         if space.axis in axes:
             self._block(space, f"{node.op_type} {node.name!r}: reduces over the channels")
             return

@@ -3,6 +3,8 @@ channels that are dead by construction, clear errors when nothing can be pruned.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -328,3 +330,87 @@ def test_value_read_inside_a_subgraph_blocks_its_group():
     m = ir.from_proto(onnx.shape_inference.infer_shapes(proto, strict_mode=True))
     with pytest.raises(PassError, match="read inside a subgraph"):
         ChannelPrunePass(0.5, protect=[])(m)
+
+
+def _convnext_like(ln_axis: int = -1) -> ir.Model:
+    """A ConvNeXt block (depthwise Conv, channels-last LayerNorm, an inverted bottleneck of
+    MatMuls, a layer scale, a residual add) and a head whose LayerNorm shares its constants
+    with the block's (as an exporter's deduplication leaves them)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "ws"], ["s"], name="stem"),
+        helper.make_node("Conv", ["s", "wd"], ["d"], name="dw", group=16, pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["d"], ["dt"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node(
+            "LayerNormalization", ["dt", "ln_s", "ln_b"], ["n"], name="ln", axis=ln_axis
+        ),
+        helper.make_node("MatMul", ["n", "w1"], ["h"], name="pw1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="pw1_bias"),
+        helper.make_node("Relu", ["hb"], ["r"], name="act"),
+        helper.make_node("MatMul", ["r", "w2"], ["o"], name="pw2"),
+        helper.make_node("Mul", ["o", "gamma"], ["og"], name="layer_scale"),
+        helper.make_node("Transpose", ["og"], ["ot"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Add", ["s", "ot"], ["res"], name="residual"),
+        helper.make_node("ReduceMean", ["res", "axes"], ["p"], name="pool", keepdims=0),
+        helper.make_node("LayerNormalization", ["p", "ln_s", "ln_b"], ["pn"], name="head_ln"),
+        helper.make_node("MatMul", ["pn", "wh"], ["y"], name="head"),
+    ]
+    inits = {"ws": _f((16, 3, 1, 1)), "wd": _f((16, 1, 3, 3)),
+             "ln_s": np.ones(16, np.float32), "ln_b": np.zeros(16, np.float32),
+             "w1": _f((16, 64)), "b1": _f((64,)), "w2": _f((64, 16)),
+             "gamma": np.full(16, 0.5, np.float32), "axes": np.array([2, 3], np.int64),
+             "wh": _f((16, 4))}  # fmt: skip
+    return _model(nodes, inits, [("x", [1, 3, 8, 8])], [("y", [1, 4])])
+
+
+def test_convnext_block_prunes_through_channels_last_layer_norm():
+    """The residual stream (stem + the bottleneck's second MatMul, through the depthwise Conv,
+    the transposes, LayerNorm over the channels and the layer scale) and the bottleneck's
+    hidden units are both prunable; shared LayerNorm constants get a copy each."""
+    m = _convnext_like()
+    p = ChannelPrunePass(0.5, protect=[])
+    p(m)
+    assert p.report["unshared_constants"] == 2  # ln_s and ln_b, read by two LayerNorms
+    assert _w(m, "ws")[0] == 8 and _w(m, "wd")[0] == 8 and _w(m, "w1") == (8, 32)
+    assert _w(m, "w2") == (32, 8) and _w(m, "wh") == (8, 4) and _w(m, "gamma") == (8,)
+    assert _w(m, "ln_s") == (8,) and _w(m, "ln_s__1") == (8,) and _w(m, "b1") == (32,)
+    out = _check_valid(m)
+    assert next(iter(out.values())).shape == (1, 4)
+
+
+def test_layer_norm_over_more_than_the_channels_blocks_and_leaves_the_model_unchanged():
+    m = _convnext_like(ln_axis=1)  # normalizes (H, W, C) of the NHWC tensor
+    p = ChannelPrunePass(0.5, protect=[], layer_ratios={"pw1": 0.5})
+    p(m)  # the hidden units still prune; the stream does not
+    assert _w(m, "w1") == (16, 32) and _w(m, "ws")[0] == 16
+    assert "normalizes other axes too" in json.dumps(p.report)
+    m = _convnext_like(ln_axis=1)
+    m.graph.outputs.append(next(n for n in m.graph if n.name == "pw1").outputs[0])
+    before = ir.to_proto(m).SerializeToString()
+    with pytest.raises(PassError, match="nothing in this model can be pruned safely"):
+        ChannelPrunePass(0.5, protect=[])(m)
+    assert ir.to_proto(m).SerializeToString() == before  # the unshared copies taken back
+
+
+def test_channels_first_layer_norm_written_out_prunes_with_its_channels():
+    """ConvNeXt's LayerNorm2d as exporters write it: mean and variance over the channel axis
+    (ReduceMean, keepdims), normalize, per-channel scale and shift of shape (C, 1, 1)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], name="c1"),
+        helper.make_node("ReduceMean", ["h", "ax"], ["u"], name="mean", keepdims=1),
+        helper.make_node("Sub", ["h", "u"], ["d"], name="center"),
+        helper.make_node("Mul", ["d", "d"], ["d2"], name="square"),
+        helper.make_node("ReduceMean", ["d2", "ax"], ["v"], name="var", keepdims=1),
+        helper.make_node("Add", ["v", "eps"], ["ve"], name="add_eps"),
+        helper.make_node("Sqrt", ["ve"], ["sd"], name="std"),
+        helper.make_node("Div", ["d", "sd"], ["nrm"], name="normalize"),
+        helper.make_node("Mul", ["nrm", "g"], ["sc"], name="scale"),
+        helper.make_node("Add", ["sc", "b"], ["o"], name="shift"),
+        helper.make_node("Conv", ["o", "w2"], ["y"], name="c2"),
+    ]
+    inits = {"w1": _f((16, 3, 1, 1)), "ax": np.array([1], np.int64),
+             "eps": np.array(1e-6, np.float32), "g": _f((16, 1, 1)), "b": _f((16, 1, 1)),
+             "w2": _f((4, 16, 1, 1))}  # fmt: skip
+    m = _model(nodes, inits, [("x", [1, 3, 4, 4])], [("y", [1, 4, 4, 4])])
+    ChannelPrunePass(0.5, protect=[])(m)
+    assert _w(m, "w1")[0] == 8 and _w(m, "g") == (8, 1, 1) and _w(m, "w2") == (4, 8, 1, 1)
+    assert next(iter(_check_valid(m).values())).shape == (1, 4, 4, 4)
