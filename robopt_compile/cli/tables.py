@@ -22,10 +22,12 @@ def bundle_rows(result: Any) -> list[tuple[str, str]]:
     s = result.facts.get("summary", {})
     exp = m["parity"].get("export")
     eng = m["parity"]["engine"]
+    fell = "".join(f" (after {f['backend']}: it could not build this model)"
+                   for f in (m.get("backend_choice") or {}).get("failed", []))  # fmt: skip
     rows = [
         ("bundle", str(result.bundle)),
         ("target", f"{m['target']['profile']} ({m['target']['description']})"),
-        ("engine", f"{m['backend']} {m['precision']}{_robot_threads(m)}"),
+        ("engine", f"{m['backend']} {m['precision']}{_robot_threads(m)}{fell}"),
         ("inputs", ", ".join(f"{i['name']}{list(i['shape'])}:{i['dtype']}" for i in m["inputs"])),
         ("outputs", ", ".join(f"{o['name']}{list(o['shape'])}" for o in m["outputs"])),
     ]

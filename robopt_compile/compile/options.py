@@ -68,6 +68,9 @@ class CompileOptions:
     # the --eval episodes, the planner's plans, the boards of --target a,b,c. Never part of a
     # cache key: a unit gives the same result wherever it runs.
     executor: str = "local"
+    # Set by compile_model's fallback across the board's backends (never by a user): which
+    # backend was chosen and why ({"chosen", "order", "failed": [{"backend", "reason"}]}).
+    backend_choice: dict[str, Any] | None = None
     # Multi-graph bundles on OpenVINO: compute activations in "fp32" or "bf16" (None: the
     # precision's own); see graph_bundle.check_activations.
     activations: str | None = None

@@ -56,7 +56,48 @@ from robopt_compile.precision import PRECISIONS
 def compile_model(
     source: str, out: Path, opts: CompileOptions, *, force: bool = False, progress: Progress = noop
 ) -> CompileResult:
-    """Compile ``source`` for ``opts.target`` into a bundle at ``out``."""
+    """Compile ``source`` for ``opts.target`` into a bundle at ``out``.
+
+    Without ``opts.backend``, a backend that cannot convert or build the model (``BuildError``:
+    an operator its frontend lacks, a failed build) hands it to the board's next available
+    backend, with a warning naming the reason; the report and the manifest say which backend
+    was chosen and why (``backend_choice``). ``--backend`` keeps the strict behaviour, and so
+    do multi-graph bundles (their default recipe picks the backends).
+    """
+    from robopt_compile.compile.resolve import fallback_backends
+    from robopt_compile.errors import BuildError
+    from robopt_compile.zoo import is_folder_source, zoo_kind
+
+    names: list[str] = []
+    if (
+        opts.backend is None
+        and zoo_kind(source) not in ("vla", "diffusion")
+        and not (is_folder_source(source))
+    ):
+        names = fallback_backends(resolve_profile(opts), opts.precision)
+    if len(names) < 2:
+        return _compile_one(source, out, opts, force=force, progress=progress)
+    failed: list[dict[str, str]] = []
+    for i, name in enumerate(names):
+        choice = {"chosen": name, "order": names, "failed": list(failed)}
+        try:
+            return _compile_one(source, out, replace(opts, backend=name, backend_choice=choice),
+                                force=force, progress=progress)  # fmt: skip
+        except BuildError as exc:
+            if i == len(names) - 1:
+                raise
+            why = " ".join(str(exc).split())
+            failed.append({"backend": name, "reason": why})
+            progress(f"backend {name} cannot build this model ({why}); falling back to "
+                     f"{names[i + 1]}, the board's next backend (--backend {name} keeps it "
+                     "strict)", "note", 0.0)  # fmt: skip
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _compile_one(
+    source: str, out: Path, opts: CompileOptions, *, force: bool = False, progress: Progress = noop
+) -> CompileResult:
+    """One compile with the backend ``opts.backend`` names (or the board's first)."""
     from robopt_compile.compile import bundle
 
     timings: dict[str, float] = {}
@@ -425,6 +466,8 @@ def _compile_rest(
             "cache": cache_states(cache_info),
             "summary": facts.get("summary", {}),
         }
+        if opts.backend_choice is not None:
+            report["backend_choice"] = opts.backend_choice
         bundle.write_json(tmp / "report.json", report)
         parity = dict(src.parity)
         if simplify_report and simplify_report.get("parity"):
@@ -465,6 +508,8 @@ def _compile_rest(
                 "model_files": [p.name for p in model_files],
             },
         }
+        if opts.backend_choice is not None:
+            manifest["backend_choice"] = opts.backend_choice
         bundle.write_json(tmp / bundle.MANIFEST, manifest)
         if finish is not None:
             finish(tmp)

@@ -86,6 +86,28 @@ def resolve_backend(profile: Any, requested: str | None):
     )
 
 
+def fallback_backends(profile: Any, precision: str) -> list[str]:
+    """The board's backends a plain compile may use, in the profile's order: available here
+    (or building without their runtime) and able to build ``precision``."""
+    from robopt_compile.errors import RoboptError
+    from robopt_compile.targets import TARGETS, get_backend
+
+    names = []
+    for name in profile.backends:
+        if name not in TARGETS:
+            continue
+        backend = get_backend(name)
+        ok, _ = backend.availability()
+        if not (ok or backend.builds_without_runtime):
+            continue
+        try:
+            check_precision(profile, backend, precision)
+        except RoboptError:
+            continue
+        names.append(name)
+    return names
+
+
 def check_precision(profile: Any, backend: Any, precision: str) -> None:
     if get_precision(precision).compute not in profile.precisions:
         raise InputError(

@@ -209,7 +209,7 @@ def test_created_parents_removed_on_failure(policy_dir, tmp_path, capsys, monkey
 
     monkeypatch.setattr(OnnxRuntimeBackend, "build", boom)
     out = tmp_path / "new" / "deeper" / "b"
-    code, _, _ = run_cli(["tiny_policies:make_tiny", "-o", str(out)], capsys)
+    code, _, _ = run_cli(["tiny_policies:make_tiny", "-o", str(out), "-b", "onnxruntime"], capsys)
     assert code == EXIT_BACKEND
     assert not (tmp_path / "new").exists()
 
@@ -224,10 +224,17 @@ def test_failed_build_leaves_nothing(policy_dir, tmp_path, capsys, monkeypatch):
     assert run_cli(["tiny_policies:make_tiny", "-o", str(out)], capsys)[0] == 0  # an old bundle
     old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     monkeypatch.setattr(OnnxRuntimeBackend, "build", boom)
-    code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(out), "--force"], capsys)
+    code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(out), "--force", "-b",
+                            "onnxruntime"], capsys)  # fmt: skip
     assert code == EXIT_BACKEND and "simulated build failure" in err
     # --force never loses the old bundle
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
+    assert leftovers(tmp_path) == []
+    # Without -b the board's next backend builds it (host: OpenVINO), and only that is left.
+    pytest.importorskip("openvino", reason="the host's next backend is OpenVINO")
+    code, _, err = run_cli(["tiny_policies:make_tiny", "-o", str(out), "--force"], capsys)
+    assert code == 0 and "falling back to openvino" in err, err
+    assert json.loads((out / "manifest.json").read_text())["backend"] == "openvino"
     assert leftovers(tmp_path) == []
 
 
