@@ -333,7 +333,9 @@ def run(
             if overhead:
                 raise InputError("--overhead runs here only: drop --device or --overhead.")
             if token_file is None:
-                if not is_registered_device(device):
+                from .remote import is_device_name
+
+                if not is_device_name(device):
                     raise InputError(
                         f"--device {device}: a robot's URL needs --token-file (registered "
                         "robots are named: --device NAME or any:BOARD)."
@@ -430,11 +432,6 @@ def format_remote(r: dict[str, Any], saved: str) -> str:
             f"saved       {saved}",
         ]
     )
-
-
-def is_registered_device(device: str) -> bool:
-    """``any:BOARD`` or a bare name: not a URL (``http://...`` or ``HOST:PORT``)."""
-    return device.startswith("any:") or not ("://" in device or ":" in device)
 
 
 # ``robopt-bench`` (robopt_compile/cli/bench.py) sets this to the device farm's run, which

@@ -279,6 +279,12 @@ def _await_continue(sock: socket.socket | None, wait: float) -> bool:
     return True
 
 
+def is_device_name(device: str) -> bool:
+    """``any:BOARD`` or a registered robot's bare name (the device farm, robopt_compile/farm),
+    not a robot's URL (``http://...`` or ``HOST:PORT``)."""
+    return device.startswith("any:") or not ("://" in device or ":" in device)
+
+
 def robot_health(url: str, token: str, timeout: float = 5.0) -> dict[str, Any]:
     """The robot's ``GET /v1/health`` (versions, runtimes, queue), once, no retries.
 

@@ -552,10 +552,11 @@ def bench(
     outputs, then ``runs`` timed runs. A remote result is saved in the bundle's ``results/``
     and its report regenerated. A fidelity failure is in the result (``passed``), not
     raised; ``progress`` gets the number of timed runs just finished."""
-    from robopt_compile.farm import bench_on_farm, is_farm_device
+    from robopt_compile.bench.remote import is_device_name
 
-    if device is not None and token is None and is_farm_device(device):
+    if device is not None and token is None and is_device_name(device):
         from robopt_compile.bench.remote import save_remote_result
+        from robopt_compile.farm import bench_on_farm
         from robopt_compile.report.write import regenerate_reports
         from robopt_compile.store import open_store
 

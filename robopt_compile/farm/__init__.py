@@ -11,7 +11,7 @@ and the web service's ``/api/v1/devices`` and bench jobs are thin layers over th
 
 from __future__ import annotations
 
-from robopt_compile.farm.dispatch import bench_on_farm, is_farm_device
+from robopt_compile.farm.dispatch import bench_on_farm
 from robopt_compile.farm.queue import NoFreeRobotError, leases, waiting
 from robopt_compile.farm.registry import (
     add_device,
@@ -30,7 +30,6 @@ __all__ = [
     "check_all",
     "get_device",
     "health",
-    "is_farm_device",
     "leases",
     "list_devices",
     "mark_down",

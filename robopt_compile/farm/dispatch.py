@@ -26,11 +26,6 @@ QUEUE_TIMEOUT_S = 3600.0
 FARM_RETRIES = 1  # per request on one robot, for any:BOARD (then the job moves on)
 
 
-def is_farm_device(device: str) -> bool:
-    """``any:BOARD`` or a registered name: anything that is not a robot's URL."""
-    return device.startswith("any:") or not ("://" in device or ":" in device)
-
-
 def _bundle_target(bundle: str | Path) -> str:
     from robopt_compile.bench.manifest import load_manifest
 
