@@ -7,6 +7,9 @@
   wall times of the whole command, and the per-seed results compared.
 - **Planner**: the same search (``zoo:visuomotor-cnn``, latency objective, quantize on ONNX
   Runtime and OpenVINO, 6 builds) local and on Ray: wall time and the chosen plan.
+- **Tuning**: TVM MetaSchedule on ``zoo:state-mlp`` (``TUNE_TRIALS`` trials over its kernels,
+  empty databases) with its kernels in one unit per Ray worker, against local: tuning seconds
+  from the report and the tuned engines' p50 (``robopt-bench``, 1 thread).
 - **Overheads**: a Ray task that does nothing (scheduling round trip per unit, 200 units), and
   shipping a bundle through the object store (put + a worker reading it).
 """
@@ -39,6 +42,7 @@ PLANNER = [
     "--force",
 ]  # fmt: skip (its log lines time the builds; no --json)
 GOAL_EPISODE_SPEEDUP = 1.7
+TUNE_TRIALS = 64
 
 
 def _cli(args: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -173,11 +177,33 @@ def bench_scale(work: Path, log: Any) -> dict[str, Any]:
             log(f"[bench] scale: planner {kind}: {wall:.1f} s, best {planner[kind]['best']}")
         planner["speedup"] = planner["local"]["wall_s"] / planner["ray"]["wall_s"]
         planner["same_choice"] = planner["local"]["best"] == planner["ray"]["best"]
+        tuning = {k: _tune(work, k, cluster.client, log) for k in ("local", "ray")}
         overheads = _overheads(cluster.client, bundle)
     finally:
         cluster.stop()
     return {"machine": machine_profile(), "cluster_cpus": 2, "episodes": episodes,
-            "planner": planner, "overheads": overheads}  # fmt: skip
+            "planner": planner, "tuning": tuning, "overheads": overheads}  # fmt: skip
+
+
+def _tune(work: Path, kind: str, client: str, log: Any) -> dict[str, Any]:
+    """zoo:state-mlp tuned from an empty database, locally or in units on the cluster."""
+    import os
+
+    dest = work / f"scale-tune-{kind}"
+    env = {**os.environ, "ROBOPT_CACHE": str(work / f"scale-tune-cache-{kind}")}
+    extra = [] if kind == "local" else ["--executor", client]
+    wall, _ = _cli(["zoo:state-mlp", "-b", "tvm", "--tune-trials", str(TUNE_TRIALS),
+                    "--threads", "1", "--no-cache", "--force", "-o", str(dest), *extra],
+                   env=env)  # fmt: skip
+    tuning = json.loads((dest / "manifest.json").read_text())["engine"]["config"]["tuning"]
+    r = subprocess.run([str(Path(sys.executable).with_name("robopt-bench")), str(dest), "--runs",
+                        "2000", "--threads", "1", "--json"], capture_output=True, text=True,
+                       timeout=600, check=True)  # fmt: skip
+    p50 = json.loads(r.stdout)["latency"]["p50_ms"]
+    log(f"[bench] scale: tvm tuning {kind}: {tuning['seconds']} s, p50 {p50 * 1e3:.1f} us")
+    return {"wall_s": wall, "tuning_s": tuning["seconds"], "kernels": tuning["kernels"],
+            "new_trials": tuning["new_trials"], "units": (tuning.get("executor") or {}).get(
+                "units", 1), "p50_ms": p50}  # fmt: skip
 
 
 def scaling_model(s: dict[str, Any], workers: tuple[int, ...] = (8, 32, 128)) -> dict[str, Any]:
@@ -219,6 +245,7 @@ def scaling_model(s: dict[str, Any], workers: tuple[int, ...] = (8, 32, 128)) ->
 
 def report_lines(s: dict[str, Any]) -> list[str]:
     e, p, o = s["episodes"], s["planner"], s["overheads"]
+    tl, tr = s["tuning"]["local"], s["tuning"]["ray"]
     med = statistics.median
     met = ("met" if e["episodes_speedup"] >= GOAL_EPISODE_SPEEDUP and e["identical_per_seed"]
            else "NOT met")  # fmt: skip
@@ -242,6 +269,10 @@ def report_lines(s: dict[str, Any]) -> list[str]:
         f"{loc['wall_s']:.1f} s | {ray['wall_s']:.1f} s | {p['speedup']:.2f}x | "
         f"chosen: {loc['best']} / {ray['best']} "
         f"({'same' if p['same_choice'] else 'DIFFERENT'}) |",
+        f"| TVM MetaSchedule, state-mlp, {tl['kernels']} kernels, {TUNE_TRIALS} trials "
+        f"({tr['units']} units on Ray) | {tl['tuning_s']:.1f} s | {tr['tuning_s']:.1f} s | "
+        f"{tl['tuning_s'] / tr['tuning_s']:.2f}x | tuned p50 {tl['p50_ms'] * 1e3:.1f} / "
+        f"{tr['p50_ms'] * 1e3:.1f} us ({tl['new_trials']} / {tr['new_trials']} trials) |",
         "",
         f"Medians of {e['rounds']} rounds (local and Ray alternating) for the episodes, one run "
         f"each for the search. Goal: >= {GOAL_EPISODE_SPEEDUP}x on the episodes with identical "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,14 @@ class BuildOptions:
     # OpenVINO: the precision activations are computed in ("f32"/"bf16"), overriding what the
     # precision implies (multi-graph bundles' --activations); None: the precision's own.
     activations: str | None = None
+    # Where independent build work may run (robopt's --executor: ``map`` and ``workers``);
+    # TVM tunes its kernels there. Not part of what is built: compare=False, and ``key()``
+    # leaves it out.
+    executor: Any = field(default=None, compare=False, repr=False)
+
+    def key(self) -> dict[str, Any]:
+        """The options that decide the engine (a cache key's part)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
 
 
 @dataclass(frozen=True)

@@ -333,8 +333,6 @@ def cached_build(
     Returns the artifact and, on a miss, a function that stores it (called after the engine
     passed its check).
     """
-    from dataclasses import asdict
-
     from robopt_compile.store.cache import implementation, profile_fingerprint
     from robopt_compile.targets import Artifact
 
@@ -344,7 +342,7 @@ def cached_build(
         "backend": backend.name,
         "dla_core": backend.options.get("dla_core"),
         "profile": profile_fingerprint(profile),
-        "options": asdict(build_opts),
+        "options": build_opts.key(),
     }
     key = cache.key("build", json_sha([[p.name, sha256_file(p)] for p in model_files]), config)
     entry = cache.get(key)

@@ -8,6 +8,7 @@ inputs are unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -406,24 +407,37 @@ def _compile_rest(
                      "symbolic batch: -b onnxruntime or -b openvino", "info", 0.0)  # fmt: skip
     with bundle.staged_output(out, force) as tmp:
         with stage(progress, "build", timings):
+            rir.check_graph(model, "the optimization passes")
             model_files = rir.save(model, tmp / "model.onnx")
             dynamic = any(
                 s.shape and not isinstance(s.shape[0], int) for s in rir.input_specs(model)
             )
-            build_opts = BuildOptions(
-                precision=precision,
-                threads=opts.threads,
-                robot_threads=opts.robot_threads,
-                tune_trials=opts.tune_trials,
-                dynamic_batch=(1, 1, opts.max_batch) if dynamic else None,
-            )
-            put_build = None
-            if cache is None:
-                artifact = backend.build(tmp / "model.onnx", profile, build_opts, tmp / "engine")
-            else:
-                artifact, put_build = cached_build(
-                    cache, model_files, backend, profile, build_opts, tmp, cache_info, progress
+            with contextlib.ExitStack() as stack:
+                executor = None
+                if opts.tune_trials and opts.executor != "local" and backend.name == "tvm":
+                    from robopt_compile.executor import open_executor
+
+                    executor = stack.enter_context(
+                        open_executor(opts.executor, lambda m: progress(m, "note", 0.0))
+                    )
+                build_opts = BuildOptions(
+                    precision=precision,
+                    threads=opts.threads,
+                    robot_threads=opts.robot_threads,
+                    tune_trials=opts.tune_trials,
+                    dynamic_batch=(1, 1, opts.max_batch) if dynamic else None,
+                    executor=executor,
                 )
+                put_build = None
+                if cache is None:
+                    artifact = backend.build(
+                        tmp / "model.onnx", profile, build_opts, tmp / "engine"
+                    )
+                else:
+                    artifact, put_build = cached_build(
+                        cache, model_files, backend, profile, build_opts, tmp, cache_info,
+                        progress,
+                    )  # fmt: skip
         with stage(progress, "verify", timings):
             if runs_here(artifact):
                 engine_fig = verify_engine(backend, artifact, src, opts.threads, tol)

@@ -22,7 +22,8 @@ The package, by job (lower modules never import higher ones):
 
 - ``target.py``: the target dict (profile or host), its ISA and the tuning database key.
 - ``lowering.py``: the Relax ONNX import and the CPU lowering passes.
-- ``tuning.py``: MetaSchedule tuning with the reused JSON database.
+- ``tuning.py``: MetaSchedule tuning with the reused JSON database; ``metaschedule.py`` runs
+  it in this process, ``distributed.py`` as units on robopt's executor (``--executor ray``).
 - ``cross.py``: the cross g++, the ELF check, the kernels run under qemu-user.
 - ``runner.py``: ``TvmRunner``, what runs on the robot (numpy and tvm only).
 - ``backend.py``: ``TvmBackend``, the class the ``TARGETS`` table names.

@@ -73,6 +73,7 @@ class TvmBackend(Backend):
                 work_dir,
                 threads=options.threads or int(target_dict.get("num-cores", 1)),
                 can_measure=cross is None,
+                executor=options.executor,
             )
         try:
             lowered = lower(mod, target, database)

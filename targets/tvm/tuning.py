@@ -10,8 +10,6 @@ small search population. Progress goes to the ``robopt.tvm`` logger.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -24,26 +22,13 @@ from typing import Any
 
 from robopt_compile.errors import BuildError
 from robopt_compile.targets.tvm.lowering import fuse_passes, register_cpu_tensor_intrinsics
+from robopt_compile.targets.tvm.metaschedule import tune_here
 
 log = logging.getLogger("robopt.tvm")
 
 
 def _task_key(task: Any) -> str:
     return hashlib.sha256(task.dispatched[0].script().encode()).hexdigest()[:24]
-
-
-@contextlib.contextmanager
-def _env(**values: str):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def tune(
@@ -56,12 +41,15 @@ def tune(
     threads: int,
     can_measure: bool = True,
     progress: Callable[[str], None] | None = None,
+    executor: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Tune ``mod``'s kernels into the JSON database at ``work_dir``; returns (database, report).
 
     ``trials`` is the budget for the whole model, split evenly over its kernels. A kernel that
     already got its share in an earlier build (``robopt_trials.json`` beside the database) is
-    not tuned again: its records are reused.
+    not tuned again: its records are reused. ``executor`` (robopt's ``--executor``, anything
+    with ``map`` and ``workers``): the kernels to tune are split into one unit per worker
+    (``distributed.py``) and their records merged into the database here.
     """
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -87,6 +75,7 @@ def tune(
         if i not in todo_idx and db.has_workload(t.dispatched[0])
     )
     cost_model = "xgb" if _has_module("xgboost") else "random"
+    distributed = None
     if todo and not can_measure:
         raise BuildError(
             f"{len(todo)} of {len(tasks)} kernels have no tuning records for this target and "
@@ -99,27 +88,14 @@ def tune(
         f"(cost model {cost_model}); database {work_dir}"
     )
     if todo:
-        # MetaSchedule logs everything to <work_dir>/logs and, at its logger's level, to stdout:
-        # WARNING keeps its task tables off the console (its file logs stay at DEBUG).
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-        contexts = _tune_contexts(todo, work_dir, cost_model, per_task)
-        builder = ms.builder.LocalBuilder(
-            initializer=functools.partial(register_cpu_tensor_intrinsics, arch)
-        )
-        # Measure with the thread count the robot will use.
-        with _env(TVM_NUM_THREADS=str(threads)):
-            ms.tune_tasks(
-                tasks=contexts,
-                task_weights=[float(t.weight) for t in todo],
-                work_dir=str(work_dir),
-                max_trials_global=per_task * len(todo),
-                max_trials_per_task=per_task,
-                num_trials_per_iter=min(64, per_task),
-                builder=builder,
-                database=db,
-                cost_model=cost_model,
-                measure_callbacks=[*ms.MeasureCallback.create("default"), _progress(say)],
+        if executor is not None and executor.workers > 1 and len(todo) > 1:
+            from robopt_compile.targets.tvm.distributed import tune_on_executor
+
+            distributed = tune_on_executor(
+                executor, todo, target, arch, per_task, threads, cost_model, db, say
             )
+        else:
+            tune_here(todo, work_dir, arch, per_task, threads, cost_model, db, say)
         for i in todo_idx:
             ledger[keys[i]] = {"task": tasks[i].task_name, "trials": per_task}
         tmp = ledger_path.with_suffix(f".{os.getpid()}.tmp")
@@ -127,6 +103,7 @@ def tune(
         tmp.replace(ledger_path)  # atomic: a concurrent build reads the old or the new ledger
     report = {
         "trials_requested": trials,
+        "executor": distributed,
         "trials_per_kernel": per_task,
         "kernels": len(tasks),
         "kernels_tuned": len(todo),
@@ -144,62 +121,7 @@ def tune(
     return db, report
 
 
-def _tune_contexts(tasks: list[Any], work_dir: Path, cost_model: str, per_task: int) -> list[Any]:
-    """One TuneContext per kernel (as MetaSchedule's own helper, with a search sized to suit)."""
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
-    from tvm.s_tir.meta_schedule.utils import fork_seed
-
-    contexts = []
-    loggers = get_loggers_from_work_dir(str(work_dir), [t.task_name for t in tasks])
-    for task, logger, seed in zip(tasks, loggers, fork_seed(0, n=len(tasks)), strict=True):
-        if cost_model == "random":
-            # Without xgboost the search cannot rank candidates: a big population only costs time.
-            strategy = ms.search_strategy.EvolutionarySearch(
-                population_size=max(32, 2 * per_task), init_min_unmeasured=min(50, per_task)
-            )
-        else:
-            strategy = "evolutionary"
-        contexts.append(
-            ms.TuneContext(
-                mod=task.dispatched[0],
-                target=task.target,
-                space_generator="post-order-apply",
-                search_strategy=strategy,
-                task_name=task.task_name,
-                logger=logger,
-                rand_state=seed,
-                num_threads=os.cpu_count() or 1,
-            ).clone()
-        )
-    return contexts
-
-
 def _has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
-
-
-def _progress(say: Callable[[str], None]) -> Any:
-    """A MeasureCallback that reports each measured batch: tuning takes minutes."""
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
-
-    @derived_object
-    class Progress(PyMeasureCallback):
-        def __init__(self) -> None:
-            self.trials = 0
-
-        def apply(
-            self, task_scheduler, task_id, measure_candidates, builder_results, runner_results
-        ):
-            if not runner_results:
-                return
-            self.trials += len(runner_results)
-            ok = [min(r.run_secs) for r in runner_results if r.run_secs and not r.error_msg]
-            best = f", best {min(float(s) for s in ok) * 1e6:.1f} us" if ok else ""
-            say(f"tvm tuning: kernel #{task_id}: {len(runner_results)} trials{best} "
-                f"({self.trials} so far)")  # fmt: skip
-
-    return Progress()

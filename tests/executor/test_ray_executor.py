@@ -39,7 +39,7 @@ def test_worker_killed_mid_unit_is_retried(ray_cluster, swingup, capsys) -> None
     """The same per-seed episodes as a local run, although one worker is killed with SIGKILL
     while it runs a batch of them (Ray reruns the batch)."""
     result = swingup / "results" / f"eval-{SWINGUP}.json"
-    run_cli(["evaluate", str(swingup), "--episodes", "40", "--seed", "7"], capsys)
+    run_cli(["evaluate", str(swingup), "--episodes", "20", "--seed", "7"], capsys)
     local = _per_seed(result)
     killed: list[int] = []
 
@@ -54,7 +54,7 @@ def test_worker_killed_mid_unit_is_retried(ray_cluster, swingup, capsys) -> None
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    code, _, err = run_cli(["evaluate", str(swingup), "--episodes", "40", "--seed", "7",
+    code, _, err = run_cli(["evaluate", str(swingup), "--episodes", "20", "--seed", "7",
                             "--executor", ray_cluster.client], capsys)  # fmt: skip
     t.join(timeout=5)
     assert killed, "no episode_batch worker was seen to kill"
@@ -126,3 +126,59 @@ def test_without_ray_installed(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     with pytest.raises(ClusterError, match=r"\[ray\] extra"), open_executor("ray"):
         pass
+
+
+def _two_layer_mlp(path: Path) -> Path:
+    """Two fused kernels (MatMul + Add + Relu, MatMul + Add + Tanh): one tuning unit each."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in (("w1", (32, 64)), ("b1", (64,)), ("w2", (64, 16)), ("b2", (16,)))
+    ]
+    nodes = [
+        helper.make_node(op, i, o)
+        for op, i, o in (
+            ("MatMul", ["x", "w1"], ["m1"]),
+            ("Add", ["m1", "b1"], ["a1"]),
+            ("Relu", ["a1"], ["h"]),
+            ("MatMul", ["h", "w2"], ["m2"]),
+            ("Add", ["m2", "b2"], ["a2"]),
+            ("Tanh", ["a2"], ["y"]),
+        )
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_tvm_tuning_units_on_ray(ray_cluster, tmp_path, capsys, monkeypatch) -> None:
+    """--tune-trials with --executor: one MetaSchedule unit per worker, the records merged into
+    this machine's database, so the next (local) build of the model tunes nothing."""
+    pytest.importorskip("tvm", reason="the [tvm] extra is not installed")
+    monkeypatch.setenv("ROBOPT_CACHE", str(tmp_path / "cache"))
+    src = _two_layer_mlp(tmp_path / "mlp.onnx")
+    args = [str(src), "-b", "tvm", "--tune-trials", "2", "--threads", "1", "--no-cache"]
+    code, _, err = run_cli([*args, "-o", str(tmp_path / "r"), "--executor", ray_cluster.client],
+                           capsys)  # fmt: skip
+    assert code == 0, err
+    tuning = json.loads((tmp_path / "r" / "manifest.json").read_text())["engine"]["config"]
+    tuning = tuning["tuning"]
+    assert tuning["kernels"] == tuning["kernels_tuned"] == 2
+    assert tuning["executor"]["executor"] == "ray" and tuning["executor"]["units"] == 2
+    assert tuning["executor"]["records_merged"] == tuning["new_trials"] > 0
+    code, _, err = run_cli([*args, "-o", str(tmp_path / "l")], capsys)
+    assert code == 0, err
+    again = json.loads((tmp_path / "l" / "manifest.json").read_text())["engine"]["config"]
+    again = again["tuning"]
+    assert again["kernels_reused"] == 2 and again["new_trials"] == 0 and again["executor"] is None
+    assert again["records_reused"] == tuning["new_trials"]

@@ -254,3 +254,18 @@ def test_a_symbolic_batch_is_built_for_batch_1_with_a_line_saying_so(
     assert "built for batch 1" in err
     m = json.loads((out / "manifest.json").read_text())
     assert m["inputs"][0]["shape"] == [1, 16] and m["parity"]["engine"]["passed"]
+
+
+def test_a_tuning_unit_refuses_a_worker_with_another_cpu():
+    """Timings from another CPU are not the robot's: the unit refuses before tuning anything."""
+    pytest.importorskip("tvm")
+    from robopt_compile.targets.tvm.distributed import cpu_identity, tune_kernels
+
+    assert cpu_identity()  # this machine's model and flags
+    with pytest.raises(BuildError, match="another CPU"):
+        tune_kernels({"cpu": "Some Other CPU (flags 00000000)", "kernels": []})
+
+
+def test_the_executor_is_not_part_of_the_build_key():
+    a, b = BuildOptions(tune_trials=8), BuildOptions(tune_trials=8, executor=object())
+    assert a == b and a.key() == b.key() and "executor" not in a.key()
