@@ -464,6 +464,7 @@ def evaluate(
     warn: Warn | None = None,
     executor: str | None = None,
     resume: bool = False,
+    success_return: float | None = None,
 ) -> Evaluation:
     """Does the engine in ``bundle`` still do the task? (docs/EVALUATION.md)
 
@@ -475,7 +476,9 @@ def evaluate(
     ``executor``: where the episodes run (``local``, ``ray``, ``ray://HOST:PORT``, ``auto``;
     docs/SCALE.md); the per-seed results are the same everywhere. On a cluster (or with
     ``resume``) each batch of episodes is recorded in the store as it finishes; ``resume``
-    reads back those an earlier, killed run of the same evaluation recorded.
+    reads back those an earlier, killed run of the same evaluation recorded. ``task`` may be
+    a gymnasium id or ``module:factory`` (``tasks/gym.py``); ``success_return`` is then its
+    success threshold on the return, when the environment reports no ``info["success"]``.
     """
     from robopt_compile.compile.frontend import load_fp32
     from robopt_compile.evaluate import Criteria
@@ -484,6 +487,16 @@ def evaluate(
     from robopt_compile.report.write import regenerate_reports
     from robopt_compile.store.cache import BuildCache, UnitMemo
 
+    if success_return is not None:
+        from robopt_compile.tasks import TASKS
+        from robopt_compile.tasks.gym import task_name
+
+        if task is None or task in TASKS:
+            raise InputError(
+                "--success-return applies to a user task (a gymnasium id or module:factory "
+                "given with --task); robopt's own tasks define their success."
+            )
+        task = task_name(task, success_return)
     with contextlib.ExitStack() as stack:
         ex = stack.enter_context(open_executor(executor, warn))
         memo = None

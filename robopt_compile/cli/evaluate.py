@@ -22,7 +22,17 @@ from robopt_compile.cli.tables import evaluation_lines, format_open_loop
 
 @click.command("evaluate")
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
-@click.option("--task", help="Simulated task (default: the zoo model's own task).")
+@click.option(
+    "--task",
+    help="Simulated task: one of robopt's, any gymnasium environment id, or "
+    "package.module:factory returning a gymnasium env or (env, to_feeds) "
+    "(default: the zoo model's own task).",
+)
+@click.option(
+    "--success-return",
+    type=float,
+    help="A user task's success: return >= this, when its env reports no info['success'].",
+)
 @click.option(
     "--episodes",
     type=click.IntRange(min=2),
@@ -78,6 +88,7 @@ from robopt_compile.cli.tables import evaluation_lines, format_open_loop
 def evaluate_cmd(
     bundle_dir: Path,
     task: str | None,
+    success_return: float | None,
     episodes: int,
     seed: int,
     reference: str | None,
@@ -105,8 +116,9 @@ def evaluate_cmd(
     (with --fail-on-criteria).
     """
     e = api.evaluate(
-        bundle_dir, task=task, episodes=episodes, seed=seed, reference=reference,
-        compare=compare, dataset=dataset, gripper_dim=gripper_dim, record=record, metric=metric,
+        bundle_dir, task=task, success_return=success_return, episodes=episodes, seed=seed,
+        reference=reference, compare=compare, dataset=dataset, gripper_dim=gripper_dim,
+        record=record, metric=metric,
         max_return_drop=max_return_drop, max_success_drop=max_success_drop, threads=threads,
         progress=StageLog(not as_json), warn=warn, executor=executor, resume=resume,
     )  # fmt: skip

@@ -39,7 +39,7 @@ def student_samples(
 
     with get_task(task_name) as task, ev.onnx_policy(model, threads or 1) as pol:
         eps = ev.run_episodes(task, pol, seeds, record=True)
-    samples = [{n: e.feeds[n][i : i + 1] for n in task.input_names}
+    samples = [{n: e.feeds[n][i : i + 1] for n in e.feeds}
                for e in eps for i in range(0, e.steps, EVERY)]  # fmt: skip
     return samples, float(np.mean([e.success for e in eps])) if eps else 0.0
 

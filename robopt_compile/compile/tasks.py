@@ -12,7 +12,6 @@ from robopt_compile.compile.stages import Progress, noop
 from robopt_compile.compile.verify import engine_runs_here
 from robopt_compile.errors import (
     InputError,
-    UnknownNameError,
 )
 
 CALIBRATION_SEED_OFFSET = 1_000_000  # task calibration episodes start at this seed
@@ -63,7 +62,8 @@ def record_calibration(
                 progress(f"record: episode {done[0]}/{total} on {name}", "tick", done[0] / total)
 
         eps = ev.run_episodes(task, pol, seeds, tick, record=True)
-    arrays = {n: np.concatenate([e.feeds[n] for e in eps]) for n in task.input_names}
+    # keyed as the episodes fed the model (a user task names its one feed after the input)
+    arrays = {n: np.concatenate([e.feeds[n] for e in eps]) for n in eps[0].feeds}
     steps = next(iter(arrays.values())).shape[0]
     cap = espec.samples or CALIBRATION_SAMPLES
     keep = np.unique(np.linspace(0, steps - 1, min(steps, cap)).astype(int))
@@ -165,11 +165,10 @@ def resolve_eval_task(spec: Any, source: str) -> str:
             f"--eval: {source} has no known task; name one, e.g. --eval "
             f"task:name={next(iter(TASKS))},episodes=50 (tasks: {', '.join(TASKS)})."
         )
-    if name not in TASKS:
-        raise UnknownNameError("task", name, list(TASKS))
     from robopt_compile.tasks import get_task
 
-    # Start the simulator once now: a missing one fails before the build, not after it.
+    # A user task (gymnasium id, module:factory) is checked by building it. Start the
+    # simulator once now: a missing one fails before the build, not after it.
     get_task(name).close()
     return name
 
@@ -197,7 +196,7 @@ def evaluate_bundle(
     from robopt_compile import evaluate as ev
     from robopt_compile.bench.results import save_result
     from robopt_compile.executor import open_executor
-    from robopt_compile.tasks import get_task
+    from robopt_compile.tasks import file_stem, get_task
 
     manifest = _json.loads((out / "manifest.json").read_text())
     spec = opts.eval
@@ -244,6 +243,6 @@ def evaluate_bundle(
             )
             if runner is not None:
                 result["executor"] = {**ex.describe(), "machines": runner.machines}
-    saved = save_result(out, f"eval-{task_name}", result)
+    saved = save_result(out, f"eval-{file_stem(task_name)}", result)
     result["path"] = str((published or out) / saved.relative_to(out))
     return result

@@ -174,7 +174,7 @@ def record_episodes(
 ) -> dict[str, Any]:
     """Record the observations and actions of ``policy`` on ``task`` into an episodes .npz."""
     eps = run_episodes(task, policy, seeds, record=True)
-    arrays = {name: np.concatenate([e.feeds[name] for e in eps]) for name in task.input_names}
+    arrays = {name: np.concatenate([e.feeds[name] for e in eps]) for name in eps[0].feeds}
     arrays["actions"] = np.concatenate([e.actions for e in eps if e.actions is not None])
     arrays["episode"] = np.concatenate(
         [np.full(e.steps, i, dtype=np.int32) for i, e in enumerate(eps)]

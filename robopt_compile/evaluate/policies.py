@@ -29,6 +29,9 @@ class TimedPolicy:
     fn: Callable[[dict[str, np.ndarray]], Any]
     output_names: list[str]
     latencies_ns: list[int] = field(default_factory=list)
+    # The model's input names, in order, where known: a task that feeds "the one input"
+    # (a user's gymnasium task, ``tasks/gym.py``) names its feed after it.
+    input_names: list[str] | None = None
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         t0 = time.perf_counter_ns()
@@ -64,7 +67,8 @@ def onnx_policy(model: Any, threads: int | None = 1) -> Iterator[TimedPolicy]:
             so.inter_op_num_threads = 1
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
-        yield TimedPolicy(lambda feeds: sess.run(names, feeds), names)
+        inputs = [i.name for i in sess.get_inputs()]
+        yield TimedPolicy(lambda feeds: sess.run(names, feeds), names, input_names=inputs)
 
 
 Adapter = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -132,7 +136,8 @@ def bundle_policy(bundle_dir: str | Path, threads: int | None = 1) -> Iterator[T
         runner = enter_runner(stack, b, threads)
         # The runner's unchecked call, as in the harness's timed loop: the task builds feeds
         # of the right names, shapes and dtypes, so per-step checks would only add overhead.
-        yield TimedPolicy(runner.infer_unchecked, names)
+        inputs = [i["name"] for i in b.manifest["inputs"]]
+        yield TimedPolicy(runner.infer_unchecked, names, input_names=inputs)
 
 
 # source -> its fp32 ONNX model: the compiler's frontend, handed in by the layer above (the
@@ -181,6 +186,23 @@ def check_policy_fits(task: Task, manifest_inputs: Sequence[dict[str, Any]], wha
             )
         return
     names = [i["name"] for i in manifest_inputs]
+    if getattr(task, "single_input", False):
+        # a user task feeding its observation as the model's one input, whatever its name
+        if len(names) != 1:
+            raise InputError(
+                f"{what} takes {len(names)} inputs {names} but task {task.name} feeds one "
+                f"observation of shape {['B', *task.feed_shapes['obs']]}; give --task a "
+                "package.module:factory returning (env, to_feeds) to map it (docs/EVALUATION.md)."
+            )
+        shapes = {names[0]: task.feed_shapes["obs"]}
+        got = list(manifest_inputs[0].get("shape", [])[1:])
+        if got and all(isinstance(d, int) for d in got) and tuple(got) != tuple(shapes[names[0]]):
+            raise InputError(
+                f"{what} takes {names[0]} of shape {['B', *got]} but task {task.name}'s "
+                f"observation is {['B', *shapes[names[0]]]}; pick the environment the model "
+                f"was trained for ({option}), or map it with a factory's to_feeds."
+            )
+        return
     if list(task.input_names) != names:
         raise InputError(
             f"{what} takes inputs {names} but task {task.name} feeds {list(task.input_names)}; "

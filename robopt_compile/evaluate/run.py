@@ -118,7 +118,7 @@ def run_evaluation(
     from robopt_compile import evaluate as ev
     from robopt_compile.bench.manifest import load_manifest
     from robopt_compile.bench.results import save_result
-    from robopt_compile.tasks import get_task
+    from robopt_compile.tasks import file_stem, get_task
 
     log = progress or (lambda stage, event, seconds: None)
     bundle_dir = Path(bundle_dir)
@@ -189,7 +189,7 @@ def run_evaluation(
         if runner is not None:
             result["executor"] = {**executor.describe(), "machines": runner.machines,
                                   "resumed_units": memo.reused if memo else 0}  # fmt: skip
-        return result, save_result(bundle_dir, f"eval-{task_name}", result)
+        return result, save_result(bundle_dir, f"eval-{file_stem(task_name)}", result)
 
 
 def _runner(executor: Any, task_name: str, ref_spec: str, bundles: Sequence[Path], episodes: int,

@@ -145,6 +145,14 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
+def file_stem(name: str) -> str:
+    """A task name as a plain file name (``eval-<stem>.json``): a user task's ``:``, ``[``,
+    ``=`` and ``]`` become ``_``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
 def get_task(name: str) -> Task:
     """Instantiate a task by name.
 
@@ -154,7 +162,7 @@ def get_task(name: str) -> Task:
     """
     entry = TASKS.get(name)
     if entry is None:
-        raise UnknownNameError("task", name, task_names())
+        return _user_task(name)
     module_name, _, cls_name = entry.cls.partition(":")
     try:  # the simulator is imported by the module or when the task starts
         return getattr(importlib.import_module(module_name), cls_name)()
@@ -162,6 +170,35 @@ def get_task(name: str) -> Task:
         raise BackendUnavailableError(
             f"task {name!r} needs a simulator that is not installed ({exc.name or exc}): "
             f"{install_hint('sim')}."
+        ) from exc
+
+
+def _user_task(name: str) -> Task:
+    """A gymnasium id or ``module:factory`` (``tasks/gym.py``), or the one-line error."""
+    from robopt_compile.tasks.gym import GymTask, registered_ids, split_name
+
+    env_id, _ = split_name(name)
+    if ":" not in env_id:
+        ids = registered_ids()
+        if ids is None:
+            raise BackendUnavailableError(
+                f"task {name!r} is not one of robopt's ({', '.join(TASKS)}) and gymnasium, "
+                f"which would know it, is not installed: {install_hint('sim')}."
+            )
+        if env_id not in ids:
+            err = UnknownNameError("task", env_id, [*TASKS, *sorted(ids)])
+            hint = f" Did you mean {', '.join(map(repr, err.suggestions))}?" * bool(err.suggestions)
+            err.args = (
+                f"unknown task {env_id!r}.{hint} robopt's tasks: {', '.join(TASKS)}; or any "
+                f"gymnasium id ({len(ids)} registered here) or package.module:factory.",
+            )
+            raise err
+    try:
+        return GymTask(name)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"task {name!r} needs a package that is not installed ({exc.name or exc}): "
+            f"install it, or {install_hint('sim')}."
         ) from exc
 
 
