@@ -147,6 +147,16 @@ class PassRunner:
                     f"{str(exc)[:200]}. Re-run with --debug for details, or skip the pass."
                 ) from exc
             seconds = time.perf_counter() - start
+            if result.modified:
+                from robopt_compile.ir import duplicate_names
+
+                dups = duplicate_names(result.model)
+                if dups:  # ONNX Runtime refuses such a graph; say which pass made it
+                    raise PassError(
+                        f"pass {pass_name(p)!r} made an invalid graph ({'; '.join(dups[:3])}); "
+                        "this is a robopt bug: re-run with --debug and report it, or skip the "
+                        "pass."
+                    )
             for inst in self.instruments:
                 inst.run_after_pass(p, result, seconds)
             if isinstance(p, AnalysisPass):

@@ -148,6 +148,49 @@ def from_proto(proto) -> ir.Model:
     return ir.serde.deserialize_model(proto)
 
 
+def duplicate_names(model: ir.Model) -> list[str]:
+    """What breaks ONNX's single-assignment rule or ONNX Runtime's loader: two nodes with one
+    (non-empty) name, or one value name produced twice (by nodes, inputs or initializers),
+    in the main graph. Empty list: none."""
+    from collections import Counter
+
+    nodes = Counter(n.name for n in model.graph if n.name)
+    values = Counter(v.name for v in model.graph.inputs if v.name)
+    values.update(n for n in model.graph.initializers if n not in values)
+    values.update(v.name for n in model.graph for v in n.outputs if v.name)
+    return [f"two nodes named {k!r}" for k, c in nodes.items() if c > 1] + [
+        f"value {k!r} defined {c} times" for k, c in values.items() if c > 1
+    ]
+
+
+def check_graph(model: ir.Model, where: str) -> None:
+    """Unique node and value names, then the ONNX checker (models under 1 GiB of weights, the
+    in-memory checker's limit is 2 GiB): a pass output that fails here never reaches a
+    runtime. Undeclared custom domains are declared first. Raises ``PassError`` naming
+    ``where``."""
+    import onnx
+
+    from robopt_compile.errors import PassError
+
+    # A domain the nodes use but the model does not declare (a quantizer's com.microsoft
+    # MatMulNBits) is declared at version 1, as ONNX Runtime itself assumes.
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") and node.domain not in model.opset_imports:
+            model.opset_imports[node.domain] = 1
+    dups = duplicate_names(model)
+    problem = "; ".join(dups[:3]) if dups else None
+    if problem is None and weight_bytes(model) < EXTERNAL_DATA_THRESHOLD:
+        try:
+            onnx.checker.check_model(to_proto(model), full_check=False)
+        except Exception as exc:  # onnx's C++ checker raises several types: one line
+            problem = str(exc).splitlines()[0][:200]
+    if problem:
+        raise PassError(
+            f"{where} produced an invalid ONNX graph ({problem}); this is a robopt bug: "
+            "re-run with --debug and report it, or skip that optimization."
+        )
+
+
 def weight_bytes(model: ir.Model) -> int:
     total = 0
     for init in model.graph.initializers.values():

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from robopt_compile import ir as rir
 from robopt_compile.errors import PassError
 
 Score = Callable[[ir.Model], dict[str, Any]]  # model -> accuracy figures with "drop"
@@ -53,6 +54,7 @@ def dequantize_nodes(qmodel: ir.Model, float_model: ir.Model, names: Iterable[st
     model = qmodel.clone()
     float_nodes = {n.name: n for n in float_model.graph}
     found = set()
+    restored: dict[str, ir.Value] = {}
     for node in model.graph:
         if node.name not in wanted or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
@@ -78,7 +80,12 @@ def dequantize_nodes(qmodel: ir.Model, float_model: ir.Model, names: Iterable[st
             q = src.producer() if src is not None else None
             if q is not None and q.op_type == "QuantizeLinear":
                 # bypass the activation's Q/DQ pair
-                node.replace_input_with(i, _restore_activation(model, q.inputs[0], float_model))
+                # one restored Relu/Clip per value, however many fp32 nodes read it (a
+                # bottleneck block's input feeds its first conv and its shortcut)
+                value = q.inputs[0]
+                if value.name not in restored:
+                    restored[value.name] = _restore_activation(model, value, float_model)
+                node.replace_input_with(i, restored[value.name])
     # A graph output quantized after an fp32 node goes back to fp32 too.
     for idx, out in enumerate(model.graph.outputs):
         dq = out.producer()
@@ -97,6 +104,9 @@ def dequantize_nodes(qmodel: ir.Model, float_model: ir.Model, names: Iterable[st
             f"mixed precision: node(s) {sorted(missing)[:5]} are not in the quantized model."
         )
     RemoveUnusedNodesPass()(model)
+    dups = rir.duplicate_names(model)
+    if dups:
+        raise PassError(f"mixed precision made an invalid graph ({'; '.join(dups[:3])}): a bug.")
     return model
 
 

@@ -39,6 +39,13 @@ def bundle_rows(result: Any) -> list[tuple[str, str]]:
                 f"({report['exporter']})",
             )
         )
+    mod = m["parity"].get("modernize")
+    if mod:
+        ch = mod["modernized"]
+        rows.append(("old ONNX upgraded", f"IR {ch['ir_version'][0]} -> {ch['ir_version'][1]}, "
+                     f"opset {ch['opset'][0]} -> {ch['opset'][1]}, "
+                     f"{len(ch['constant_inputs'])} inputs made constants; vs the original "
+                     f"file: max abs err {mod['max_abs']:.2e}"))  # fmt: skip
     rows.append(
         (
             "engine fidelity" if result.engine_checked else "ONNX fidelity",

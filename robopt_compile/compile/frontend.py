@@ -18,38 +18,24 @@ import inspect
 import io
 import logging
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from robopt_compile import ir as rir
+from robopt_compile.compile.source import (  # noqa: F401 - re-exported: frontend's API
+    PARITY_TOLERANCE,
+    REFERENCE_SEED_OFFSET,
+    SourceModel,
+    check_model,
+    parity_failed,
+)
 from robopt_compile.errors import CheckFailedError, ExportError, InputError, ModelLoadError
 from robopt_compile.feeds import check_feeds_match, load_npz_inputs
 
 if TYPE_CHECKING:
     import onnx_ir as ir
-
-# Export parity outside this tolerance fails the compile (exit 4). fp32 exports agree to
-# ~1e-6 in practice; the bound leaves room for reordered float sums, not for wrong graphs.
-PARITY_TOLERANCE = {"cosine_min": 0.99999, "atol": 1e-4, "rtol": 1e-3}
-REFERENCE_SEED_OFFSET = 1000  # reference inputs never equal the export's example inputs
-
-
-@dataclass
-class SourceModel:
-    """A loaded source: the ONNX model plus reference data from the original model."""
-
-    model: ir.Model
-    name: str
-    source: str
-    kind: str  # "zoo" | "onnx" | "pt2" | "factory" | "module"
-    exporter: str | None  # "dynamo" | "torchscript" | None for ONNX sources
-    reference_inputs: dict[str, np.ndarray]
-    reference_outputs: dict[str, np.ndarray]
-    parity: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 class ModuleSource(str):
@@ -80,6 +66,11 @@ def source_kind(source: str) -> str:
     suffix = Path(source).suffix.lower()
     if suffix == ".onnx":
         return "onnx"
+    from robopt_compile.compile.tf_frontend import tf_kind
+
+    tf = tf_kind(source)
+    if tf is not None:
+        return tf
     if suffix in (".pt2", ".ep"):
         return "pt2"
     mod, sep, fn = source.partition(":")
@@ -87,8 +78,9 @@ def source_kind(source: str) -> str:
         return "factory"
     if Path(source).is_dir():
         raise InputError(
-            f"{source} is a folder without config.json; a model folder holds config.json and "
-            "model.safetensors (robopt_compile.zoo.vla.save_folder writes one)."
+            f"{source} is a folder without config.json or saved_model.pb; a model folder "
+            "holds config.json and model.safetensors (robopt_compile.zoo.vla.save_folder "
+            "writes one), a TensorFlow SavedModel saved_model.pb."
         )
     if suffix in (".pt", ".pth") and Path(source).is_file():
         from robopt_compile.compile.ptfile import advice
@@ -97,7 +89,8 @@ def source_kind(source: str) -> str:
     if Path(source).exists():
         raise InputError(
             f"{source}: unsupported model file type {suffix or '(none)'}; give an .onnx file, "
-            "a .pt2 torch.export program, zoo:NAME or package.module:factory."
+            "a .pt2 torch.export program, a TensorFlow SavedModel folder, .keras or .tflite "
+            "file, zoo:NAME or package.module:factory."
         )
     raise ModelLoadError(
         f"{source}: no such file, and not zoo:NAME or package.module:factory. Check the path."
@@ -122,12 +115,27 @@ def load_source(
     given = load_npz_inputs(reference_inputs) if reference_inputs is not None else None
     if kind == "onnx":
         return _load_onnx(source, seed, given)
+    if kind in ("savedmodel", "keras", "tflite"):
+        from robopt_compile.compile.tf_frontend import load_tf
+
+        return load_tf(source, kind, dynamic_batch=dynamic_batch, opset=opset, seed=seed,
+                       check_parity=check_parity, given=given)  # fmt: skip
     if kind == "module":
         assert isinstance(source, ModuleSource)
         return _from_torch(
             source.module, source.example_inputs, str(source), source.model_name, kind,
             dynamic_batch, opset, seed, check_parity, given,
         )  # fmt: skip
+    from robopt_compile.zoo import zoo_kind
+
+    if kind == "zoo" and zoo_kind(source) == "keras":
+        from robopt_compile.compile.tf_frontend import load_tf
+
+        zoo = source.removeprefix("zoo:")
+        sm = load_tf(source, "keras", dynamic_batch=dynamic_batch, opset=opset, seed=seed,
+                     check_parity=check_parity, given=given, zoo=zoo)  # fmt: skip
+        sm.kind = "zoo"
+        return sm
     if kind == "zoo":
         from robopt_compile.zoo import load_zoo
 
@@ -155,10 +163,16 @@ def load_fp32(source: str) -> Any:
 
 
 def _load_onnx(source: str, seed: int, given: dict[str, np.ndarray] | None) -> SourceModel:
+    from robopt_compile import numerics
+    from robopt_compile.compile import legacy_onnx
     from robopt_compile.numerics import random_feeds, run_onnx
 
-    model = rir.load(source)
-    check_model(model, source)
+    original = rir.load(source)
+    check_model(original, source)
+    model, legacy_notes, parity_fig = original, [], {}
+    if legacy_onnx.needs_modernizing(original):
+        model, legacy_notes, changes = legacy_onnx.modernize(rir.clone(original), source)
+        check_model(model, f"{source} (modernized)")
     specs = rir.input_specs(model)
     if given is not None:
         check_feeds_match(given, specs, "--reference-inputs")
@@ -166,7 +180,8 @@ def _load_onnx(source: str, seed: int, given: dict[str, np.ndarray] | None) -> S
     else:
         feeds = random_feeds(specs, seed=seed + REFERENCE_SEED_OFFSET)
     try:
-        outputs = run_onnx(model, feeds)
+        # the original file in ONNX Runtime is the reference, also for a modernized model
+        outputs = run_onnx(original, feeds)
     except Exception as exc:  # onnxruntime's errors share no base class: one line
         what = "the given reference inputs" if given is not None else "random inputs"
         raise ModelLoadError(
@@ -174,6 +189,16 @@ def _load_onnx(source: str, seed: int, given: dict[str, np.ndarray] | None) -> S
             f"({str(exc).splitlines()[0][:200]}). If the model needs valid values (indices, "
             "masks), pass real samples with --reference-inputs FILE.npz."
         ) from exc
+    if legacy_notes:
+        parity_fig = numerics.judge(outputs, run_onnx(model, feeds), PARITY_TOLERANCE)
+        parity_fig["modernized"] = changes
+        if not parity_fig["passed"]:
+            bad = parity_fig["outputs"][parity_fig["output"]]
+            raise CheckFailedError(
+                f"{source}: the modernized model ({'; '.join(legacy_notes)}) does not match "
+                f"the original file in ONNX Runtime on output {parity_fig['output']!r} "
+                f"({bad['reason']}); re-export the model at opset {legacy_onnx.TARGET_OPSET}."
+            )
     return SourceModel(
         model=model,
         name=Path(source).stem,
@@ -182,32 +207,18 @@ def _load_onnx(source: str, seed: int, given: dict[str, np.ndarray] | None) -> S
         exporter=None,
         reference_inputs=feeds,
         reference_outputs=outputs,
+        parity={"modernize": parity_fig} if parity_fig else {},
         notes=[
+            *legacy_notes,
             "reference outputs come from ONNX Runtime on the unmodified input ONNX"
             + (
                 ""
                 if given is not None
                 else " (random inputs: pass --reference-inputs with "
                 "real samples for meaningful fidelity)"
-            )
+            ),
         ],
     )
-
-
-def check_model(model: ir.Model, where: str) -> None:
-    """ONNX checker + strict shape inference; raises ``ModelLoadError`` naming the problem."""
-    import onnx
-
-    if rir.weight_bytes(model) >= rir.EXTERNAL_DATA_THRESHOLD:
-        return  # the in-memory checker cannot take >2 GB protos; ORT still loads it later
-    proto = rir.to_proto(model)
-    try:
-        onnx.checker.check_model(proto, full_check=False)
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except Exception as exc:  # onnx's C++ checker raises several types: one line
-        raise ModelLoadError(
-            f"{where}: the ONNX model is invalid ({str(exc).splitlines()[0][:200]})."
-        ) from exc
 
 
 # --------------------------------------------------------------------------- torch sources

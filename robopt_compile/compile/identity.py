@@ -34,7 +34,8 @@ def source_identity(source: str) -> dict[str, Any]:
     """What identifies a source's content (robopt's own code is in every key already).
 
     ``zoo:NAME`` -> the name (the zoo's code and weights are in :func:`code_fingerprint`);
-    ``.onnx`` -> sha256 of the file and its external data; ``.pt2`` -> sha256 of the file;
+    ``.onnx`` -> sha256 of the file and its external data; ``.pt2``, ``.keras``, ``.tflite``
+    -> sha256 of the file; a SavedModel folder -> sha256 of each of its files;
     ``pkg.mod:fn`` -> sha256 of the module's source file; a module in memory (the Python
     API's ``ModuleSource``) -> :func:`module_identity`. Raises :class:`Uncacheable`.
     """
@@ -43,7 +44,11 @@ def source_identity(source: str) -> dict[str, Any]:
         return {"kind": kind, **module_identity(source.module, source.example_inputs)}
     if kind == "zoo":
         return {"kind": kind, "zoo": source.removeprefix("zoo:")}
-    if kind in ("onnx", "pt2"):
+    if kind == "savedmodel":  # a TensorFlow SavedModel folder: every file in it
+        root = Path(source)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return {"kind": kind, "files": [[str(p.relative_to(root)), sha256_file(p)] for p in files]}
+    if kind in ("onnx", "pt2", "keras", "tflite"):
         path = Path(source)
         if not path.is_file():
             raise Uncacheable(f"{source} is not a file")

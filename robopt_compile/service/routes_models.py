@@ -68,7 +68,8 @@ def model_json(store: Any, rec: Any) -> dict[str, Any]:
     d = rec.to_dict()
     d["tags"] = _tags(store, rec.id)
     d["version"] = len(store.lineage(rec.id))  # its depth in the lineage: 1 = an original
-    d["framework"] = {"onnx": "onnx", "pt2": "pytorch", "zoo": "pytorch"}.get(
+    d["framework"] = {"onnx": "onnx", "pt2": "pytorch", "zoo": "pytorch", "keras": "tensorflow",
+                      "savedmodel": "tensorflow", "tflite": "tensorflow"}.get(
         rec.source_kind or "", rec.source_kind)  # fmt: skip
     d["size_bytes"] = None
     if rec.artifact:

@@ -142,12 +142,22 @@ ZOO: dict[str, ZooEntry] = {
             "conditioned on 2 state observations, DDIM 10 steps -> 16 x 7 action chunk.",
             kind="diffusion",
         ),
+        ZooEntry(
+            "rt1-tiny",
+            "robopt_compile.zoo.rt1:make_keras",
+            "RT-1-style policy built with Keras (needs the [tf] extra): 2 frames 96x96 through "
+            "an EfficientNet-style tokenizer with FiLM on a 64-d instruction embedding, "
+            "TokenLearner (8 tokens/frame), 2-layer causal transformer, 9 x 256-bin action "
+            "logits.",
+            kind="keras",
+        ),
     )
 }
 
 
 def zoo_kind(source: str) -> str | None:
-    """The zoo kind of ``zoo:NAME`` ("policy", "vla", "diffusion"), None for other sources."""
+    """The zoo kind of ``zoo:NAME`` ("policy", "vla", "diffusion", "keras": a model built with
+    Keras, compiled through the TensorFlow path), None for other sources."""
     entry = ZOO.get(source.removeprefix("zoo:")) if source.startswith("zoo:") else None
     return None if entry is None else entry.kind
 
@@ -173,6 +183,13 @@ def load_vla(name: str, seed: int = 0) -> Any:
         raise UnknownNameError("zoo VLA model", name, vlas)
     module_name, _, func_name = entry.factory.partition(":")
     return getattr(importlib.import_module(module_name), func_name)(name, seed=seed)
+
+
+def keras_zoo_file(name: str, seed: int = 0) -> Any:
+    """The ``.keras`` file of a Keras zoo entry (built once into robopt's cache)."""
+    entry = ZOO[name]
+    module_name, _, func_name = entry.factory.partition(":")
+    return getattr(importlib.import_module(module_name), func_name)(seed=seed)
 
 
 def task_adapter(source: str) -> Any:

@@ -38,7 +38,9 @@ def test_every_other_tick_slow() -> None:
             time.sleep(0.006)
 
     r = paced_loop(fn, rate_hz=250.0, ticks=20)  # 4 ms period
-    assert 10 <= r["misses"] <= 12  # the slow half, give or take one preemption
+    # the slow half; a fast tick preempted by a busy neighbour (make test runs 2 workers) may
+    # miss too
+    assert 10 <= r["misses"] <= 14
 
 
 def test_memory_figures_from_the_probe() -> None:

@@ -163,7 +163,7 @@ def test_truncated_onnx(tiny_onnx, tmp_path, capsys):
 
 
 def test_unsupported_file_type(tmp_path, capsys):
-    f = tmp_path / "model.h5"
+    f = tmp_path / "model.caffemodel"
     f.write_text("x")
     code, _, err = run_cli([str(f), "-o", str(tmp_path / "o")], capsys)
     assert code == EXIT_BAD_INPUT and "unsupported model file type" in err

@@ -30,9 +30,14 @@ def test_source_kinds(tmp_path):
     assert frontend.source_kind("my_pkg.policies:make_policy") == "factory"
     with pytest.raises(ModelLoadError, match="no such file"):
         frontend.source_kind("not-a-thing")
-    (tmp_path / "x.tflite").write_text("x")
+    assert frontend.source_kind("p.keras") == "keras" and frontend.source_kind("p.h5") == "keras"
+    assert frontend.source_kind("p.tflite") == "tflite"
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "saved_model.pb").write_bytes(b"")
+    assert frontend.source_kind(str(tmp_path / "saved")) == "savedmodel"
+    (tmp_path / "x.caffemodel").write_text("x")
     with pytest.raises(InputError, match="unsupported model file type"):
-        frontend.source_kind(str(tmp_path / "x.tflite"))
+        frontend.source_kind(str(tmp_path / "x.caffemodel"))
 
 
 def test_dynamo_failure_falls_back_to_torchscript():

@@ -19,7 +19,7 @@ def test_token_create_list_revoke(tmp_path, capsys) -> None:
     with open_store(store) as st:
         tok = check_token(st, text)
         assert tok is not None and tok.role == "operator"
-        assert out.strip().split("_")[2] not in (
+        assert out.strip().split("_", 2)[2] not in (
             tmp_path / "store" / "store.db"
         ).read_bytes().decode(errors="replace")  # only the hash is kept
     code, out, _ = run_cli(["token", "list", "--store", store, "--json"], capsys)

@@ -122,3 +122,58 @@ def test_search_keeps_fewest_sensitive_layers(models):
     assert not unreachable.met and unreachable.fp32_nodes == []
     met_already = search(q, f, score, bound=1.0)
     assert met_already.met and met_already.evaluations == 1
+
+
+def test_a_bottleneck_block_input_restored_once():
+    """Issue 22: in a ResNet bottleneck the block's input (a Relu that ORT's quantizer folds
+    into its Q) feeds the first 1x1 conv and the shortcut's Add; with both back in fp32 the
+    Relu was restored twice under one node name, which ONNX Runtime refused to load."""
+    import torch
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Bottleneck(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.c1, self.c2 = torch.nn.Conv2d(16, 4, 1), torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.c3, self.c4 = torch.nn.Conv2d(4, 16, 1), torch.nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            r = torch.relu(self.stem(x))
+            y = self.c3(torch.relu(self.c2(torch.relu(self.c1(r)))))
+            return self.c4(torch.relu(y + r))
+
+    import tempfile
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((1, 3, 8, 8), np.float32)} for _ in range(4)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(samples)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as d:
+        torch.onnx.export(Bottleneck().eval(), (torch.randn(1, 3, 8, 8),), f"{d}/f.onnx",
+                          dynamo=True, verbose=False, input_names=["x"])  # fmt: skip
+        quantize_static(f"{d}/f.onnx", f"{d}/q.onnx", Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8)  # fmt: skip
+        f, q = ir.load(Path(d) / "f.onnx"), ir.load(Path(d) / "q.onnx")
+        ir.external_data.load_to_model(f)
+        ir.external_data.load_to_model(q)
+    names = quantized_compute_nodes(q)
+    d = dequantize_nodes(q, f, names)
+    node_names = [n.name for n in d.graph if n.name]
+    assert len(node_names) == len(set(node_names))
+    x = rng.standard_normal((1, 3, 8, 8), np.float32)
+    np.testing.assert_allclose(run(d, x), run(f, x), rtol=1e-5, atol=1e-5)
