@@ -1,0 +1,117 @@
+"""The architecture search space on the ONNX graph (issue 21 part 1): width choices per coupled
+channel group, identity residual blocks as depth choices, and sub-networks that build."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robopt_compile.errors import InputError
+from robopt_compile.numerics import run_onnx
+from robopt_compile.plan.archspace import apply, arch_space, width_options
+
+
+class Block(torch.nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c1, self.b1 = torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.BatchNorm2d(c)
+        self.c2, self.b2 = torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+
+class TinyResNet(torch.nn.Module):
+    """stem 32 -> two identity blocks -> a 64-channel conv -> pool -> a 4-d head."""
+
+    output_names = ("action",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.blocks = torch.nn.Sequential(Block(32), Block(32))
+        self.down = torch.nn.Conv2d(32, 64, 3, stride=2, padding=1)
+        self.head = torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = self.down(self.blocks(torch.relu(self.stem(x))))
+        return self.head(torch.relu(h).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def model():
+    from robopt_compile.compile.frontend import ModuleSource, load_source
+
+    torch.manual_seed(0)
+    src = ModuleSource(TinyResNet().eval(), (torch.randn(1, 3, 16, 16),), "tiny-resnet")
+    return load_source(src).model
+
+
+def test_width_options_round_to_the_kernel_multiple():
+    assert width_options(64, (0.25, 0.5, 1.0), 8) == (16, 32, 64)
+    assert width_options(20, (0.25, 0.5, 1.0), 8) == (8, 16, 20)
+
+
+def test_space_has_widths_blocks_and_says_what_is_fixed(model):
+    space = arch_space(model)
+    sizes = sorted(w.size for w in space.widths)
+    # the stem's 32 channels are coupled through both residual Adds: one group, protected
+    assert sizes == [32, 32, 64] and any("protected" in why for why in space.fixed.values())
+    assert len(space.depths) == 2
+    assert all(len(d.body) >= 2 for d in space.depths)
+    assert space.size() == 4 * 4 * 7 * 2**2  # 32: 8,16,24,32; 64: 16,24,...,64
+    assert space.to_json()["size"] == space.size()
+
+
+def test_dropping_a_block_and_narrowing_a_group_give_a_smaller_model_that_runs(model):
+    space = arch_space(model)
+    x = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    convs = sum(n.op_type == "Conv" for n in model.graph)
+    small = apply(model, space, drop=[space.depths[0].add])
+    assert sum(n.op_type == "Conv" for n in small.graph) == convs - 2
+    widths = {w.group: w.widths[0] for w in space.widths}
+    tiny = apply(model, space, widths=widths, drop=[d.add for d in space.depths])
+    kept = sorted(n.inputs[1].const_value.shape[0] for n in tiny.graph if n.op_type == "Conv")
+    assert kept == [16, 32]  # the stem keeps 32; the 64-channel conv keeps 16
+    for m in (model, small, tiny):
+        assert run_onnx(m, x)["action"].shape == (1, 4)
+    assert sum(n.op_type == "Conv" for n in model.graph) == convs  # the input is untouched
+
+
+def test_choices_outside_the_space_are_refused(model):
+    space = arch_space(model)
+    with pytest.raises(InputError, match="not in this model's search space"):
+        apply(model, space, drop=["no-such-add"])
+    w = space.widths[0]
+    with pytest.raises(InputError, match="cannot keep"):
+        apply(model, space, widths={w.group: w.size + 1})
+
+
+def test_latency_table_predicts_the_full_network_and_is_reused(model, tmp_path):
+    from robopt_compile.plan.latency_lut import build_table, check
+    from robopt_compile.store.cache import BuildCache, UnitMemo
+    from robopt_compile.store.store import open_store
+
+    space = arch_space(model)
+    x = {"x": np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    cache = BuildCache(open_store(str(tmp_path / "store")))  # a store of its own
+    try:
+        table = build_table(model, space, x, memo=UnitMemo(cache, "latency-lut", reuse=True))
+        n = sum(len(e) for e in table.entries.values())
+        assert n >= 4 + 4 + 7 * 2  # every width of every layer
+        # the two blocks' convs have the same shapes: timed once, the second read back
+        assert table.measured + table.reused == n and table.reused > 0
+        full = {w.group: w.size for w in space.widths}
+        assert table.predict(full) == pytest.approx(table.full_ms)
+        smallest = {w.group: w.widths[0] for w in space.widths}
+        assert table.predict(smallest) == pytest.approx(table.narrow_ms)  # both calibrate it
+        again = build_table(model, space, x, memo=UnitMemo(cache, "latency-lut", reuse=True))
+        assert again.measured == 0 and again.reused == n  # read back from the store
+    finally:
+        cache.close()
+    result = check(table, model, space, x, samples=2)
+    assert len(result["samples"]) == 2
+    # a 16x16 model's layers take microseconds: its errors are noise, so only their form is
+    # checked here; the accuracy on real policies is measured in docs/ARCHSEARCH.md
+    assert all(r["measured_ms"] > 0 and np.isfinite(r["error"]) for r in result["samples"])
