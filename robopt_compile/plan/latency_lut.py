@@ -261,14 +261,20 @@ def check(
     threads: int = 1,
 ) -> dict[str, Any]:
     """Measure ``samples`` random sub-networks whole; the table's prediction error on them."""
+    from robopt_compile.errors import PassError
     from robopt_compile.plan.archspace import apply
 
     rng = np.random.default_rng(seed)
     rows = []
-    for _ in range(samples):
+    for _ in range(samples * 3):
+        if len(rows) == samples:
+            break
         widths = {w.group: int(rng.choice(w.widths)) for w in space.widths}
         drop = [d.add for d in space.depths if rng.random() < 0.5]
-        sub = apply(model, space, widths, drop)
+        try:
+            sub = apply(model, space, widths, drop)
+        except PassError:  # a width whose group a dropped block changed: draw again
+            continue
         gone = [n for d in space.depths if d.add in drop for n in d.body]
         predicted = table.predict(widths, gone)
         measured = time_onnx(sub, feeds, threads)

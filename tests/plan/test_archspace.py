@@ -115,3 +115,38 @@ def test_latency_table_predicts_the_full_network_and_is_reused(model, tmp_path):
     # a 16x16 model's layers take microseconds: its errors are noise, so only their form is
     # checked here; the accuracy on real policies is measured in docs/ARCHSEARCH.md
     assert all(r["measured_ms"] > 0 and np.isfinite(r["error"]) for r in result["samples"])
+
+
+def test_netadapt_reaches_the_budget_step_by_step_and_refuses_an_unreachable_one(model):
+    from robopt_compile.plan.latency_lut import LatencyTable, layers_of
+    from robopt_compile.plan.netadapt import netadapt, smallest_ms
+
+    space = arch_space(model)
+    # A table with known entries (ms = cin * cout / 1000), so the steps are reproducible; the
+    # timed table is tested above.
+    layers = layers_of(model, space)
+    opts = {w.group: w.widths for w in space.widths}
+    entries = {}
+    for la in layers:
+        cins = opts.get(la.in_group, (la.cin,)) if la.in_group else (la.cin,)
+        couts = opts.get(la.out_group, (la.cout,)) if la.out_group else (la.cout,)
+        pairs = [(c, c) for c in couts] if la.depthwise else [(a, b) for a in cins for b in couts]
+        entries[la.node] = {(a, b): a * b / 1000 for a, b in pairs}
+    table = LatencyTable(layers, entries)
+    full = table.predict({w.group: w.size for w in space.widths})
+    rng = np.random.default_rng(3)
+    xs = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    want = np.concatenate([run_onnx(model, x)["action"] for x in xs])
+
+    def score(m):  # held-out relative L2 against the original
+        got = np.concatenate([run_onnx(m, x)["action"] for x in xs])
+        return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+    r = netadapt(model, space, table, 0.5 * full, score)
+    assert r.predicted_ms <= 0.5 * full and r.steps
+    ms = [s["predicted_ms"] for s in r.steps]
+    assert ms == sorted(ms, reverse=True)  # every step saves time
+    assert r.error > 0 and r.evaluations > len(r.steps)
+    assert run_onnx(r.model, xs[0])["action"].shape == (1, 4)
+    with pytest.raises(InputError, match="out of reach: the smallest sub-network"):
+        netadapt(model, space, table, 0.5 * smallest_ms(table, space), score)
