@@ -131,7 +131,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _timed_loop(fn: Callable[[], Any], runs: int, progress: Progress | None = None) -> list[int]:
+def timed_loop(fn: Callable[[], Any], runs: int, progress: Progress | None = None) -> list[int]:
     """Per-run latency of ``fn()`` in ns; progress is reported between chunks, never inside."""
     pc = time.perf_counter_ns
     out = [0] * runs
@@ -273,7 +273,7 @@ def run_benchmark(
         with _gc_paused():
             for _ in range(warmup):
                 fn()
-        samples = _timed_loop(fn, runs, progress)
+        samples = timed_loop(fn, runs, progress)
         rss_runs = rss_bytes()
         paced = None
         if control_rate is not None:
@@ -395,10 +395,10 @@ def measure_overhead(
             for k, per in enumerate(sizes):
                 harness_first = k % 2 == 0
                 if harness_first:
-                    harness += _timed_loop(fn, per)
+                    harness += timed_loop(fn, per)
                 bare += loop.block(per)
                 if not harness_first:
-                    harness += _timed_loop(fn, per)
+                    harness += timed_loop(fn, per)
                 if progress is not None:
                     progress(2 * per)
     h50, b50 = float(np.median(harness)) / 1e6, float(np.median(bare)) / 1e6

@@ -166,17 +166,11 @@ def duplicate_names(model: ir.Model) -> list[str]:
 def check_graph(model: ir.Model, where: str) -> None:
     """Unique node and value names, then the ONNX checker (models under 1 GiB of weights, the
     in-memory checker's limit is 2 GiB): a pass output that fails here never reaches a
-    runtime. Undeclared custom domains are declared first. Raises ``PassError`` naming
-    ``where``."""
+    runtime. Raises ``PassError`` naming ``where``."""
     import onnx
 
     from robopt_compile.errors import PassError
 
-    # A domain the nodes use but the model does not declare (a quantizer's com.microsoft
-    # MatMulNBits) is declared at version 1, as ONNX Runtime itself assumes.
-    for node in model.graph:
-        if node.domain not in ("", "ai.onnx") and node.domain not in model.opset_imports:
-            model.opset_imports[node.domain] = 1
     dups = duplicate_names(model)
     problem = "; ".join(dups[:3]) if dups else None
     if problem is None and weight_bytes(model) < EXTERNAL_DATA_THRESHOLD:

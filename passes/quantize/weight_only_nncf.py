@@ -177,6 +177,10 @@ class NncfWeightOnlyPass(QuantizePass):
             ) from exc
         seconds = time.perf_counter() - start
         out = common.from_proto(qproto)
+        # NNCF writes com.microsoft::MatMulNBits without importing its domain (ONNX Runtime
+        # assumes version 1; the ONNX checker refuses the model): declare it.
+        if any(n.domain == "com.microsoft" for n in out.graph):
+            out.opset_imports.setdefault("com.microsoft", 1)
         fixed = _drop_duplicate_bias(out)
         common.check_io(model, out, self.name)
 

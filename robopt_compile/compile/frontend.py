@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from robopt_compile import ir as rir
-from robopt_compile.compile.source import (  # noqa: F401 - re-exported: frontend's API
+from robopt_compile.compile.source import (
     PARITY_TOLERANCE,
     REFERENCE_SEED_OFFSET,
     SourceModel,
     check_model,
     parity_failed,
 )
-from robopt_compile.errors import CheckFailedError, ExportError, InputError, ModelLoadError
+from robopt_compile.errors import ExportError, InputError, ModelLoadError
 from robopt_compile.feeds import check_feeds_match, load_npz_inputs
 
 if TYPE_CHECKING:
@@ -114,7 +114,9 @@ def load_source(
     kind = source_kind(source)
     given = load_npz_inputs(reference_inputs) if reference_inputs is not None else None
     if kind == "onnx":
-        return _load_onnx(source, seed, given)
+        from robopt_compile.compile.onnx_frontend import load_onnx
+
+        return load_onnx(source, seed, given)
     if kind in ("savedmodel", "keras", "tflite"):
         from robopt_compile.compile.tf_frontend import load_tf
 
@@ -157,68 +159,6 @@ def load_fp32(source: str) -> Any:
     """``source`` exported to its fp32 ONNX model, parity not enforced (the original that an
     evaluation compares an optimized engine with)."""
     return load_source(source, check_parity=False).model
-
-
-# --------------------------------------------------------------------------- ONNX files
-
-
-def _load_onnx(source: str, seed: int, given: dict[str, np.ndarray] | None) -> SourceModel:
-    from robopt_compile import numerics
-    from robopt_compile.compile import legacy_onnx
-    from robopt_compile.numerics import random_feeds, run_onnx
-
-    original = rir.load(source)
-    check_model(original, source)
-    model, legacy_notes, parity_fig = original, [], {}
-    if legacy_onnx.needs_modernizing(original):
-        model, legacy_notes, changes = legacy_onnx.modernize(rir.clone(original), source)
-        check_model(model, f"{source} (modernized)")
-    specs = rir.input_specs(model)
-    if given is not None:
-        check_feeds_match(given, specs, "--reference-inputs")
-        feeds = given
-    else:
-        feeds = random_feeds(specs, seed=seed + REFERENCE_SEED_OFFSET)
-    try:
-        # the original file in ONNX Runtime is the reference, also for a modernized model
-        outputs = run_onnx(original, feeds)
-    except Exception as exc:  # onnxruntime's errors share no base class: one line
-        what = "the given reference inputs" if given is not None else "random inputs"
-        raise ModelLoadError(
-            f"{source}: ONNX Runtime cannot run the model on {what} "
-            f"({str(exc).splitlines()[0][:200]}). If the model needs valid values (indices, "
-            "masks), pass real samples with --reference-inputs FILE.npz."
-        ) from exc
-    if legacy_notes:
-        parity_fig = numerics.judge(outputs, run_onnx(model, feeds), PARITY_TOLERANCE)
-        parity_fig["modernized"] = changes
-        if not parity_fig["passed"]:
-            bad = parity_fig["outputs"][parity_fig["output"]]
-            raise CheckFailedError(
-                f"{source}: the modernized model ({'; '.join(legacy_notes)}) does not match "
-                f"the original file in ONNX Runtime on output {parity_fig['output']!r} "
-                f"({bad['reason']}); re-export the model at opset {legacy_onnx.TARGET_OPSET}."
-            )
-    return SourceModel(
-        model=model,
-        name=Path(source).stem,
-        source=source,
-        kind="onnx",
-        exporter=None,
-        reference_inputs=feeds,
-        reference_outputs=outputs,
-        parity={"modernize": parity_fig} if parity_fig else {},
-        notes=[
-            *legacy_notes,
-            "reference outputs come from ONNX Runtime on the unmodified input ONNX"
-            + (
-                ""
-                if given is not None
-                else " (random inputs: pass --reference-inputs with "
-                "real samples for meaningful fidelity)"
-            ),
-        ],
-    )
 
 
 # --------------------------------------------------------------------------- torch sources
@@ -453,12 +393,7 @@ def parity(
 
 def _check_parity(fig: dict[str, Any], what: str) -> None:
     if not fig["passed"]:
-        bad = fig["outputs"][fig["output"]]
-        raise CheckFailedError(
-            f"{what}: exported ONNX does not match the torch model on output {fig['output']!r} "
-            f"({bad['reason']}). Re-run with --debug; --no-parity-check skips this check at "
-            "your own risk."
-        )
+        parity_failed(fig, what, "the torch model")
 
 
 def _from_torch(

@@ -9,7 +9,7 @@ model
   feed (ONNX Runtime otherwise asks for it as a "missing input" once a pass rewrites it);
 - an opset of at least ``MIN_OPSET``, converted with ONNX's own version converter.
 
-The caller (``frontend._load_onnx``) takes its reference outputs from ONNX Runtime on the
+The caller (``onnx_frontend.load_onnx``) takes its reference outputs from ONNX Runtime on the
 original file and checks the modernized model against them (exit 4 when they differ).
 """
 

@@ -52,11 +52,15 @@ def check_model(model: ir.Model, where: str) -> None:
         ) from exc
 
 
-def parity_failed(fig: dict[str, Any], source: str, original: str) -> NoReturn:
+NO_PARITY_ADVICE = "Re-run with --debug; --no-parity-check skips this check at your own risk."
+
+
+def parity_failed(
+    fig: dict[str, Any], source: str, original: str, advice: str = NO_PARITY_ADVICE
+) -> NoReturn:
     """Exit 4: the converted ONNX does not compute what ``original`` computes."""
     bad = fig["outputs"][fig["output"]]
     raise CheckFailedError(
         f"{source}: the converted ONNX does not match {original} on output {fig['output']!r} "
-        f"({bad['reason']}). Re-run with --debug; --no-parity-check skips this check at your "
-        "own risk."
+        f"({bad['reason']}). {advice}"
     )

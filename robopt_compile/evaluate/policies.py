@@ -188,19 +188,19 @@ def check_policy_fits(task: Task, manifest_inputs: Sequence[dict[str, Any]], wha
     names = [i["name"] for i in manifest_inputs]
     if getattr(task, "single_input", False):
         # a user task feeding its observation as the model's one input, whatever its name
+        obs = list(task.feed_shapes["obs"])
         if len(names) != 1:
             raise InputError(
                 f"{what} takes {len(names)} inputs {names} but task {task.name} feeds one "
-                f"observation of shape {['B', *task.feed_shapes['obs']]}; give --task a "
-                "package.module:factory returning (env, to_feeds) to map it (docs/EVALUATION.md)."
+                f"observation of shape {['B', *obs]}; give --task a package.module:factory "
+                "returning (env, to_feeds) to map it (docs/EVALUATION.md)."
             )
-        shapes = {names[0]: task.feed_shapes["obs"]}
         got = list(manifest_inputs[0].get("shape", [])[1:])
-        if got and all(isinstance(d, int) for d in got) and tuple(got) != tuple(shapes[names[0]]):
+        if got and all(isinstance(d, int) for d in got) and got != obs:
             raise InputError(
                 f"{what} takes {names[0]} of shape {['B', *got]} but task {task.name}'s "
-                f"observation is {['B', *shapes[names[0]]]}; pick the environment the model "
-                f"was trained for ({option}), or map it with a factory's to_feeds."
+                f"observation is {['B', *obs]}; pick the environment the model was trained "
+                f"for ({option}), or map it with a factory's to_feeds."
             )
         return
     if list(task.input_names) != names:

@@ -171,6 +171,7 @@ def time_onnx(model: bytes | ir.Model, feeds: Mapping[str, np.ndarray], threads:
     import onnxruntime as ort
 
     from robopt_compile import ir as rir
+    from robopt_compile.bench.harness import timed_loop  # the harness's loop, gc paused
 
     data = model if isinstance(model, bytes) else rir.to_proto(model).SerializeToString()
     so = ort.SessionOptions()
@@ -179,12 +180,7 @@ def time_onnx(model: bytes | ir.Model, feeds: Mapping[str, np.ndarray], threads:
     feeds = dict(feeds)
     for _ in range(warmup):
         sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        sess.run(None, feeds)
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times)) / 1e6
+    return float(np.median(timed_loop(lambda: sess.run(None, feeds), runs))) / 1e6
 
 
 def build_table(

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.errors import InputError
+from robopt_compile.errors import BackendUnavailableError, InputError
 from robopt_compile.tasks import Episode, Policy, Task, quiet_stdout
 
 DEFAULT_MAX_STEPS = 1000
@@ -58,12 +58,17 @@ def registered_ids() -> set[str] | None:
         import gymnasium as gym
     except ImportError:
         return None
+    _register_pybullet()
+    return set(gym.registry)
+
+
+def _register_pybullet() -> None:
+    """Register pybullet's ``*BulletEnv-v0`` ids, when pybullet-envs-gymnasium is installed."""
     try:
         with quiet_stdout((1, 2)):  # pybullet prints its build time on import
-            import pybullet_envs_gymnasium  # noqa: F401 - registers the *BulletEnv-v0 ids
+            import pybullet_envs_gymnasium  # noqa: F401 - registers the ids on import
     except ImportError:
         pass
-    return set(gym.registry)
 
 
 def _make(env_id: str) -> tuple[Any, Any]:
@@ -71,9 +76,14 @@ def _make(env_id: str) -> tuple[Any, Any]:
     if ":" not in env_id:
         import gymnasium as gym
 
-        registered_ids()  # pybullet's ids
-        with quiet_stdout():
-            return gym.make(env_id), None
+        _register_pybullet()
+        try:
+            with quiet_stdout():
+                return gym.make(env_id), None
+        except gym.error.DependencyNotInstalled as exc:
+            raise BackendUnavailableError(f"task {env_id!r}: {str(exc).splitlines()[0]}") from exc
+        except gym.error.Error as exc:  # gymnasium's own refusal of this id: one line
+            raise InputError(f"task {env_id!r}: gymnasium cannot make it ({exc}).") from exc
     module_name, _, attr = env_id.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)

@@ -258,7 +258,7 @@ def test_a_symbolic_batch_is_built_for_batch_1_with_a_line_saying_so(
 
 def test_a_tuning_unit_refuses_a_worker_with_another_cpu():
     """Timings from another CPU are not the robot's: the unit refuses before tuning anything."""
-    pytest.importorskip("tvm")
+    pytest.importorskip("tvm", reason="the [tvm] extra is not installed")
     from robopt_compile.targets.tvm.distributed import cpu_identity, tune_kernels
 
     assert cpu_identity()  # this machine's model and flags

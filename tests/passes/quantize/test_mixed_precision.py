@@ -14,9 +14,9 @@ from robopt_compile.passes.quantize.mixed_precision import (
 )
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A Conv-Relu-Conv-Gemm model and ONNX Runtime's QDQ int8 version of it."""
+def _export_and_quantize(module, shape, d):
+    """``module`` exported to ``d/f.onnx`` and ONNX Runtime's QDQ int8 of it (8 random
+    calibration samples of ``shape``): the (float, quantized) models."""
     import torch
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -25,16 +25,10 @@ def models(tmp_path_factory):
         quantize_static,
     )
 
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
-        torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 4),
-    ).eval()  # fmt: skip
-    d = tmp_path_factory.mktemp("mp")
-    torch.onnx.export(m, (torch.randn(1, 3, 16, 16),), str(d / "f.onnx"), dynamo=True,
-                      verbose=False, input_names=["x"], output_names=["y"])  # fmt: skip
+    torch.onnx.export(module, (torch.randn(*shape),), str(d / "f.onnx"), dynamo=True,
+                      verbose=False, input_names=["x"])  # fmt: skip
     rng = np.random.default_rng(0)
-    samples = [{"x": rng.standard_normal((1, 3, 16, 16), np.float32)} for _ in range(8)]
+    samples = [{"x": rng.standard_normal(shape, np.float32)} for _ in range(8)]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -50,6 +44,19 @@ def models(tmp_path_factory):
     ir.external_data.load_to_model(f)
     ir.external_data.load_to_model(q)
     return f, q
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A Conv-Relu-Conv-Gemm model and ONNX Runtime's QDQ int8 version of it."""
+    import torch
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 12 * 12, 4),
+    ).eval()  # fmt: skip
+    return _export_and_quantize(m, (1, 3, 16, 16), tmp_path_factory.mktemp("mp"))
 
 
 def run(model, x):
@@ -124,17 +131,11 @@ def test_search_keeps_fewest_sensitive_layers(models):
     assert met_already.met and met_already.evaluations == 1
 
 
-def test_a_bottleneck_block_input_restored_once():
+def test_a_bottleneck_block_input_restored_once(tmp_path):
     """Issue 22: in a ResNet bottleneck the block's input (a Relu that ORT's quantizer folds
     into its Q) feeds the first 1x1 conv and the shortcut's Add; with both back in fp32 the
     Relu was restored twice under one node name, which ONNX Runtime refused to load."""
     import torch
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
     class Bottleneck(torch.nn.Module):
         def __init__(self) -> None:
@@ -148,32 +149,11 @@ def test_a_bottleneck_block_input_restored_once():
             y = self.c3(torch.relu(self.c2(torch.relu(self.c1(r)))))
             return self.c4(torch.relu(y + r))
 
-    import tempfile
-    from pathlib import Path
-
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    samples = [{"x": rng.standard_normal((1, 3, 8, 8), np.float32)} for _ in range(4)]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(samples)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    with tempfile.TemporaryDirectory() as d:
-        torch.onnx.export(Bottleneck().eval(), (torch.randn(1, 3, 8, 8),), f"{d}/f.onnx",
-                          dynamo=True, verbose=False, input_names=["x"])  # fmt: skip
-        quantize_static(f"{d}/f.onnx", f"{d}/q.onnx", Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QUInt8)  # fmt: skip
-        f, q = ir.load(Path(d) / "f.onnx"), ir.load(Path(d) / "q.onnx")
-        ir.external_data.load_to_model(f)
-        ir.external_data.load_to_model(q)
+    f, q = _export_and_quantize(Bottleneck().eval(), (1, 3, 8, 8), tmp_path)
     names = quantized_compute_nodes(q)
     d = dequantize_nodes(q, f, names)
     node_names = [n.name for n in d.graph if n.name]
     assert len(node_names) == len(set(node_names))
-    x = rng.standard_normal((1, 3, 8, 8), np.float32)
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8), np.float32)
     np.testing.assert_allclose(run(d, x), run(f, x), rtol=1e-5, atol=1e-5)
