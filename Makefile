@@ -34,6 +34,9 @@ test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 bench: install
+	( $(BIN)/python -m pip install --quiet -e ".[nas]" "$(TORCH)" && \
+	  $(BIN)/python -m pip install --quiet --no-deps "torchprofile==0.0.4" ) || \
+	  echo "make: the [nas] extra (nvidia-modelopt) did not install: the archsearch section says FastNAS is missing"
 	$(BIN)/python -m benchmarks.run --out docs/BENCHMARKS.md
 
 lint: install

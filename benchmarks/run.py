@@ -218,6 +218,7 @@ def write_report(
     metaworld_vla: dict[str, Any] | None = None,
     platform: dict[str, Any] | None = None,
     scale: dict[str, Any] | None = None,
+    archsearch: dict[str, Any] | None = None,
 ) -> None:
     cols = list(COLUMNS)
     lines = [
@@ -246,6 +247,10 @@ def write_report(
         from benchmarks.metaworld_vla import report_lines as vla_lines
 
         lines += vla_lines(metaworld_vla)
+    if archsearch:  # the architecture search against uniform pruning and FastNAS
+        from benchmarks.archsearch import report_lines as arch_lines
+
+        lines += arch_lines(archsearch)
     lines += [
         "## Latency p50 (ms) and speed-up vs torch eager",
         "",
@@ -407,7 +412,7 @@ def _plot(rows: list[dict[str, Any]], cols: list[str], path: Path) -> None:
 
 SECTIONS = (
     "base", "quant", "prune", "targets", "eval", "remote", "planner", "crash", "cache", "vla",
-    "faults", "metaworld", "metaworld-vla", "platform", "scale",
+    "faults", "metaworld", "metaworld-vla", "platform", "scale", "archsearch",
 )  # fmt: skip
 
 
@@ -432,6 +437,9 @@ def main() -> None:
                     help="Paired Meta-World episodes per engine (the claim).")  # fmt: skip
     ap.add_argument("--metaworld-vla-episodes", type=int, default=100,
                     help="Paired Meta-World episodes per engine for the trained VLA.")  # fmt: skip
+    ap.add_argument("--archsearch-prebuilt", type=Path, default=None,
+                    help="A folder with nas-search / nas-uniform bundles built by the section's "
+                    "own options (docs/ARCHSEARCH.md); missing ones are built.")  # fmt: skip
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     results_path = args.out.parent / "bench_results.json"
@@ -541,6 +549,14 @@ def main() -> None:
 
             res["scale"] = bench_scale(work, log)
             stamps["scale"] = now
+        if "archsearch" in args.sections:
+            from benchmarks.archsearch import bench_archsearch
+
+            res["archsearch"] = bench_archsearch(
+                work, log, args.metaworld_episodes, args.rounds, args.per_round,
+                args.archsearch_prebuilt,
+            )  # fmt: skip
+            stamps["archsearch"] = now
     finally:
         # Sections measured before a failure are kept (a rerun with --sections reuses them).
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -554,7 +570,7 @@ def main() -> None:
         res["rows"], res["overhead"], res["startup"], args.out, args.rounds, args.per_round,
         res["quant"], res["prune"], reused, res["targets"], res["eval"], res["remote"],
         res["planner"], res["crash"], res["cache"], res["vla"], res["faults"], res["metaworld"],
-        res["metaworld-vla"], res["platform"], res["scale"],
+        res["metaworld-vla"], res["platform"], res["scale"], res["archsearch"],
     )  # fmt: skip
     results_path.write_text(json.dumps({**res, "measured": stamps}, indent=2, default=str))
     log(f"[bench] wrote {args.out}")

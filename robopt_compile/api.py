@@ -90,8 +90,8 @@ def compile_options(base: CompileOptions | None = None, **option_fields: Any) ->
     Any field of ``CompileOptions`` (``backend``, ``precision``, ``threads``, ``eval`` as a
     spec string such as ``"task:episodes=20"`` ...), of its ``QuantOptions`` (``calibration``,
     ``max_drop``, ``strict`` ...) or of its ``CompressOptions`` (``prune``, ``low_rank``,
-    ``distill`` ...). ``seed`` seeds both the export and the quantizer, as ``--seed`` does.
-    None values are ignored (the base's stands).
+    ``distill``, ``search_arch``, ``search_budget_s`` ...). ``seed`` seeds both the export
+    and the quantizer, as ``--seed`` does. None values are ignored (the base's stands).
 
     Raises:
         InputError: an unknown field.
@@ -100,10 +100,11 @@ def compile_options(base: CompileOptions | None = None, **option_fields: Any) ->
 
     given = {k: v for k, v in option_fields.items() if v is not None}
     classes = (CompileOptions, QuantOptions, CompressOptions)
-    groups = [{f.name for f in fields(cls)} for cls in classes]
+    internal = {"closed_loop", "arch_guard", "task"}  # set by the pipeline, not the user
+    groups = [{f.name for f in fields(cls)} - internal for cls in classes]
     unknown = sorted(k for k in given if not any(k in g for g in groups))
     if unknown:
-        known = sorted(set().union(*groups) - {"quant", "compress", "closed_loop"})
+        known = sorted(set().union(*groups) - {"quant", "compress"})
         raise InputError(f"unknown compile option(s) {unknown}; known: {', '.join(known)}.")
     top = {k: v for k, v in given.items() if k in groups[0]}
     quant = {k: v for k, v in given.items() if k in groups[1] and k not in groups[0]}

@@ -119,6 +119,14 @@ from robopt_compile.executor import parse_executor
     help="Truncated-SVD factorization of Gemm/MatMul/1x1-Conv weights, where it cuts FLOPs.",
 )
 @click.option(
+    "--search-arch",
+    metavar="latency=0.5x|latency-ms=3",
+    help="Search every layer's width and the residual blocks to keep under a latency budget "
+    "measured here (ONNX Runtime, --threads) [,steps=8,tune=30,shortlist=2,finalists=3,lr=3e-4,"
+    "batch=16]; finalists judged in the task with --eval; then --distill recovers "
+    "(docs/ARCHSEARCH.md).",
+)
+@click.option(
     "--distill",
     metavar="steps=N[,lr=F,batch=N,loss=mse|kl]",
     help="After --prune channels/--low-rank: train the compressed model to match the original "
@@ -176,9 +184,16 @@ from robopt_compile.executor import parse_executor
     help="Planner: what to minimise among the plans that meet every bound (default latency).",
 )
 @click.option(
-    "--techniques", metavar="quantize,prune", help="Planner: techniques it may use (quantize)."
+    "--techniques",
+    metavar="quantize,prune,arch",
+    help="Planner: techniques it may use (default quantize; prune: channels 25%/50%; arch: "
+    "--search-arch latency=0.5x).",
 )
-@click.option("--search-budget", metavar="10m", help="Planner: time for building and measuring.")
+@click.option(
+    "--search-budget",
+    metavar="10m",
+    help="Planner: time for building and measuring; with --search-arch: the search's time.",
+)
 @click.option(
     "--plan-only", is_flag=True, help="Planner: print the plans and predictions, build nothing."
 )
@@ -252,6 +267,7 @@ def compile_cmd(
     prune_layer: tuple[str, ...],
     low_rank: str | None,
     distill: str | None,
+    search_arch: str | None,
     tune_trials: int | None,
     dla_core: int | None,
     eval_spec: str | None,
@@ -302,9 +318,15 @@ def compile_cmd(
         block_size=block_size,
         seed=kw["seed"],
     )
+    arch_budget = None
+    if search_arch is not None and search_budget is not None:  # the search's, not a planner's
+        from robopt_compile.plan.planner import parse_budget
+
+        arch_budget, search_budget = parse_budget(search_budget), None
     compress = CompressOptions(
-        prune=prune, prune_layers=prune_layer, low_rank=low_rank, distill=distill
-    )
+        prune=prune, prune_layers=prune_layer, low_rank=low_rank, distill=distill,
+        search_arch=search_arch, search_budget_s=arch_budget,
+    )  # fmt: skip
     opts = compile_options(
         kw,
         backend=backend,

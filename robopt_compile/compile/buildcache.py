@@ -209,7 +209,7 @@ def transform_config(
     ``calibration``: the data's identity when it is known without the file (a cached
     ``--calibration task`` recording); otherwise it is hashed from ``opts``.
     """
-    from dataclasses import asdict
+    from dataclasses import fields
 
     from robopt_compile.store.cache import (
         Uncacheable,
@@ -225,16 +225,24 @@ def transform_config(
         raise Uncacheable(f"the accuracy metric {q.metric} is user code that cannot be hashed")
     if q.closed_loop is not None:
         raise Uncacheable("a closed-loop accuracy guard (--eval with --max-drop) runs the task")
+    if opts.compress.arch_guard is not None:
+        raise Uncacheable("the architecture search's finalists run the task (--eval)")
     return {
         "implementation": implementation_of(*TRANSFORM_IMPLEMENTATION),
         "simplify": opts.simplify,
         "seed": opts.seed,
         # ``task`` follows from the calibration spec (keyed below): the pipeline sets it after
         # recording, the bundle lookup before, and both must give the same key.
-        "compress": {k: v for k, v in asdict(opts.compress).items() if k != "task"},
+        "compress": {
+            f.name: getattr(opts.compress, f.name)
+            for f in fields(opts.compress)
+            if f.name not in ("task", "arch_guard", "search_budget_s")
+        },
         "precision": opts.precision,
         "backend": backend.name,
         "profile": profile_fingerprint(profile),
+        # the search's latency table is timed here, at these threads
+        "arch_timing": _arch_timing(opts) if opts.compress.search_arch else None,
         "quant": {
             "calibration": (calibration or data_identity(q.calibration)) if needs_data else None,
             "method": q.method,
@@ -246,6 +254,12 @@ def transform_config(
             "seed": q.seed,
         },
     }
+
+
+def _arch_timing(opts: CompileOptions) -> dict[str, Any]:
+    from robopt_compile.bench.machine import machine_profile
+
+    return {"threads": opts.threads or 1, "cpu": machine_profile()}
 
 
 def cached_transform(

@@ -30,6 +30,32 @@ from robopt_compile.compile.options import CompressOptions
 from robopt_compile.errors import CheckFailedError, InputError
 
 RANDOM_SAMPLES = 64  # with no --calibration: random inputs, half held out
+RECOVERABLE = ("prune-channels", "low-rank", "arch-search")  # what --distill recovers
+
+
+class ArchSearchStep:
+    """``--search-arch`` as the first structured step (``archsearch/search.py``): its result
+    is judged, distilled (``--distill``) and rolled back like a pruning pass's."""
+
+    name = "arch-search"
+
+    def __init__(self, opts: CompressOptions, samples: list, threads: Any, cache: Any,
+                 seed: int) -> None:  # fmt: skip
+        from robopt_compile.archsearch.search import parse_arch_spec
+
+        self.spec = parse_arch_spec(opts.search_arch or "")
+        self.opts, self.samples, self.threads = opts, samples, threads
+        self.cache, self.seed = cache, seed
+        self.report: dict[str, Any] = {}
+
+    def run(self, model: Any, note: Callable[[str, str, float], None]) -> Any:
+        from robopt_compile.archsearch.search import search_arch
+
+        out = search_arch(model, self.spec, self.samples, self.threads, cache=self.cache,
+                          guard=self.opts.arch_guard, seed=self.seed,
+                          budget_s=self.opts.search_budget_s, progress=note)  # fmt: skip
+        self.report = out.report
+        return out.model
 
 
 def parse_spec(text: str, flag: str, head_keys: tuple[str, ...] = ()) -> tuple[str, dict[str, str]]:
@@ -143,15 +169,25 @@ def validate(opts: CompressOptions, has_calibration: bool, task_calibration: boo
             "--distill onpolicy=R lets the student drive the task: it needs --calibration "
             "task (the recordings' task)."
         )
+    if opts.search_arch is not None:
+        from robopt_compile.archsearch.search import parse_arch_spec
+
+        parse_arch_spec(opts.search_arch)
+        if any(p.startswith("channels") for p in opts.prune) or opts.prune_layers:
+            raise InputError("--search-arch chooses every layer's width: drop --prune channels "
+                             "and --prune-layer (2:4 and unstructured may follow it).")  # fmt: skip
     if (opts.distill or opts.prune_layers) and not opts.active:
         raise InputError("--distill and --prune-layer need --prune channels:R or --low-rank.")
     if opts.prune_layers and not any(p.startswith("channels") for p in opts.prune):
         raise InputError("--prune-layer sets channel-pruning ratios: add --prune channels:R.")
     steps = build_steps(opts, [{"placeholder": np.zeros(1)}] if has_calibration else [])
-    if distill_options(opts.distill) is not None and not any(
-        getattr(s, "name", "") in ("prune-channels", "low-rank") for s in steps
+    if (
+        distill_options(opts.distill) is not None
+        and opts.search_arch is None
+        and not any(getattr(s, "name", "") in ("prune-channels", "low-rank") for s in steps)
     ):
-        raise InputError("--distill recovers what --prune channels or --low-rank cost; add one.")
+        raise InputError("--distill recovers what --prune channels, --low-rank or --search-arch "
+                         "cost; add one.")  # fmt: skip
 
 
 def distill_options(spec: str | None) -> dict[str, Any] | None:
@@ -221,6 +257,7 @@ def compress(
     threads: int | None,
     runner: Any,
     progress: Callable[[str, str, float], None] | None = None,
+    cache: Any = None,
 ) -> CompressResult:
     """Run the compression steps on ``model``; guard each, distill if asked, roll back."""
     from robopt_compile import ir as rir
@@ -239,8 +276,11 @@ def compress(
     if data_note:
         note(data_note, "note", 0.0)
     steps = build_steps(opts, [] if data.random else list(data.calibration))
-    if dist is not None and not any(pass_name(s) in ("prune-channels", "low-rank") for s in steps):
-        raise InputError("--distill recovers what --prune channels or --low-rank cost; add one.")
+    if opts.search_arch is not None:
+        steps.insert(0, ArchSearchStep(opts, list(data.calibration), threads, cache, quant.seed))
+    if dist is not None and not any(pass_name(s) in RECOVERABLE for s in steps):
+        raise InputError("--distill recovers what --prune channels, --low-rank or --search-arch "
+                         "cost; add one.")  # fmt: skip
     original = rir.clone(model)
     reference = run_onnx_many(original, data.holdout, threads=threads)
     # --eval with a bound: each step is judged by the task (episodes of the accuracy guard's
@@ -276,12 +316,15 @@ def compress(
     last_fig: dict[str, Any] = score(model, task=False)
     for step in steps:
         name = pass_name(step)
-        candidate = runner.run([step], rir.clone(current))
+        if isinstance(step, ArchSearchStep):
+            candidate = step.run(current, note)
+        else:
+            candidate = runner.run([step], rir.clone(current))
         fig = score(candidate)
         entry: dict[str, Any] = {"pass": name, "report": getattr(step, "report", {})}
         entry["figures_before"] = last_fig
         entry["figures"] = fig
-        if dist is not None and name in ("prune-channels", "low-rank"):
+        if dist is not None and name in RECOVERABLE:
             from robopt_compile.distill import distill
 
             note("distill", "start", 0.0)

@@ -33,10 +33,15 @@ class CompressOptions:
     # The task --calibration task recorded in (set by the pipeline): where --distill
     # onpolicy=R lets the student drive (compile/onpolicy.py).
     task: str | None = None
+    # --search-arch "latency=0.5x,tune=30" (archsearch/search.py) and its --search-budget
+    search_arch: str | None = None
+    search_budget_s: float | None = None
+    # evaluate.ClosedLoopGuard judging the search's finalists (set by the pipeline with --eval)
+    arch_guard: Any = field(default=None, compare=False)
 
     @property
     def active(self) -> bool:
-        return bool(self.prune or self.low_rank)
+        return bool(self.prune or self.low_rank or self.search_arch)
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,11 @@ def _compile_one(
             opts = replace(
                 opts, quant=replace(opts.quant, closed_loop=ClosedLoopGuard(eval_task, opts.eval))
             )
+        if opts.compress.search_arch is not None:  # the search's finalists by task success
+            from robopt_compile.evaluate import ClosedLoopGuard
+
+            guard = opts.quant.closed_loop or ClosedLoopGuard(eval_task, opts.eval)
+            opts = replace(opts, compress=replace(opts.compress, arch_guard=guard))
     evaluation: dict[str, Any] = {}
 
     def finish(staged: Path) -> None:
@@ -266,6 +271,8 @@ def _compile_one(
             cache.close()
         if opts.quant.closed_loop is not None:
             opts.quant.closed_loop.close()
+        if opts.compress.arch_guard is not None:
+            opts.compress.arch_guard.close()
         for tmp in (eval_ref, calib_tmp):
             if tmp is not None:
                 shutil.rmtree(tmp.parent, ignore_errors=True)
@@ -316,7 +323,8 @@ def _compile_rest(
             from robopt_compile.compile.compress import compress
 
             with stage(progress, "compress", timings):
-                cres = compress(model, opts.compress, opts.quant, opts.threads, runner, progress)
+                cres = compress(model, opts.compress, opts.quant, opts.threads, runner, progress,
+                                cache=cache)  # fmt: skip
             compress_report = cres.report
             if cres.compressed:
                 model = cres.model

@@ -63,17 +63,21 @@ def applied_label(c: Candidate, manifest: dict[str, Any], report: dict[str, Any]
     quantization, a pruning step undone or not applied); None when it is ``c``."""
     precision = manifest.get("precision", c.precision)
     steps = (report.get("compression") or {}).get("steps", [])
-    pruned = [s for s in steps if s.get("pass") == "prune-channels" and not s.get("rolled_back")]
-    prune = c.prune if pruned else None
-    applied = Candidate(c.backend, precision, prune)
+    kept = {s.get("pass") for s in steps if not s.get("rolled_back")}
+    prune = c.prune if "prune-channels" in kept else None
+    arch = c.arch if "arch-search" in kept else None
+    applied = Candidate(c.backend, precision, prune, arch)
     if applied.label == c.label:
         return None
     why = []
     if precision != c.precision:
         why.append(f"{c.precision} rolled back to {precision}")
-    if c.prune and not pruned:
-        undone = [s for s in steps if s.get("pass") == "prune-channels"]
-        reason = undone[0].get("rollback_reason") if undone else "not applied"
-        why.append(f"pruning {'rolled back' if undone else 'not applied'}"
-                   + (f": {reason}" if reason and undone else ""))  # fmt: skip
+    asks = ((c.prune, prune, "prune-channels", "pruning"),
+            (c.arch, arch, "arch-search", "architecture search"))  # fmt: skip
+    for asked, done, name, what in asks:
+        if asked and not done:
+            undone = [s for s in steps if s.get("pass") == name]
+            reason = undone[0].get("rollback_reason") if undone else "not applied"
+            why.append(f"{what} {'rolled back' if undone else 'not applied'}"
+                       + (f": {reason}" if reason and undone else ""))  # fmt: skip
     return f"{applied.label} ({'; '.join(why)})"

@@ -30,9 +30,10 @@ from robopt_compile.errors import InputError
 from robopt_compile.precision import PRECISIONS
 
 OBJECTIVES = ("latency", "size", "memory")
-TECHNIQUES = ("quantize", "prune")
+TECHNIQUES = ("quantize", "prune", "arch")
 PERCENTILES = ("p50", "p99")
 PRUNE_RATIOS = (0.25, 0.5)
+ARCH_RATIOS = (0.5,)  # --search-arch latency=R x of the full network (archsearch/search.py)
 # A roofline estimate without a measurement to correct it can be off by this factor either way
 # (measured here: ORT runs the CNN at 8-20x its roofline time on one core): never reject on it.
 UNCORRECTED_ERROR = 50.0
@@ -91,14 +92,25 @@ class Candidate:
     backend: str
     precision: str
     prune: float | None = None  # channel pruning ratio
+    arch: float | None = None  # architecture search: latency ratio of the full network
 
     @property
     def label(self) -> str:
         p = f" + prune {self.prune:.0%}" if self.prune else ""
-        return f"{self.backend} {self.precision}{p}"
+        a = f" + arch {self.arch:g}x" if self.arch else ""
+        return f"{self.backend} {self.precision}{p}{a}"
 
     def key(self) -> str:
-        return f"{self.backend}/{self.precision}/{self.prune or 0}"
+        a = f"/arch{self.arch}" if self.arch else ""
+        return f"{self.backend}/{self.precision}/{self.prune or 0}{a}"
+
+    @property
+    def work(self) -> float:
+        """The share of the full network's arithmetic (pruning: both channel counts) or of
+        its latency (the architecture search's budget) the plan keeps."""
+        if self.arch:
+            return self.arch
+        return (1.0 - self.prune) ** 2 if self.prune else 1.0
 
 
 @dataclass
@@ -125,6 +137,7 @@ class Decision:
             "backend": self.candidate.backend,
             "precision": self.candidate.precision,
             "prune": self.candidate.prune,
+            "arch": self.candidate.arch,
             "verdict": self.verdict,
             "reason": self.reason,
             "prediction": None if self.prediction is None else asdict(self.prediction),
@@ -202,6 +215,8 @@ def candidates(
             out.append(Candidate(b, p))
             if "prune" in criteria.techniques:
                 out.extend(Candidate(b, p, r) for r in PRUNE_RATIOS)
+            if "arch" in criteria.techniques:
+                out.extend(Candidate(b, p, arch=r) for r in ARCH_RATIOS)
     return out
 
 
@@ -212,9 +227,9 @@ def predict(c: Candidate, facts: Facts, history: History) -> Prediction:
     plan corrects it (the runtime's overhead and efficiency carry over; the precision's
     arithmetic speed-up comes from the roofline).
     """
-    keep = 1.0 - (c.prune or 0.0)
+    keep = 1.0 - (c.prune or 0.0) if not c.arch else c.arch**0.5
     # Channel pruning at ratio r keeps (1-r) of both the in- and out-channels of inner layers.
-    work = keep * keep if c.prune else 1.0
+    work = c.work
     compute = PRECISIONS[c.precision].compute
     roof = facts.roofline_ms.get(compute) or facts.roofline_ms.get("fp32") or float("nan")
     ratio = history.ratios.get((c.backend, c.precision))
@@ -234,7 +249,9 @@ def predict(c: Candidate, facts: Facts, history: History) -> Prediction:
         "fp16", "bf16") else 1.0  # fmt: skip
     memory = size + facts.peak_activation_mb * act_bytes * keep
     risk = (
-        PRECISIONS[c.precision].risk + (1 if c.prune else 0) + (1 if (c.prune or 0) >= 0.5 else 0)
+        PRECISIONS[c.precision].risk
+        + (1 if c.prune or c.arch else 0)
+        + (1 if (c.prune or 0) >= 0.5 or (c.arch or 1) <= 0.5 else 0)
     )
     if c.precision in history.broke_accuracy:
         risk += 10
@@ -265,7 +282,7 @@ def plan(
     proposed: list[Decision] = []
     rejected: list[Decision] = []
     for c in cands:
-        if c.prune and not facts.prunable:
+        if (c.prune or c.arch) and not facts.prunable:
             rejected.append(Decision(c, "reject", "no prunable channel group in this model"))
             continue
         if facts.unsupported.get(c.backend):
@@ -326,7 +343,7 @@ def _baselines_first(proposed: list[Decision], history: History) -> list[Decisio
     first = []
     for d in proposed:
         c = d.candidate
-        if c.precision == "fp32" and not c.prune and c.backend not in known:
+        if c.precision == "fp32" and not c.prune and not c.arch and c.backend not in known:
             d.reason += f"; measured first: it calibrates the predictions for {c.backend}"
             first.append(d)
             known.add(c.backend)
@@ -445,6 +462,5 @@ def with_measurement(
     """History after one more measurement: the plan's latency and its backend's correction."""
     ratios = dict(history.ratios)
     if roofline_ms > 0 and math.isfinite(roofline_ms):
-        ratios[(c.backend, c.precision)] = latency_ms / (roofline_ms * (
-            (1 - (c.prune or 0)) ** 2 if c.prune else 1.0))  # fmt: skip
+        ratios[(c.backend, c.precision)] = latency_ms / (roofline_ms * c.work)
     return replace(history, ratios=ratios, measured_ms={**history.measured_ms, c.key(): latency_ms})

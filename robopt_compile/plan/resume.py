@@ -59,7 +59,7 @@ def resume_search(
         d = r.data if isinstance(r.data, dict) else json.loads(r.data)
         st = steps.get(r.step_index)
         measured.append(Measured(
-            candidate=Candidate(d["backend"], d["precision"], d.get("prune")),
+            candidate=Candidate(d["backend"], d["precision"], d.get("prune"), d.get("arch")),
             latency_ms=d["latency_ms"], size_mb=d["size_mb"], memory_mb=d.get("memory_mb"),
             accuracy_drop=d.get("accuracy_drop"), bundle=None, rolled_back=d["rolled_back"],
             artifact=st.output_hash if st else None, accuracy_metric=d.get("accuracy_metric"),

@@ -77,7 +77,8 @@ class SearchResult:
 
 
 def plan_compression(c: Candidate, base: Any) -> Any:
-    """The compression options of a plan: its channel pruning, recovered by distillation.
+    """The compression options of a plan: its channel pruning or architecture search
+    (``--search-arch latency=Rx``), recovered by distillation.
 
     A pruned plan is distilled on the calibration inputs (``--distill`` as given, else its
     defaults) when the search has real calibration data (a file, a folder or ``task``
@@ -86,10 +87,12 @@ def plan_compression(c: Candidate, base: Any) -> Any:
     student nothing about the robot's inputs). A plan without pruning carries no ``--distill``.
     """
     comp = base.compress
-    if not c.prune:
+    if not c.prune and not c.arch:
         return replace(comp, distill=None) if not comp.active else comp
     calib = base.quant.calibration
     distill = comp.distill or ("on" if calib and calib != "random" else None)
+    if c.arch:  # the architecture search at that latency ratio, then the same recovery
+        return replace(comp, prune=(), search_arch=f"latency={c.arch}x", distill=distill)
     return replace(comp, prune=(f"channels:{c.prune}",), distill=distill)
 
 
@@ -272,7 +275,8 @@ def plan_and_search(
                                        for _, _, b, o in wave])  # fmt: skip
             for (n, c, bdir, _), r in zip(wave, outs, strict=True):
                 if session is not None:
-                    cfg = {"backend": c.backend, "precision": c.precision, "prune": c.prune}
+                    cfg = {"backend": c.backend, "precision": c.precision, "prune": c.prune,
+                           "arch": c.arch}  # fmt: skip
                     session.start_step(c.label, config=cfg)
                 try:
                     if r["error"] is not None:
@@ -315,7 +319,8 @@ def plan_and_search(
                 log(f"[{n}] {c.label}: p50 {lat['p50']:.4g} ms, accuracy drop {shown}"
                     + (f"; built as {applied}" if applied else "") + other)  # fmt: skip
                 roof = facts.roofline_ms.get(PRECISIONS[c.precision].compute, float("nan"))
-                if not rolled and not elsewhere:  # a rolled-back plan ran the fp32 engine
+                # a rolled-back plan ran another engine (fp32, or unpruned): it corrects nothing
+                if not rolled and not elsewhere and applied is None:
                     history = with_measurement(history, c, lat["p50"], roof)
                 if session is not None:
                     from robopt_compile.plan.planner import violations

@@ -146,6 +146,48 @@ def section_compression(d: BundleData, plots: Plots) -> str:
             out.append(note(f"{s.get('pass')}: {s['report']['note']}"))
     if isinstance(c.get("final"), dict):
         out.append(_figure_table([("final (the bundle)", c["final"])]))
+    for s in steps:
+        if s.get("pass") == "arch-search" and isinstance(s.get("report"), dict):
+            out.append(_arch_search(s["report"], plots))
+    return "".join(out)
+
+
+def _arch_search(r: dict[str, Any], plots: Plots) -> str:
+    """The architecture search: its greedy steps and finalists, and the latency/error plot."""
+    t = r.get("table") or {}
+    out = [h3("Architecture search (--search-arch)"), kv_table([
+        ("budget", f"{fnum(r.get('budget_ms'))} ms (full network {fnum(t.get('full_ms'))} ms, "
+                   f"ONNX Runtime, {t.get('threads')} thread(s))"),
+        ("latency table", f"{t.get('entries')} entries, {t.get('measured')} timed, "
+                          f"{t.get('reused')} from the store"),
+        ("candidates", f"{dig(r, 'candidates.scored')} scored, "
+                       f"{dig(r, 'candidates.from_store')} from the store"),
+        ("score", r.get("score")), ("finalists by", r.get("finalists_by")),
+        ("time", f"{fnum(r.get('seconds'))} s"),
+    ])]  # fmt: skip
+    steps, fins = dicts(r.get("steps")), dicts(r.get("finalists"))
+    out.append(table(steps, [("change", "change", ""), ("what", "what", ""),
+                             ("predicted ms", "predicted_ms", ".3g"), ("error", "error", ".4g"),
+                             ("distilled", "refined", "ok")]))  # fmt: skip
+    cols: list[Col] = [("predicted ms", "predicted_ms", ".3g"),
+                       ("measured ms", "measured_ms", ".3g"), ("error", "error", ".4g"),
+                       ("success", "success", ".2f"), ("on the front", "pareto", "ok")]  # fmt: skip
+    out.append(table(fins, cols))
+    if steps:
+
+        def draw(fig: Any) -> None:
+            ax = fig.subplots()
+            ax.plot([x["predicted_ms"] for x in steps], [x["error"] for x in steps], "o-",
+                    color="#4c72b0", label="greedy steps (predicted ms)")  # fmt: skip
+            ax.plot([f["measured_ms"] for f in fins], [f["error"] for f in fins], "s",
+                    color="#c44e52", label="finalists (measured ms, distilled)")  # fmt: skip
+            ax.axvline(r.get("budget_ms", 0), color="#333", lw=0.8, ls="--")
+            ax.set_xlabel("latency (ms)")
+            ax.set_ylabel(mpl_text("relative L2 on the search's validation share"))
+            ax.invert_xaxis()
+            ax.legend(fontsize=8)
+
+        out.append(plots.svg(draw, 3.2, "architecture search: latency vs error"))
     return "".join(out)
 
 

@@ -465,3 +465,30 @@ def test_the_search_reports_each_build_as_progress(tmp_path: Path) -> None:
                     criteria={"techniques": ()}, progress=progress)  # fmt: skip
     assert r.best is not None and len(ticks) == len(r.measured) >= 1
     assert ticks[0] == (f"plan 1/{len(r.measured)}: onnxruntime fp32", 0.0)
+
+
+def test_the_arch_technique_plans_a_search_at_half_the_latency() -> None:
+    from robopt_compile.compile.compress import validate
+    from robopt_compile.compile.options import CompileOptions, QuantOptions
+    from robopt_compile.plan.measure import applied_label
+    from robopt_compile.plan.planner import predict
+    from robopt_compile.plan.search import plan_compression
+
+    crit = OptimizationCriteria(techniques=("quantize", "arch"))
+    got = candidates(["openvino"], BACKENDS, ("fp32", "int8"), crit)
+    arch = [c for c in got if c.arch]
+    assert [c.label for c in arch] == ["openvino fp32 + arch 0.5x", "openvino int8 + arch 0.5x"]
+    assert arch[0].key() != Candidate("openvino", "fp32").key()
+    full, half = (predict(c, FACTS, History()) for c in (Candidate("openvino", "fp32"), arch[0]))
+    assert half.latency_ms == pytest.approx(0.5 * full.latency_ms) and half.risk > full.risk
+    task = CompileOptions(quant=QuantOptions(calibration="task"))
+    comp = plan_compression(arch[1], task)
+    assert comp.search_arch == "latency=0.5x" and comp.distill == "on" and not comp.prune
+    validate(comp, has_calibration=True)
+    undone = {"compression": {"steps": [{"pass": "arch-search", "rolled_back": True,
+                                         "rollback_reason": "drop 0.3 > 0.1"}]}}  # fmt: skip
+    assert applied_label(arch[1], {"precision": "int8"}, undone) == (
+        "openvino int8 (architecture search rolled back: drop 0.3 > 0.1)"
+    )
+    kept = {"compression": {"steps": [{"pass": "arch-search", "rolled_back": False}]}}
+    assert applied_label(arch[1], {"precision": "int8"}, kept) is None

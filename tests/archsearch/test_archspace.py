@@ -3,13 +3,15 @@ channel group, identity residual blocks as depth choices, and sub-networks that 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
+from robopt_compile.archsearch.space import apply, arch_space, width_options
 from robopt_compile.errors import InputError
 from robopt_compile.numerics import run_onnx
-from robopt_compile.plan.archspace import apply, arch_space, width_options
 
 
 class Block(torch.nn.Module):
@@ -89,7 +91,7 @@ def test_choices_outside_the_space_are_refused(model):
 
 
 def test_latency_table_predicts_the_full_network_and_is_reused(model, tmp_path):
-    from robopt_compile.plan.latency_lut import build_table, check
+    from robopt_compile.archsearch.latency import build_table, check
     from robopt_compile.store.cache import BuildCache, UnitMemo
     from robopt_compile.store.store import open_store
 
@@ -117,13 +119,11 @@ def test_latency_table_predicts_the_full_network_and_is_reused(model, tmp_path):
     assert all(r["measured_ms"] > 0 and np.isfinite(r["error"]) for r in result["samples"])
 
 
-def test_netadapt_reaches_the_budget_step_by_step_and_refuses_an_unreachable_one(model):
-    from robopt_compile.plan.latency_lut import LatencyTable, layers_of
-    from robopt_compile.plan.netadapt import netadapt, smallest_ms
+def known_table(model, space):
+    """A table with known entries (ms = cin * cout / 1000), so the steps are reproducible; the
+    timed table is tested above."""
+    from robopt_compile.archsearch.latency import LatencyTable, layers_of
 
-    space = arch_space(model)
-    # A table with known entries (ms = cin * cout / 1000), so the steps are reproducible; the
-    # timed table is tested above.
     layers = layers_of(model, space)
     opts = {w.group: w.widths for w in space.widths}
     entries = {}
@@ -132,7 +132,14 @@ def test_netadapt_reaches_the_budget_step_by_step_and_refuses_an_unreachable_one
         couts = opts.get(la.out_group, (la.cout,)) if la.out_group else (la.cout,)
         pairs = [(c, c) for c in couts] if la.depthwise else [(a, b) for a in cins for b in couts]
         entries[la.node] = {(a, b): a * b / 1000 for a, b in pairs}
-    table = LatencyTable(layers, entries)
+    return LatencyTable(layers, entries)
+
+
+def test_netadapt_reaches_the_budget_step_by_step_and_refuses_an_unreachable_one(model):
+    from robopt_compile.archsearch.netadapt import netadapt, smallest_ms
+
+    space = arch_space(model)
+    table = known_table(model, space)
     full = table.predict({w.group: w.size for w in space.widths})
     rng = np.random.default_rng(3)
     xs = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
@@ -150,3 +157,23 @@ def test_netadapt_reaches_the_budget_step_by_step_and_refuses_an_unreachable_one
     assert run_onnx(r.model, xs[0])["action"].shape == (1, 4)
     with pytest.raises(InputError, match="out of reach: the smallest sub-network"):
         netadapt(model, space, table, 0.5 * smallest_ms(table, space), score)
+
+
+def test_netadapt_with_a_step_target_takes_fewer_larger_steps(model):
+    from robopt_compile.archsearch.netadapt import netadapt
+
+    space = arch_space(model)
+    table = known_table(model, space)
+    full = table.predict({w.group: w.size for w in space.widths})
+    x = {"x": np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    want = run_onnx(model, x)["action"]
+
+    def score(m):
+        return float(np.linalg.norm(run_onnx(m, x)["action"] - want) / np.linalg.norm(want))
+
+    one = netadapt(model, space, table, 0.4 * full, score)
+    big = netadapt(model, space, table, 0.4 * full, score, step_ms=0.3 * full)
+    assert big.predicted_ms <= 0.4 * full and len(big.steps) < len(one.steps)
+    ms = [full] + [s["predicted_ms"] for s in big.steps]
+    # every step saves time
+    assert all(a - b > 0 for a, b in itertools.pairwise(ms))

@@ -2,7 +2,7 @@
 
 NetAdapt's lookup table: every weighted layer (Conv, Gemm, MatMul with a constant weight) is
 timed alone, as a one-node ONNX model, at each input and output channel count the search
-space (``archspace.py``) can give it, in ONNX Runtime with the robot's thread count. A
+space (``space.py``) can give it, in ONNX Runtime with the robot's thread count. A
 sub-network's latency is then predicted from the sum of its layers' entries, calibrated on
 two whole networks measured (below), which also covers the rest of the network (activations,
 pooling, normalizations, the runtime's per-call cost). ``check`` measures whole
@@ -16,7 +16,9 @@ again. Timings are medians of ``RUNS`` calls after ``WARMUP``.
 What it does not model: a layer's time depending on its neighbours (fusion, cache reuse) and
 runtimes other than ONNX Runtime; the check says how far off that leaves it. The sum is
 calibrated on two whole networks (the full one and the narrowest): ``predict`` is
-``scale * sum + rest_ms``; the check's samples are other sub-networks.
+``scale * sum + rest_ms`` (below the narrowest network's sum, e.g. with blocks dropped too,
+the line through the origin and the narrowest point: never a negative time); the check's
+samples are other sub-networks.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class LatencyTable:
     scale: float = 1.0  # whole-network ms per ms of layers timed alone (calibrated)
     full_ms: float = 0.0
     narrow_ms: float = 0.0
+    narrow_sum: float = 0.0  # the narrowest network's layer sum (below it: through the origin)
+    full_sum: float = 0.0  # the full network's layer sum
     measured: int = 0  # entries timed now (the rest came from the store)
     reused: int = 0
     seconds: float = 0.0
@@ -63,7 +67,14 @@ class LatencyTable:
         """Predicted ms of the sub-network with ``widths`` (group -> channels) and the layers
         of dropped blocks (node names in ``dropped``) gone: ``scale`` x the layers' entries
         + ``rest_ms``."""
-        return self.scale * self.layer_sum(widths, dropped) + self.rest_ms
+        total = self.layer_sum(widths, dropped)
+        if self.narrow_sum == 0 and self.full_sum > 0:  # no width choices: proportional
+            return total * self.full_ms / self.full_sum
+        if 0 < total < self.narrow_sum and self.narrow_ms > 0:
+            # below the calibration's range (blocks dropped from the narrowest network): the
+            # line through the origin and the narrowest point, never a negative time
+            return total * self.narrow_ms / self.narrow_sum
+        return self.scale * total + self.rest_ms
 
     def layer_sum(self, widths: Mapping[str, int], dropped: Sequence[str] = ()) -> float:
         """The table's entries for those layers, summed (ms, each layer timed alone)."""
@@ -165,6 +176,14 @@ def _one_layer(model: ir.Model, layer: Layer, cin: int, cout: int) -> tuple[byte
     return m.SerializeToString(), {"x": rng.standard_normal(xshape).astype(np.float32)}
 
 
+def _model_digest(model: ir.Model) -> str:
+    import hashlib
+
+    from robopt_compile import ir as rir
+
+    return hashlib.sha256(rir.to_proto(model).SerializeToString()).hexdigest()
+
+
 def time_onnx(model: bytes | ir.Model, feeds: Mapping[str, np.ndarray], threads: int = 1,
               runs: int = RUNS, warmup: int = WARMUP) -> float:  # fmt: skip
     """Median ms of ``runs`` ONNX Runtime calls (``threads`` intra-op threads)."""
@@ -190,6 +209,7 @@ def build_table(
     threads: int = 1,
     memo: Any = None,
     progress: Callable[[str], None] | None = None,
+    deadline: float | None = None,  # time.perf_counter(); past it: netadapt.OutOfTime
 ) -> LatencyTable:
     """Time every layer at each width the space allows (``memo``: the store's ``UnitMemo``
     for stage ``latency-lut``, or None), and the full network for the rest's share."""
@@ -204,6 +224,10 @@ def build_table(
     base = {"runtime": "onnxruntime", "version": ort.__version__, "cpu": machine_profile(),
             "threads": threads, "runs": RUNS}  # fmt: skip
     for i, la in enumerate(layers):
+        if deadline is not None and time.perf_counter() > deadline:
+            from robopt_compile.archsearch.netadapt import OutOfTime
+
+            raise OutOfTime(f"latency table, layer {i + 1}/{len(layers)}")
         cins = options.get(la.in_group, (la.cin,)) if la.in_group else (la.cin,)
         couts = options.get(la.out_group, (la.cout,)) if la.out_group else (la.cout,)
         pairs = [(c, c) for c in couts] if la.depthwise else [(a, b) for a in cins for b in couts]
@@ -231,17 +255,30 @@ def build_table(
     # pays the runtime's per-call cost and its layout changes (ONNX Runtime's blocked NCHWc
     # reorders), which a network pays once; measured here, the raw sum overestimated
     # sub-networks of visuomotor-cnn by 17-38%.
-    from robopt_compile.plan.archspace import apply
+    from robopt_compile.archsearch.space import apply
 
     full = {w.group: w.size for w in space.widths}
     narrow = {w.group: w.widths[0] for w in space.widths}
-    table.full_ms = time_onnx(model, feeds, threads)
-    narrow_ms = time_onnx(apply(model, space, narrow), feeds, threads) if narrow != full else 0.0
+
+    def whole(kind: str, m: Callable[[], ir.Model]) -> float:
+        # kept too, so a rerun (``--resume``) predicts exactly what the first run did
+        parts = {**base, "whole": kind, "model": _model_digest(model)}
+        hit = memo.get(parts) if memo is not None else None
+        if hit is not None:
+            return float(hit["ms"])
+        ms = time_onnx(m(), feeds, threads)
+        if memo is not None:
+            memo.put(parts, {"ms": ms})
+        return ms
+
+    table.full_ms = whole("full", lambda: model)
+    narrow_ms = whole("narrow", lambda: apply(model, space, narrow)) if narrow != full else 0.0
     s_full, s_narrow = table.layer_sum(full), table.layer_sum(narrow)
     if narrow != full and s_full > s_narrow:
         table.scale = (table.full_ms - narrow_ms) / (s_full - s_narrow)
     table.rest_ms = table.full_ms - table.scale * s_full
-    table.narrow_ms = narrow_ms
+    table.narrow_ms, table.narrow_sum = narrow_ms, (s_narrow if narrow != full else 0.0)
+    table.full_sum = s_full
     table.seconds = time.perf_counter() - t0
     table.meta = {**base, "layers": len(layers)}
     return table
@@ -257,8 +294,8 @@ def check(
     threads: int = 1,
 ) -> dict[str, Any]:
     """Measure ``samples`` random sub-networks whole; the table's prediction error on them."""
+    from robopt_compile.archsearch.space import apply
     from robopt_compile.errors import PassError
-    from robopt_compile.plan.archspace import apply
 
     rng = np.random.default_rng(seed)
     rows = []
