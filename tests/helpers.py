@@ -53,3 +53,18 @@ def assert_bundle(out: Path, backend: str) -> dict:
     assert manifest["parity"]["engine"]["cosine"] >= 0.9999
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest["tool_versions"])
     return manifest
+
+
+def cache_entries(store: Path, stage: str) -> int:
+    """How many build-cache entries of ``stage`` the store at ``store`` holds (0 before it
+    exists): read while another process writes them."""
+    import sqlite3
+
+    db = store / "store.db"
+    if not db.is_file():
+        return 0
+    with sqlite3.connect(db, timeout=5) as c:
+        try:
+            return c.execute("SELECT COUNT(*) FROM cache WHERE stage=?", (stage,)).fetchone()[0]
+        except sqlite3.OperationalError:  # the schema is not there yet
+            return 0

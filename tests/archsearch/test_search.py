@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_error_line, run_cli
+from helpers import assert_one_error_line, cache_entries, run_cli
 from test_archspace import TinyResNet
 
 from robopt_compile.archsearch.search import parse_arch_spec, search_arch
@@ -107,15 +107,7 @@ def test_a_model_with_nothing_to_search_names_why(samples):
 
 
 def _candidates(store: Path) -> int:
-    db = store / "store.db"
-    if not db.is_file():
-        return 0
-    with sqlite3.connect(db, timeout=5) as c:
-        try:
-            q = "SELECT COUNT(*) FROM cache WHERE stage='arch-candidate'"
-            return c.execute(q).fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
+    return cache_entries(store, "arch-candidate")
 
 
 def test_cli_search_killed_then_resumed_and_bad_input(model, tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import run_cli
+from helpers import cache_entries, run_cli
 
 ZOO = "zoo:pendulum-swingup-mlp"
 TASK = "InvertedPendulumSwingupBulletEnv-v0"
@@ -25,16 +25,7 @@ def _per_seed(path: Path) -> list[list]:
 
 
 def _batches(store: Path) -> int:
-    import sqlite3
-
-    db = store / "store.db"
-    if not db.is_file():
-        return 0
-    with sqlite3.connect(db, timeout=5) as c:
-        try:
-            return c.execute("SELECT COUNT(*) FROM cache WHERE stage='episodes'").fetchone()[0]
-        except sqlite3.OperationalError:  # the schema is not there yet
-            return 0
+    return cache_entries(store, "episodes")
 
 
 def test_killed_evaluation_resumes(tmp_path, capsys, monkeypatch) -> None:
