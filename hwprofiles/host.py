@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import MappingProxyType
 
-from robopt_compile.hwprofiles.schema import Figure, HardwareProfile
+from robopt_compile.hwprofiles.schema import Figure, HardwareProfile, int8_saturates
 
 # Ops per cycle per core, for the widest ISA the CPU reports (two FMA pipes assumed on
 # AVX-512/AVX2 cores: Intel Optimization Reference Manual, AMD Zen 4/5 Software Optimization
@@ -123,6 +123,16 @@ def host_bandwidth(machine: str) -> tuple[float, str]:
             return bw, f" at {stamp}"
         return bw, f" at {stamp} (once per boot)"
     return bw, f" at {stamp}"
+
+
+@functools.cache
+def host_int8_saturates() -> bool:
+    """:func:`~robopt_compile.hwprofiles.schema.int8_saturates` for this machine, cheaply (no
+    bandwidth measurement)."""
+    arch = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    info = _cpuinfo()
+    return int8_saturates(arch, frozenset((info.get("flags") or "").split()))
 
 
 @functools.cache

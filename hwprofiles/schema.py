@@ -119,6 +119,19 @@ class PowerMode:
         }
 
 
+# x86 int8 kernels without VNNI (SSE4, AVX2, AVX-512F/BW) multiply uint8 x int8 pairs with
+# VPMADDUBSW, which sums two products into a saturating int16: 2 x 255 x 127 already overflows.
+# ONNX Runtime's quantization guide ("reduce_range" for U8S8 on AVX2 and AVX-512 without VNNI)
+# and NNCF's overflow_fix both quantize the weights to 7 bits there. VNNI (VPDPBUSD) and AMX
+# accumulate in int32 and need nothing.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_saturates(arch: str, cpu_isa: tuple[str, ...] | frozenset[str]) -> bool:
+    """Whether int8 dot products on an ``arch`` CPU with these ``/proc/cpuinfo`` flags saturate."""
+    return arch == "x86_64" and not VNNI_FLAGS & set(cpu_isa)
+
+
 @dataclass(frozen=True, slots=True)
 class HardwareProfile:
     """A board: CPU, memory and compute figures, backends and precisions, optional GPU, NPU,
@@ -150,6 +163,12 @@ class HardwareProfile:
     headline: Headline | None = None
     power_modes: tuple[PowerMode, ...] = ()
     power_mode: str = ""  # the mode the figures describe; "" when the board has none
+
+    @property
+    def int8_saturates(self) -> bool:
+        """Whether the CPU's int8 dot products saturate: x86 without VNNI (see
+        :func:`int8_saturates`), where the quantizers keep weights to 7 bits."""
+        return int8_saturates(self.arch, self.cpu_isa)
 
     def peak_gops(self, precision: str, threads: int | None = None) -> float:
         """Peak compute for ``precision`` with ``threads`` CPU threads (device scope ignores it)."""

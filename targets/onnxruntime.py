@@ -264,3 +264,30 @@ class OrtBareLoop(BareLoop):
             run(None, feeds)
             out.append(pc() - t0)
         return out
+
+
+class GraphAsWritten(OnnxRuntimeBackend):
+    """ONNX Runtime with every graph optimisation off: a Q/DQ graph runs as written (float
+    arithmetic after each DequantizeLinear, rounding at each QuantizeLinear).
+
+    The accuracy proxy for a target that cannot run here (TensorRT, a cross-compiled engine):
+    ORT's fused x86 int8 kernels would add effects of this CPU that the target does not have,
+    e.g. the saturation of uint8 x int8 products without VNNI (the TensorRT pass's transformer
+    test: worst cosine 0.9892 fused vs 0.9995 as written on an AVX2 EPYC). Not registered: no
+    bundle is built with it.
+    """
+
+    def _build(
+        self, model_path: Path, profile: Any, options: BuildOptions, out_dir: Path
+    ) -> Artifact:
+        self.require()
+        import onnxruntime as ort
+
+        files = tuple(sorted(p.name for p in model_path.parent.iterdir() if p.is_file()))
+        config = {
+            "model": model_path.name,
+            "providers": ["CPUExecutionProvider"],
+            "runtime_optimization_level": "disable",
+            "onnxruntime_version": ort.__version__,
+        }
+        return Artifact(self.name, model_path.parent, files, config)

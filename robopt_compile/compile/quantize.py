@@ -44,8 +44,16 @@ class QuantResult:
     tolerance: dict[str, float] | None = None
 
 
-def _pass_kwargs(name: str, base: dict[str, Any], opts: QuantOptions) -> dict[str, Any]:
+def _pass_kwargs(
+    name: str, base: dict[str, Any], opts: QuantOptions, profile: Any = None
+) -> dict[str, Any]:
     kw = dict(base)
+    # The target's CPU, not this one's, decides whether int8 weights keep to 7 bits.
+    saturates = getattr(profile, "int8_saturates", None)
+    if saturates is not None and name == "int8-static-ort":
+        kw.setdefault("reduce_range", saturates)
+    if saturates is not None and name == "int8-nncf":
+        kw.setdefault("overflow_fix", "enable" if saturates else "first_layer")
     if opts.method and name in ("int8-static-ort", "int8-static-trt"):
         kw["method"] = opts.method
     if opts.block_size is not None and name == "weight-only-ort":
@@ -93,16 +101,18 @@ def _data(model: Any, opts: QuantOptions, precision: str):
 
 def evaluation_backend(backend: Any, profile: Any) -> tuple[Any, str]:
     """The backend that scores candidates: the target's own when it runs here, else ONNX
-    Runtime on the same Q/DQ graph (a TensorRT or cross-compiled target), said in the report."""
+    Runtime on the same Q/DQ graph run as written (a TensorRT or cross-compiled target), said in
+    the report."""
     from robopt_compile.compile.resolve import target_status
-    from robopt_compile.targets import get_backend
+    from robopt_compile.targets.onnxruntime import GraphAsWritten
 
     status = target_status(profile, backend.name)
     if status["run"]:
         return backend, ""
-    return get_backend("onnxruntime"), (
-        f"accuracy measured in ONNX Runtime on the same graph: {backend.name} cannot run here "
-        f"({status['reason']}); robopt-bench re-checks the engine on the device"
+    return GraphAsWritten(), (
+        f"accuracy measured in ONNX Runtime on the same graph run as written (no fused int8 "
+        f"kernels of this CPU): {backend.name} cannot run here ({status['reason']}); "
+        "robopt-bench re-checks the engine on the device"
     )
 
 
@@ -166,7 +176,7 @@ def quantize(
         evaluator.closed_loop = opts.closed_loop
         evaluator.metric_name = f"task:{opts.closed_loop.metric}"
     cls = get_pass_class(pass_name)
-    kwargs = _pass_kwargs(pass_name, base_kwargs, opts)
+    kwargs = _pass_kwargs(pass_name, base_kwargs, opts, profile)
     if getattr(cls, "needs_calibration", False):
         kwargs["calibration"] = list(data.calibration)
     qpass = cls(**kwargs)

@@ -53,3 +53,38 @@ def test_engine_tolerance_covers_the_worst_sample_the_check_may_see():
     tol = engine_tolerance(fig)
     assert tol["cosine_min"] == pytest.approx(1 - 3 * (1 - worst))
     assert tol["cosine_min"] <= worst  # the worst sample itself passes the check
+
+
+def test_int8_weights_follow_the_target_cpu_not_this_one():
+    """7-bit weights (reduce_range, overflow_fix) where the TARGET's int8 kernels saturate."""
+    from robopt_compile.compile.quantize import QuantOptions, _pass_kwargs
+    from robopt_compile.hwprofiles import load_profile
+
+    avx2, vnni = load_profile("x86-64-avx2"), load_profile("x86-64-avx512")
+    opts = QuantOptions()
+    assert _pass_kwargs("int8-static-ort", {}, opts, avx2)["reduce_range"] is True
+    assert _pass_kwargs("int8-static-ort", {}, opts, vnni)["reduce_range"] is False
+    assert _pass_kwargs("int8-nncf", {}, opts, avx2)["overflow_fix"] == "enable"
+    assert _pass_kwargs("int8-nncf", {}, opts, vnni)["overflow_fix"] == "first_layer"
+    assert "reduce_range" not in _pass_kwargs("int8-static-trt", {}, opts, avx2)
+
+
+def test_a_target_that_cannot_run_here_is_judged_on_its_graph_as_written(tiny_onnx, tmp_path):
+    """TensorRT's Q/DQ graph scored in ONNX Runtime without its fused int8 kernels."""
+    from robopt_compile import ir as rir
+    from robopt_compile.compile.quantize import evaluation_backend
+    from robopt_compile.hwprofiles import load_profile
+    from robopt_compile.numerics import random_feeds, run_onnx
+    from robopt_compile.targets import BuildOptions, get_backend
+
+    backend, note = evaluation_backend(get_backend("tensorrt"), load_profile("jetson-orin-nano"))
+    assert "as written" in note and "tensorrt cannot run here" in note
+    path = tmp_path / "model.onnx"
+    rir.save(rir.load(tiny_onnx), path)
+    art = backend.build(path, None, BuildOptions(precision="int8", threads=1), tmp_path / "e")
+    assert art.config["runtime_optimization_level"] == "disable"
+    feeds = random_feeds(rir.input_specs(rir.load(path)), seed=3)
+    with backend.runner(art, threads=1) as r:
+        got = r.infer(feeds)
+    want = run_onnx(path, feeds, optimization="disable")
+    assert all(np.array_equal(got[k], want[k]) for k in want)

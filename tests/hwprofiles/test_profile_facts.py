@@ -265,3 +265,18 @@ def test_roofline_runs_on_every_profile_and_mode(name):
             assert facts["complete"] is True
             assert facts["peak_gops"] == pytest.approx(p.peak_gops(precision, p.cpu_cores))
             assert 0 < facts["latency_ms"] < math.inf, (name, p.power_mode, precision)
+
+
+@pytest.mark.parametrize(
+    ("name", "saturates"),
+    [("x86-64-avx2", True), ("x86-64-avx512", False), ("intel-core-ultra", False),
+     ("jetson-orin-nano-8gb", False), ("raspberry-pi-5", False)],
+)  # fmt: skip
+def test_int8_saturates_on_x86_without_vnni(name: str, saturates: bool) -> None:
+    assert load_profile(name).int8_saturates is saturates
+
+
+def test_host_int8_saturation_agrees_with_the_detected_profile() -> None:
+    from robopt_compile.hwprofiles.host import detect_host, host_int8_saturates
+
+    assert host_int8_saturates() is detect_host().int8_saturates

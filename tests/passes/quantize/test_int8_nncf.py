@@ -246,3 +246,24 @@ def test_unknown_exclude_node(cnn: ir.Model) -> None:
     P = get_pass_class("int8-nncf")
     with pytest.raises(PassError, match="conv3"):
         P(calibration=_samples(cnn, 1, seed=1), exclude_nodes=["conv3"])(cnn)
+
+
+def test_overflow_fix_enable_keeps_every_weight_to_seven_bits(cnn: ir.Model) -> None:
+    """OpenVINO's int8 kernels saturate on x86 without VNNI: "enable" halves every Conv/MatMul
+    weight range, NNCF's default only the first layer's; an unknown value is one line."""
+    P = get_pass_class("int8-nncf")
+    widest = {}
+    for fix in ("enable", "first_layer"):
+        p = P(calibration=_samples(cnn, 4, seed=1), overflow_fix=fix)
+        out = p(cnn).model
+        assert p.report["overflow_fix"] == fix
+        widest[fix] = max(
+            int(np.abs(n.inputs[0].const_value.numpy().astype(np.int32)).max())
+            for n in out.graph
+            if n.op_type == "DequantizeLinear"
+            and n.inputs[0].const_value is not None
+            and n.inputs[0].const_value.dtype == ir.DataType.INT8
+        )
+    assert widest["enable"] <= 64 < widest["first_layer"]
+    with pytest.raises(PassError, match="overflow_fix must be one of"):
+        P(calibration=_samples(cnn, 1, seed=1), overflow_fix="on")

@@ -343,3 +343,18 @@ def test_spatial_softmax_expectation_stays_float() -> None:
     unsafe = transformer_unsafe(model)
     matmul = next(n.name for n in model.graph if n.op_type == "MatMul")
     assert "expectation over the probabilities" in unsafe[matmul]
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_reduce_range_keeps_weights_to_seven_bits(cnn: ir.Model, reduce_range: bool) -> None:
+    """For x86 CPUs without VNNI (saturating uint8 x int8 products): 7-bit weights, said in
+    the report; the default follows this machine."""
+    p = OrtStaticInt8Pass(feeds(cnn, 4, seed=1), reduce_range=reduce_range)
+    out = p(cnn).model
+    w = out.graph.node("c2_node").inputs[1].producer().inputs[0].const_value.numpy()
+    assert bool(np.abs(w).max() <= 64) is reduce_range
+    assert p.report["reduce_range"] is reduce_range
+    assert ("7-bit" in p.report["weights"]) is reduce_range
+    from robopt_compile.hwprofiles.host import host_int8_saturates
+
+    assert OrtStaticInt8Pass(feeds(cnn, 1, seed=1)).reduce_range is host_int8_saturates()

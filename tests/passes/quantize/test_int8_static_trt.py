@@ -124,8 +124,13 @@ def feeds(model: ir.Model, n: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 def cosine_vs_fp32(ref: ir.Model, got: ir.Model, held_out: list[dict[str, np.ndarray]]) -> float:
+    """Worst cosine of the Q/DQ graph run as written (float after each DequantizeLinear), the
+    arithmetic TensorRT's int32-accumulating int8 kernels approximate: ORT's fused x86 kernels
+    would add their own saturation on a CPU without VNNI (0.9892 vs 0.9995 on an AVX2 EPYC)."""
     return min(
-        c["cosine"] for f in held_out for c in compare(run_onnx(ref, f), run_onnx(got, f)).values()
+        c["cosine"]
+        for f in held_out
+        for c in compare(run_onnx(ref, f), run_onnx(got, f, optimization="disable")).values()
     )
 
 
