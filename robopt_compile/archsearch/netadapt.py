@@ -5,8 +5,10 @@ or, with ``step_ms``, as many widths down as it takes to save that much, as NetA
 one residual block dropped), predicts its latency with the measured table
 (``latency.py``), scores it with ``score`` (an error: lower is better, e.g. the held-out
 relative L2 against the original's outputs), and keeps the change that costs the least error
-per millisecond saved, until the predicted latency is within the budget (Yang et al., ECCV
-2018, with the table standing in for on-device measurement of every candidate).
+per millisecond saved (with a step target, milliseconds beyond the target do not count: the
+proposals that meet it compete on their error alone), until the predicted latency is within
+the budget (Yang et al., ECCV 2018, with the table standing in for on-device measurement of
+every candidate).
 
 NetAdapt fine-tunes every proposal briefly before comparing them. Here, with ``refine``, the
 ``shortlist`` cheapest moves of a step (by their error as sliced) are scored again after a
@@ -135,6 +137,13 @@ def netadapt(
     while current > budget_ms and len(result.steps) < max_steps:
         # the last step saves only what the budget still needs (no overshoot)
         target = min(step_ms, current - budget_ms) if step_ms else None
+
+        def credit(saved: float, cap: float = target or current - budget_ms) -> float:
+            # NetAdapt compares the proposals that meet the step's target by their error
+            # alone: time saved beyond the target earns nothing (a block drop that saves twice
+            # the target is not half as costly), nor beyond the budget (no pay to overshoot).
+            return min(saved, cap)
+
         options = []
         for w in space.widths:
             i = w.widths.index(widths[w.group])
@@ -164,7 +173,7 @@ def netadapt(
                 result.skipped += 1
                 continue
             result.evaluations += 1
-            cost = (err - base_sliced) / (current - ms)
+            cost = (err - base_sliced) / credit(current - ms)
             moves.append(Move(kind, what, ws, dr, ms, err, cost, sliced=err))
         if not moves:
             break
@@ -173,7 +182,7 @@ def netadapt(
             for m in moves[:shortlist]:
                 in_time()
                 m.error = refine(m.widths, m.dropped, builder(m.widths, m.dropped))
-                m.cost, m.refined = (m.error - base_tuned) / (current - m.ms), True
+                m.cost, m.refined = (m.error - base_tuned) / credit(current - m.ms), True
             moves[:shortlist] = sorted(moves[:shortlist], key=lambda m: m.cost)
         best = moves[0]
         current = best.ms

@@ -177,3 +177,22 @@ def test_netadapt_with_a_step_target_takes_fewer_larger_steps(model):
     ms = [full] + [s["predicted_ms"] for s in big.steps]
     # every step saves time
     assert all(a - b > 0 for a, b in itertools.pairwise(ms))
+
+
+def test_time_saved_beyond_the_step_target_earns_nothing(model):
+    """A block drop saves 2.05 ms where the step needs 1.0: its error (0.15) is compared with
+    a width move that meets the target (0.10), not divided by twice the time (0.073/ms against
+    0.098/ms would pick the drop and overshoot the budget)."""
+    from robopt_compile.archsearch.netadapt import netadapt
+
+    space = arch_space(model)
+    table = known_table(model, space)
+    sizes = {w.group: w.size for w in space.widths}
+    full = table.predict(sizes)
+
+    def score(widths, dropped, build):
+        return 0.15 * len(dropped) + sum(0.2 * (1 - widths[g] / n) for g, n in sizes.items())
+
+    r = netadapt(model, space, table, full - 1.0, score, step_ms=1.0)
+    assert r.dropped == [] and len(r.steps) == 1 and r.steps[0]["change"] == "width"
+    assert full - 1.1 < r.predicted_ms <= full - 1.0
