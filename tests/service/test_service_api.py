@@ -339,14 +339,14 @@ def test_closed_loop_evaluate_job_on_a_compiled_trained_policy(server) -> None:
         job = c.post("/api/v1/jobs", json={"source": "zoo:pendulum-swingup-mlp",
                                             "options": {"threads": 1}}).json()  # fmt: skip
         done = wait_for(lambda: (j := c.get(f"/api/v1/jobs/{job['id']}").json())["state"]
-                        not in ("queued", "running") and j, 120, "the compile")  # fmt: skip
+                        not in ("queued", "running") and j, 300, "the compile")  # fmt: skip
         assert done["state"] == "finished", c.get(f"/api/v1/jobs/{job['id']}/log").text
         r = c.post("/api/v1/jobs", json={"kind": "evaluate", "episodes": 3})
         assert r.status_code == 422 and "bundle_job" in r.json()["error"]
         ev = c.post("/api/v1/jobs", json={"kind": "evaluate", "bundle_job": job["id"],
                                            "episodes": 3}).json()  # fmt: skip
         end = wait_for(lambda: (j := c.get(f"/api/v1/jobs/{ev['id']}").json())["state"]
-                       not in ("queued", "running") and j, 120, "the evaluation")  # fmt: skip
+                       not in ("queued", "running") and j, 300, "the evaluation")  # fmt: skip
         assert end["state"] == "finished", c.get(f"/api/v1/jobs/{ev['id']}/log").text
         result = end["result"]["evaluation"]
         assert result["kind"] == "closed_loop" and len(result["engines"]) == 2
