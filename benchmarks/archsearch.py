@@ -410,13 +410,20 @@ def report_lines(m: dict[str, Any]) -> list[str]:
         "",
     ]
     fast = m["fastnas"]
+    t = m["search"].get("totals") or {}
+    ratio = t["macs_after"] / t["macs_before"] if t.get("macs_before") else None
+    whose = (
+        "the searched sub-network's"
+        if ratio is None or abs(ratio - fast.get("flops_ratio", ratio)) < 0.005
+        else f"an earlier search's sub-network (built ahead); this search's is {ratio:.1%}"
+    )
     if "skipped" in fast:
         lines += [f"FastNAS: not a row: {fast['skipped']}", ""]
     else:
         lines += [
             f'FastNAS (nvidia-modelopt {fast["modelopt"]}, `mtp.prune(mode="fastnas")` with '
-            f"its defaults, constraint FLOPs <= {fast['flops_ratio']:.1%} of the original: the "
-            f"searched sub-network's; its score: negative relative L2 on 32 recorded "
+            f"its defaults, constraint FLOPs <= {fast['flops_ratio']:.1%} of the original: "
+            f"{whose}; its score: negative relative L2 on 32 recorded "
             f"observations; BatchNorm recalibrated on the recordings): search "
             f"{fast['seconds'] / 60:.1f} min; "
             + (

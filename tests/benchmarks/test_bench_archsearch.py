@@ -1,0 +1,25 @@
+"""The archsearch section's report names the FLOPs FastNAS was given: this search's, or an
+earlier search's when its bundle was built ahead."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from benchmarks.archsearch import report_lines
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "bench_results.json"
+
+
+def _fastnas_line(m: dict) -> str:
+    return next(line for line in report_lines(m) if line.startswith("FastNAS ("))
+
+
+def test_fastnas_constraint_says_whose_flops_it_was() -> None:
+    m = copy.deepcopy(json.loads(RESULTS.read_text())["archsearch"])
+    t = m["search"]["totals"]
+    m["fastnas"]["flops_ratio"] = t["macs_after"] / t["macs_before"]
+    assert "of the original: the searched sub-network's;" in _fastnas_line(m)
+    m["fastnas"]["flops_ratio"] -= 0.1
+    assert "an earlier search's sub-network (built ahead); this search's is" in _fastnas_line(m)
