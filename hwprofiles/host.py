@@ -125,21 +125,23 @@ def host_bandwidth(machine: str) -> tuple[float, str]:
     return bw, f" at {stamp}"
 
 
+def _arch() -> str:
+    """This machine's architecture in the profiles' spelling ("x86_64", "aarch64")."""
+    arch = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+
+
 @functools.cache
 def host_int8_saturates() -> bool:
     """:func:`~robopt_compile.hwprofiles.schema.int8_saturates` for this machine, cheaply (no
     bandwidth measurement)."""
-    arch = platform.machine().lower()
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
-    info = _cpuinfo()
-    return int8_saturates(arch, frozenset((info.get("flags") or "").split()))
+    return int8_saturates(_arch(), frozenset((_cpuinfo().get("flags") or "").split()))
 
 
 @functools.cache
 def detect_host() -> HardwareProfile:
     info = _cpuinfo()
-    arch = platform.machine().lower()
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    arch = _arch()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     flags = set((info.get("flags") or info.get("Features") or "").split())
