@@ -82,7 +82,9 @@ def distill_on_policy(
 
         return tick
 
-    res = distill(student, teacher, data, seed=seed, threads=threads, progress=ticker(0), **dist)
+    # threads=None: training uses the build machine's cores; the robot's ``threads`` drive the
+    # student's episodes.
+    res = distill(student, teacher, data, seed=seed, threads=None, progress=ticker(0), **dist)
     rows: list[dict[str, Any]] = []
     seconds = float(res.report.get("seconds", 0.0))
     for r in range(rounds):
@@ -93,7 +95,7 @@ def distill_on_policy(
              0.0)  # fmt: skip
         new, success = student_samples(res.model, task_name, seeds, threads)
         data += new
-        res = distill(res.model, teacher, data, seed=seed + r + 1, threads=threads,
+        res = distill(res.model, teacher, data, seed=seed + r + 1, threads=None,
                       progress=ticker(dist["steps"] * (r + 1)), **dist)  # fmt: skip
         seconds += float(res.report.get("seconds", 0.0))
         rows.append({"round": r + 1, "seeds": [seeds[0], seeds[-1]], "student_success": success,

@@ -32,11 +32,16 @@ def batch_dim_symbolic(model: ir.Model) -> bool:
     return True
 
 
-def stack_samples(samples: Sequence[Sample], names: Sequence[str]) -> Sample:
-    return {n: np.concatenate([s[n] for s in samples], axis=0) for n in names}
+def stack_samples(
+    samples: Sequence[Sample], names: Sequence[str], new_axis: bool = False
+) -> Sample:
+    """The samples joined along axis 0 (``new_axis``: along a new leading axis, each sample
+    keeping its own batch axis, as ``torch.func.vmap`` takes them)."""
+    join = np.stack if new_axis else np.concatenate
+    return {n: join([s[n] for s in samples], axis=0) for n in names}
 
 
-def _same(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+def same_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
     for name, x in a.items():
         y = b[name]
         if np.shape(x) != np.shape(y):
@@ -74,7 +79,7 @@ def runs_batched(
         return False
     apart = [run(s) for s in pair]
     stacked = {k: np.concatenate([np.asarray(o[k]) for o in apart], axis=0) for k in together}
-    return _same(stacked, together)
+    return same_outputs(stacked, together)
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ def make_augment(samples: Sequence[Sample], names: Sequence[str]) -> Augment:
         if same_shape and len(samples) > 1:
             spread = np.stack([s[n] for s in samples]).std(axis=0)
         else:
-            spread = np.full(first.shape, np.concatenate([s[n].ravel() for s in samples]).std())
+            # shapes that vary (a sequence length): one spread for all, broadcast to each
+            spread = np.asarray(np.concatenate([s[n].ravel() for s in samples]).std())
         noise[n] = (NOISE_SCALE * spread).astype(first.dtype)
     return Augment(tuple(floats), noise)

@@ -30,6 +30,7 @@ from robopt_compile.distill.data import (
     batch_dim_symbolic,
     make_augment,
     runs_batched,
+    same_outputs,
     stack_samples,
 )
 from robopt_compile.distill.interpreter import OnnxModule
@@ -53,6 +54,12 @@ PROBE_SAMPLES = 256  # samples behind the loss figures and the output normalisat
 # Speed: visuomotor-cnn (11.4M trained parameters) runs 0.81 steps/s at batch 8 on 1 thread
 # when exported with a static batch (8 batch-1 passes a step) and 1.0 steps/s with a dynamic
 # batch (one batch-8 pass): 1000 steps take about 17-20 minutes on one core. state-mlp: ~140/s.
+# A static batch-1 graph is now mapped over the batch with torch.func.vmap (one batched pass):
+# metaworld-resnet18 pruned 40%, batch 16, forward + backward: 1.09 s as 16 passes vs 0.91 s
+# mapped on 1 thread, 0.64 vs 0.51 s on 2 (AMD EPYC, 2026-12-07).
+# Teacher outputs of samples that are not augmented are computed once and kept
+# (MAX_LABEL_BYTES): on-policy rounds revisit every frame many times.
+MAX_LABEL_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,46 @@ class OrtRunner:
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
         return dict(zip(self.output_names, outs, strict=True))
+
+
+def _vmap_runner(module: OnnxModule, names: Sequence[str]):
+    """The module mapped over a new leading axis of its inputs (a batch of batch-1 samples)."""
+    mapped = torch.func.vmap(lambda *xs: module(**dict(zip(names, xs, strict=True))))
+
+    def run(feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return mapped(*[feeds[n] for n in names])
+
+    return run
+
+
+def _runs_vmapped(module: OnnxModule, run, samples: Sequence[Sample], names: Sequence[str]):
+    """Whether ``run`` (``_vmap_runner``) gives the per-sample outputs stacked and its
+    gradients flow: a kernel with data-dependent Python (``.item()``) fails under vmap."""
+    if len(samples) < 2:
+        return False
+    if any(s[n].shape != samples[0][n].shape for s in samples for n in names):
+        return False  # vmap stacks the batch: a dimension that varies cannot be mapped
+
+    def tensors(feeds: Sample) -> dict[str, torch.Tensor]:
+        return {n: torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names}
+
+    pair = stack_samples(samples[:2], names, new_axis=True)
+    try:
+        with torch.no_grad():
+            together = {k: v.numpy() for k, v in run(tensors(pair)).items()}
+            apart = [module(**tensors(s)) for s in samples[:2]]
+        stacked = {k: np.stack([o[k].numpy() for o in apart]) for k in together}
+        if not same_outputs(stacked, together):
+            return False
+        out = run(tensors(pair))
+        floats = [v.sum() for v in out.values() if v.is_floating_point()]
+        if floats:
+            torch.stack(floats).sum().backward()
+    except (RuntimeError, PassError):
+        return False
+    finally:
+        module.zero_grad(set_to_none=True)
+    return True
 
 
 def _loss_fn(kind: str, norm: Mapping[str, float]):
@@ -266,24 +313,54 @@ def distill(
             and runs_batched(student_np, samples, names, (PassError,))
             and runs_batched(t_runner, t_samples, t_runner.input_names, t_runner.refusals)
         )
+        mapped = _vmap_runner(module, names)
+        vmapped = not batched and _runs_vmapped(module, mapped, samples, names)
         aug = make_augment(t_samples, all_names) if augment else None
         rng = np.random.default_rng(seed)
         order: list[int] = []
+        label_bytes = sum(np.asarray(t_all[0][o]).nbytes for o in float_out)
+        labels: dict[int, dict[str, np.ndarray]] | None = None
+        if aug is None and not batched and label_bytes * len(samples) <= MAX_LABEL_BYTES:
+            labels = {i: {o: t[o] for o in float_out} for i, t in zip(probe, t_all, strict=True)}
 
-        def next_batch() -> list[Sample]:
+        def next_batch() -> tuple[list[Sample], list[int | None]]:
             if aug is not None:
-                return [aug.draw(t_samples, rng) for _ in range(batch_size)]
-            out = []
+                return [aug.draw(t_samples, rng) for _ in range(batch_size)], [None] * batch_size
+            idx: list[int | None] = []
             for _ in range(batch_size):
                 if not order:
                     order.extend(rng.permutation(len(t_samples)).tolist())
-                out.append(t_samples[order.pop()])
-            return out
+                idx.append(order.pop())
+            return [t_samples[i] for i in idx if i is not None], idx
 
-        def chunks(batch: list[Sample]) -> list[Sample]:
-            return [stack_samples(batch, all_names)] if batched else batch
+        def teacher_of(sample: Sample, i: int | None) -> dict[str, np.ndarray]:
+            if labels is None or i is None:
+                return t_runner(sample)
+            if i not in labels:
+                out = t_runner(sample)
+                labels[i] = {o: out[o] for o in float_out}
+            return labels[i]
 
         loss_of = _loss_fn(loss, norm)
+
+        def step_loss(batch: list[Sample], idx: list[int | None]) -> float:
+            """Forward + backward of one batch; returns its loss."""
+            if batched:
+                part = stack_samples(batch, all_names)
+                value = loss_of(module(**to_t(part, names)), to_t(t_runner(part), float_out))
+            elif vmapped:
+                outs = [teacher_of(b, i) for b, i in zip(batch, idx, strict=True)]
+                target = to_t(stack_samples(outs, float_out, new_axis=True), float_out)
+                value = loss_of(mapped(to_t(stack_samples(batch, names, True), names)), target)
+            else:
+                total = 0.0
+                for b, i in zip(batch, idx, strict=True):
+                    part = loss_of(module(**to_t(b, names)), to_t(teacher_of(b, i), float_out))
+                    (part / len(batch)).backward()
+                    total += float(part.detach()) / len(batch)
+                return total
+            value.backward()
+            return float(value.detach())
 
         def to_t(d: Mapping[str, np.ndarray], keys: Sequence[str]) -> dict[str, torch.Tensor]:
             return {k: torch.from_numpy(np.ascontiguousarray(d[k])) for k in keys}
@@ -305,14 +382,8 @@ def distill(
             opt = torch.optim.Adam(params, lr=lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
             for step in range(1, steps + 1):
-                parts = chunks(next_batch())
                 opt.zero_grad(set_to_none=True)
-                total = 0.0
-                for part in parts:
-                    target = to_t(t_runner(part), float_out)
-                    value = loss_of(module(**to_t(part, names)), target) / len(parts)
-                    value.backward()
-                    total += float(value.detach())
+                total = step_loss(*next_batch())
                 opt.step()
                 sched.step()
                 last = total
@@ -330,6 +401,8 @@ def distill(
         "lr": lr,
         "batch_size": batch_size,
         "batched": batched,
+        "vmapped": vmapped,
+        "teacher_labels": "computed once per sample" if labels is not None else "every step",
         "loss": loss,
         "initial_loss": initial,
         "final_loss": final,

@@ -329,6 +329,7 @@ def test_distill_recovers_a_perturbed_student(state_mlp: ir.Model) -> None:
     report = result.report
     assert report["final_loss"] < 0.1 * report["initial_loss"]
     assert report["steps"] == 300 and report["loss"] == "mse" and not report["batched"]
+    assert report["vmapped"]  # a static batch of 1: mapped over the training batch
     assert report["trainable_parameters"] > 100_000 and set(report["normalisation"]) == {"action"}
     assert seen[-1][:2] == (300, 300)
     # The input student is untouched; the result is a separate, valid, runnable model.
@@ -415,3 +416,85 @@ def test_a_hard_coded_batch_is_not_batched_and_other_errors_propagate() -> None:
 
     result = distill(_perturbed(teacher, 0.3, seed=3), teacher, train, steps=5, threads=1)
     assert result.report["batched"] is False
+    assert result.report["vmapped"] is True  # per sample the Reshape holds: vmap maps it
+
+
+def _static_mlp() -> ir.Model:
+    rng = np.random.default_rng(7)
+    return _model(
+        """
+        smlp (float[1, 12] X) => (float[1, 4] Y)
+        {
+          h = Gemm<transB = 1>(X, W1, B1)
+          a = Tanh(h)
+          Y = MatMul(a, W2)
+        }
+        """,
+        {"W1": _w(rng, 32, 12), "B1": _w(rng, 32), "W2": _w(rng, 32, 4)},
+    )
+
+
+def test_a_static_batch_is_mapped_and_teacher_labels_are_computed_once(monkeypatch) -> None:
+    """A batch-1 graph trains one vmapped pass per step, with the same weights (to rounding)
+    as one pass per sample; unaugmented samples are labelled by the teacher once each."""
+    from robopt_compile.distill import train as dtrain
+
+    teacher = _static_mlp()
+    student = _perturbed(teacher, 0.3, seed=4)
+    data = [random_feeds(input_specs(teacher), seed=i) for i in range(6)]
+    calls = []
+    real_call = dtrain.OrtRunner.__call__
+    monkeypatch.setattr(
+        dtrain.OrtRunner, "__call__", lambda self, f: calls.append(1) or real_call(self, f)
+    )
+    kw = {"steps": 30, "batch_size": 4, "threads": 1, "lr": 1e-3, "augment": False}
+    mapped = distill(student, teacher, data, **kw)
+    assert mapped.report["vmapped"] and not mapped.report["batched"]
+    assert mapped.report["teacher_labels"] == "computed once per sample"
+    assert len(calls) == len(data)  # 30 steps x 4 samples read 6 labels
+    assert mapped.report["final_loss"] < 0.5 * mapped.report["initial_loss"]
+
+    monkeypatch.setattr(dtrain, "_runs_vmapped", lambda *a: False)
+    looped = distill(student, teacher, data, **kw)
+    assert not looped.report["vmapped"]
+    w0, wm, wl = _weights(student), _weights(mapped.model), _weights(looped.model)
+    assert max(float(np.abs(wm[k] - w0[k]).max()) for k in w0) > 1e-2  # it trained
+    assert all(np.allclose(wm[k], wl[k], atol=2e-3) for k in w0)
+
+    calls.clear()
+    distill(student, teacher, data, **{**kw, "augment": True})
+    assert len(calls) == len(data) + 30 * 4  # mixup makes new inputs: labelled every step
+
+
+def test_a_kernel_that_cannot_be_mapped_trains_one_sample_at_a_time(monkeypatch) -> None:
+    teacher = _static_mlp()
+    data = [random_feeds(input_specs(teacher), seed=i) for i in range(4)]
+
+    def tanh_reading_a_value(s, x):  # data-dependent Python: vmap refuses it
+        return torch.tanh(x) if float(x.detach().sum()) == float(x.detach().sum()) else x
+
+    monkeypatch.setitem(interpreter.OPS, "Tanh", tanh_reading_a_value)
+    result = distill(_perturbed(teacher, 0.3, seed=5), teacher, data, steps=10, threads=1)
+    assert result.report["vmapped"] is False and result.report["batched"] is False
+    assert result.report["final_loss"] < result.report["initial_loss"]
+
+
+def test_samples_of_different_shapes_are_not_mapped() -> None:
+    """vmap stacks the batch: a graph whose non-batch dimension varies trains per sample."""
+    rng = np.random.default_rng(8)
+    teacher = _model(
+        """
+        seq (float[1, T, 6] X) => (float[1, 4] Y)
+        {
+          h = MatMul(X, W)
+          Y = ReduceMean<keepdims = 0>(h, axes)
+        }
+        """,
+        {"W": _w(rng, 6, 4), "axes": np.array([1], np.int64)},
+    )
+    data = [{"X": rng.standard_normal((1, 3 + i % 3, 6)).astype(np.float32)} for i in range(6)]
+    student = _perturbed(teacher, 0.3, seed=6)
+    for augment in (False, True):  # mixup + noise too: noise of one spread, any shape
+        result = distill(student, teacher, data, steps=10, threads=1, augment=augment)
+        assert result.report["vmapped"] is False and result.report["batched"] is False
+        assert result.report["final_loss"] < result.report["initial_loss"]
