@@ -67,13 +67,25 @@ def _build(out: Path, log: Callable, **compress: Any) -> float:
         else:
             asked = float(compress["prune"][0].split(":")[1])
             got = step["report"].get("ratio")
-        if got == asked:
+        if got == asked and _distilled_as(step.get("distillation") or {}, DISTILL):
             log(f"[bench] archsearch: {out.name}: the bundle is there, measured as is")
             return 0.0
         log(f"[bench] archsearch: {out.name} was built with other options: building it again")
     t0 = time.perf_counter()
     compile_model(SOURCE, out, _options(**compress), force=True)
     return time.perf_counter() - t0
+
+
+def _distilled_as(report: dict[str, Any], spec: str) -> bool:
+    """Whether a bundle's distillation report is what ``--distill spec`` asks for."""
+    from robopt_compile.compile.compress import distill_options
+
+    want = distill_options(spec) or {}
+    onp = report.get("onpolicy") or {}
+    have = {k: report.get(k) for k in ("steps", "lr", "batch_size", "loss")}
+    have["onpolicy"] = len(onp.get("rounds") or [])
+    have["episodes"] = onp.get("episodes_per_round")
+    return all(have[k] == v for k, v in want.items())
 
 
 def uniform_ratio(fp32: Any, target_ms: float, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -196,6 +208,7 @@ def bench_archsearch(
         "seeds_from": EVAL_SEED,
         "search": search,
         "search_distillation": step.get("distillation", {}).get("seconds"),
+        "search_stage_seconds": rep.get("stage_seconds"),  # the search bundle's compile
         "search_build_s": t_search,
         "uniform": uni,
         "uniform_build_s": t_uniform,
@@ -313,6 +326,21 @@ def goals(m: dict[str, Any]) -> dict[str, Any]:
             "within_5": close, "met": fast and ok and close}  # fmt: skip
 
 
+def _compile_time(m: dict[str, Any]) -> str:
+    """The search bundle's whole compile, as its report timed the stages (newer runs)."""
+    st = m.get("search_stage_seconds")
+    if not st:
+        return ""
+    rec, comp = st.get("record", 0.0) / 60, st.get("compress", 0.0) / 60
+    rest = (sum(st.values()) - st.get("record", 0.0) - st.get("compress", 0.0)) / 60
+    search = m["search"]["seconds"] / 60
+    return (
+        f"; the whole compile {sum(st.values()) / 60:.1f} min: recording the calibration "
+        f"episodes {rec:.1f}, the search {search:.1f}, the recovery (distillation, on-policy "
+        f"episodes, held-out figures) {comp - search:.1f}, the rest {rest:.1f}"
+    )
+
+
 def report_lines(m: dict[str, Any]) -> list[str]:
     ref = m["engines"][0]
     pairs = {p["candidate"]: p for p in m["paired"]}
@@ -381,8 +409,8 @@ def report_lines(m: dict[str, Any]) -> list[str]:
         f"narrowest {t['narrow_ms']:.2f} ms), budget {s['budget_ms']:.2f} ms, "
         f"{len(s['steps'])} greedy steps, {s['candidates']['scored']} candidates scored "
         f"({s['candidates']['from_store']} from the store) in {search_min:.1f} min; the "
-        f"recovery distillation {dist_min:.1f} min. Score: {s['score']}; finalists by "
-        f"{s['finalists_by']}.",
+        f"recovery distillation {dist_min:.1f} min of training{_compile_time(m)}. Score: "
+        f"{s['score']}; finalists by {s['finalists_by']}.",
         "",
         "| finalist | predicted ms | measured ms | rel. L2 (search's validation) | success "
         "(guard episodes) | on the front | chosen |",

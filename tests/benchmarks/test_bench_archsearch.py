@@ -23,3 +23,16 @@ def test_fastnas_constraint_says_whose_flops_it_was() -> None:
     assert "of the original: the searched sub-network's;" in _fastnas_line(m)
     m["fastnas"]["flops_ratio"] -= 0.1
     assert "an earlier search's sub-network (built ahead); this search's is" in _fastnas_line(m)
+
+
+def test_a_prebuilt_bundle_is_reused_only_when_distilled_as_asked() -> None:
+    """``--archsearch-prebuilt`` must not measure a bundle another --distill recovered."""
+    from benchmarks.archsearch import DISTILL, _distilled_as
+
+    report = {"steps": 400, "lr": 3e-4, "batch_size": 16, "loss": "mse",
+              "onpolicy": {"rounds": [{}, {}, {}], "episodes_per_round": 24}}  # fmt: skip
+    assert DISTILL == "steps=400,batch=16,lr=3e-4,onpolicy=3,episodes=24"
+    assert _distilled_as(report, DISTILL)
+    assert not _distilled_as(report, "steps=600,batch=16,lr=3e-4,onpolicy=3,episodes=24")
+    assert not _distilled_as(report, "steps=400,batch=16,lr=3e-4,onpolicy=5,episodes=24")
+    assert not _distilled_as({}, DISTILL)  # not distilled at all
