@@ -225,7 +225,6 @@ def search_arch(
             lr=spec.lr,
             batch_size=spec.batch,
             seed=seed,
-            threads=None,  # training: the build machine's cores (``threads`` is the robot's)
         ).model
 
     def error(m: Any) -> float:

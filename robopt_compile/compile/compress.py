@@ -340,11 +340,9 @@ def compress(
                     threads, note,
                 )  # fmt: skip
             else:
-                # Training is the build machine's work: all its cores (threads=None), not the
-                # robot's --threads, which the episodes and timings keep.
                 res = distill(
                     candidate, original, list(data.calibration), seed=quant.seed,
-                    threads=None, progress=tick, **dist,
+                    progress=tick, **dist,
                 )  # fmt: skip
                 trained, dreport = res.model, res.report
             note("distill", "done", float(dreport.get("seconds", 0.0)))

@@ -82,9 +82,7 @@ def distill_on_policy(
 
         return tick
 
-    # threads=None: training uses the build machine's cores; the robot's ``threads`` drive the
-    # student's episodes.
-    res = distill(student, teacher, data, seed=seed, threads=None, progress=ticker(0), **dist)
+    res = distill(student, teacher, data, seed=seed, progress=ticker(0), **dist)
     rows: list[dict[str, Any]] = []
     seconds = float(res.report.get("seconds", 0.0))
     for r in range(rounds):
@@ -95,7 +93,7 @@ def distill_on_policy(
              0.0)  # fmt: skip
         new, success = student_samples(res.model, task_name, seeds, threads)
         data += new
-        res = distill(res.model, teacher, data, seed=seed + r + 1, threads=None,
+        res = distill(res.model, teacher, data, seed=seed + r + 1,
                       progress=ticker(dist["steps"] * (r + 1)), **dist)  # fmt: skip
         seconds += float(res.report.get("seconds", 0.0))
         rows.append({"round": r + 1, "seeds": [seeds[0], seeds[-1]], "student_success": success,

@@ -238,7 +238,9 @@ def distill(
             axis (logits, discrete actions).
         augment: mixup + noise as above; without it, batches cycle through ``inputs``.
         seed: the same seed gives the same weights.
-        threads: torch and ONNX Runtime threads (restored after); None keeps the defaults.
+        threads: torch and ONNX Runtime threads (restored after); None keeps the defaults
+            (all cores). The pipeline leaves it None: training is the build machine's work,
+            while ``--threads`` is the robot's (the episodes and timings keep it).
         progress: called as ``progress(step, steps, loss)`` every few steps and at the end.
 
     Returns:
@@ -326,12 +328,12 @@ def distill(
         def next_batch() -> tuple[list[Sample], list[int | None]]:
             if aug is not None:
                 return [aug.draw(t_samples, rng) for _ in range(batch_size)], [None] * batch_size
-            idx: list[int | None] = []
+            idx = []
             for _ in range(batch_size):
                 if not order:
                     order.extend(rng.permutation(len(t_samples)).tolist())
                 idx.append(order.pop())
-            return [t_samples[i] for i in idx if i is not None], idx
+            return [t_samples[i] for i in idx], list(idx)
 
         def teacher_of(sample: Sample, i: int | None) -> dict[str, np.ndarray]:
             if labels is None or i is None:
