@@ -68,3 +68,32 @@ def cache_entries(store: Path, stage: str) -> int:
             return c.execute("SELECT COUNT(*) FROM cache WHERE stage=?", (stage,)).fetchone()[0]
         except sqlite3.OperationalError:  # the schema is not there yet
             return 0
+
+
+def kill_when(args: list[str], ready, log: Path, timeout: float) -> str:
+    """Run `robopt-compile ARGS` and SIGKILL it once `ready()` holds; returns its stderr.
+
+    Fails the test when the child exits first or `ready()` does not hold within `timeout`
+    seconds, quoting the child's stderr. Its stderr goes to the file `log`: an unread pipe
+    fills with progress lines and blocks the child.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exe = Path(sys.executable).parent / "robopt-compile"
+    with log.open("wb") as err_file:
+        proc = subprocess.Popen([str(exe), *args], stdout=subprocess.DEVNULL, stderr=err_file)
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            exited = proc.poll()
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(30)
+    tail = log.read_text(errors="replace")[-2000:]
+    assert exited is None, f"the child exited ({exited}) before it was killed:\n{tail}"
+    assert ready(), f"not ready after {timeout:.0f} s:\n{tail}"
+    return tail

@@ -5,17 +5,13 @@ and the refusals, and the compile that distils and builds the chosen sub-network
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_error_line, cache_entries, run_cli
+from helpers import assert_one_error_line, cache_entries, kill_when, run_cli
 from test_archspace import TinyResNet
 
 from robopt_compile.archsearch.search import parse_arch_spec, search_arch
@@ -128,17 +124,9 @@ def test_cli_search_killed_then_resumed_and_bad_input(model, tmp_path, capsys, m
         "-o",
         str(tmp_path / "out"),
     ]
-    exe = Path(sys.executable).parent / "robopt-compile"
-    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while _candidates(store) < 6 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(30)
+    kill_when(args, lambda: _candidates(store) >= 6, tmp_path / "child.err", timeout=300)
     recorded = _candidates(store)
-    assert recorded >= 6 and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
     with sqlite3.connect(store / "store.db") as c:
         (session,) = c.execute("SELECT id FROM sessions").fetchone()
     code, _, err = run_cli([str(src), "--resume", session, "--json"], capsys)

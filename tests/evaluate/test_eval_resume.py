@@ -5,13 +5,9 @@ an evaluation that was never interrupted."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from helpers import cache_entries, run_cli
+from helpers import cache_entries, kill_when, run_cli
 
 ZOO = "zoo:pendulum-swingup-mlp"
 TASK = "InvertedPendulumSwingupBulletEnv-v0"
@@ -36,16 +32,8 @@ def test_killed_evaluation_resumes(tmp_path, capsys, monkeypatch) -> None:
     result = bundle / "results" / f"eval-{TASK}.json"
     store = tmp_path / "store"
     monkeypatch.setenv("ROBOPT_STORE", str(store))
-    exe = Path(sys.executable).parent / "robopt-compile"
-    proc = subprocess.Popen([str(exe), "evaluate", str(bundle), *ARGS, "--resume"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while _batches(store) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)  # the driver dies with some batches recorded
-    finally:
-        proc.wait(30)
+    args = ["evaluate", str(bundle), *ARGS, "--resume"]
+    kill_when(args, lambda: _batches(store) >= 2, tmp_path / "child.err", timeout=180)
     recorded = _batches(store)
     assert 2 <= recorded < 6, f"killed after {recorded} of 6 batches"
 
