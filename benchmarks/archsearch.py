@@ -31,7 +31,7 @@ import numpy as np
 from benchmarks.metaworld import EVAL_SEED, HOLDOUT_SEED, SOURCE, TASK, _closed_loop, _open
 
 CALIB = "task:episodes=40"
-DISTILL = "steps=400,batch=16,lr=3e-4,onpolicy=3,episodes=24"
+DISTILL = "steps=250,batch=16,lr=3e-4,onpolicy=5,episodes=24"
 SEARCH = "latency=0.5x,tune=10,shortlist=2,finalists=2,steps=6"
 FINALIST_EPISODES = 12
 RATIOS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
