@@ -397,10 +397,7 @@ def _finalists(result: Any, run: _Run) -> list[dict[str, Any]]:
             holder["model"] = sub
             out = {"error": error(sub), "measured_ms": time_onnx(sub, feed, threads)}
             if guard is not None:
-                from robopt_compile.evaluate import onnx_policy
-
-                with onnx_policy(sub, threads) as pol:
-                    t = guard.score(pol.fn, pol.output_names)
+                t = guard.score_onnx(sub, threads)
                 out.update(
                     success=t["success"],
                     reference_success=t["reference_success"],

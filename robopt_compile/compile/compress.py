@@ -294,10 +294,7 @@ def compress(
         fig = _brief(accuracy_figures(reference, got, data.holdout, metric, metric_name))
         if guard is None or not task:
             return fig
-        from robopt_compile.evaluate import onnx_policy
-
-        with onnx_policy(m, threads) as pol:
-            t = guard.score(pol.fn, pol.output_names)
+        t = guard.score_onnx(m, threads)
         keep = ("episodes", "reference_success", "success", "reference_return", "return",
                 "verdict", "p_value")  # fmt: skip
         return {**fig, "output_drop": fig["drop"], "metric": t["metric"],

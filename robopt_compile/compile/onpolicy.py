@@ -33,12 +33,11 @@ def student_samples(
     model: Any, task_name: str, seeds: list[int], threads: int | None
 ) -> tuple[list[dict[str, np.ndarray]], float]:
     """The observations ``model`` (ONNX, in ONNX Runtime) sees driving ``task_name`` on
-    ``seeds`` (every ``EVERY``-th step, batch axis 1) and its success rate there."""
-    from robopt_compile import evaluate as ev
-    from robopt_compile.tasks import get_task
+    ``seeds`` (every ``EVERY``-th step, batch axis 1) and its success rate there; the
+    episodes run on the build machine's cores (``evaluate.pooled_episodes``)."""
+    from robopt_compile.evaluate.pooled import pooled_episodes
 
-    with get_task(task_name) as task, ev.onnx_policy(model, threads or 1) as pol:
-        eps = ev.run_episodes(task, pol, seeds, record=True)
+    eps = pooled_episodes(task_name, model, seeds, threads or 1, record=True)
     samples = [{n: e.feeds[n][i : i + 1] for n in e.feeds}
                for e in eps for i in range(0, e.steps, EVERY)]  # fmt: skip
     return samples, float(np.mean([e.success for e in eps])) if eps else 0.0

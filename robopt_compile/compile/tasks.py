@@ -50,18 +50,20 @@ def record_calibration(
         espec.episodes = 4
     name = resolve_eval_task(espec, source)
     seeds = ev.seeds_for(espec.episodes, CALIBRATION_SEED_OFFSET + opts.seed)
-    with get_task(name) as task, ev.onnx_policy(model, opts.threads or 1) as pol:
-        from robopt_compile import ir as rir
+    from robopt_compile import ir as rir
+    from robopt_compile.evaluate.pooled import pooled_episodes
 
+    with get_task(name) as task:
         ev.check_policy_fits(task, [s.to_json() for s in rir.input_specs(model)], source)
-        done, total = [0], len(seeds)
+    done, total = [0], len(seeds)
 
-        def tick(n: int) -> None:
-            done[0] += n
-            if progress is not None:
-                progress(f"record: episode {done[0]}/{total} on {name}", "tick", done[0] / total)
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(f"record: episode {done[0]}/{total} on {name}", "tick", done[0] / total)
 
-        eps = ev.run_episodes(task, pol, seeds, tick, record=True)
+    # on the build machine's cores: the same episodes as one after another here
+    eps = pooled_episodes(name, model, seeds, opts.threads or 1, tick, record=True)
     # keyed as the episodes fed the model (a user task names its one feed after the input)
     arrays = {n: np.concatenate([e.feeds[n] for e in eps]) for n in eps[0].feeds}
     steps = next(iter(arrays.values())).shape[0]

@@ -20,7 +20,9 @@ re-exported (``evaluate``), or whatever ``--reference`` names (another bundle or
 source). ``spec`` parses ``--eval`` and finds a model's task.
 
 Modules, lowest first: ``spec`` and ``stats`` (no robopt imports beyond errors and task
-types), ``policies``, ``closedloop``, ``openloop``. Importing the package loads no simulator,
+types), ``policies``, ``episodes`` (seeds one after another here), ``distributed`` (units on
+an executor), ``pooled`` (a compile's own episodes on this machine's cores), ``closedloop``,
+``openloop``. Importing the package loads no simulator,
 runtime, scipy or torch.
 """
 

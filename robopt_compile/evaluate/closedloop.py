@@ -16,32 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.evaluate.policies import TimedPolicy, onnx_policy
+from robopt_compile.evaluate.episodes import Progress, run_episodes
+from robopt_compile.evaluate.policies import TimedPolicy
 from robopt_compile.evaluate.spec import DEFAULT_EPISODES, EvalSpec, default_metric
 from robopt_compile.evaluate.stats import mcnemar_p, mean_ci, paired_t_p, wilson
-from robopt_compile.tasks import Episode, Policy, Task, get_task
+from robopt_compile.tasks import Episode, Task, get_task
 
-Progress = Callable[[int], None]  # called with the number of episodes just finished
 # (engine index: 0 the reference, policy, seeds, progress) -> that engine's episodes in order
 Runner = Callable[[int, TimedPolicy, Sequence[int], Progress | None], list[Episode]]
 
 GUARD_SEED_OFFSET = 500_000  # the closed-loop accuracy guard's episodes start here
-
-
-def run_episodes(
-    task: Task,
-    policy: Policy,
-    seeds: Sequence[int],
-    progress: Progress | None = None,
-    record: bool = False,
-) -> list[Episode]:
-    """One episode of ``task`` per seed, in order (``record`` keeps feeds and actions)."""
-    out = []
-    for s in seeds:
-        out.append(task.episode(policy, int(s), record=record))
-        if progress:
-            progress(1)
-    return out
 
 
 def seeds_for(episodes: int, seed: int) -> list[int]:
@@ -239,26 +223,37 @@ class ClosedLoopGuard:
         return seeds_for(self.spec.episodes, GUARD_SEED_OFFSET + self.spec.seed)
 
     def set_reference(self, model: Any, threads: int | None = 1) -> dict[str, Any]:
+        """The fp32 ONNX model's episodes (on this machine's cores: ``pooled_episodes``)."""
         if self._ref is None:
-            seeds = self.seeds()
-            with onnx_policy(model, threads) as pol:
-                eps = run_episodes(self.task, pol, seeds)
-                self._ref = summarize(
-                    "original fp32 (onnxruntime)",
-                    "reference",
-                    eps,
-                    _meta(pol, {"precision": "fp32"}),
-                )
+            from robopt_compile.evaluate.pooled import pooled_episodes
+
+            eps = pooled_episodes(self.task_name, model, self.seeds(), threads)
+            self._ref = summarize(
+                "original fp32 (onnxruntime)", "reference", eps, {"precision": "fp32"}
+            )
         return self._ref
 
+    def score_onnx(self, model: Any, threads: int | None = 1) -> dict[str, Any]:
+        """``score`` of an fp32 ONNX model (ONNX Runtime), its episodes on this machine's
+        cores (``pooled_episodes``)."""
+        from robopt_compile.evaluate.pooled import pooled_episodes
+
+        self._need_reference()
+        eps = pooled_episodes(self.task_name, model, self.seeds(), threads)
+        return self._judge(summarize("candidate", "candidate", eps, {}))
+
     def score(self, infer: Callable[[dict[str, np.ndarray]], Any], names: list[str]) -> dict:
+        self._need_reference()
+        pol = TimedPolicy(infer, names)
+        eps = run_episodes(self.task, pol, self.seeds())
+        return self._judge(summarize("candidate", "candidate", eps, _meta(pol, {})))
+
+    def _need_reference(self) -> None:
         if self._ref is None:
             raise RuntimeError("set_reference first")
-        pol = TimedPolicy(infer, names)
-        seeds = self.seeds()
-        cand = summarize(
-            "candidate", "candidate", run_episodes(self.task, pol, seeds), _meta(pol, {})
-        )
+
+    def _judge(self, cand: dict[str, Any]) -> dict[str, Any]:
+        assert self._ref is not None
         pair = paired(self._ref, cand, self.metric)
         return {
             "drop": task_drop(self._ref, cand, self.metric),

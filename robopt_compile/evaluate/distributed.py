@@ -82,22 +82,29 @@ def _materialize(s: Shipped) -> Path:
 
 
 def episode_batch(
-    task_name: str, kind: str, key: str, data: Any, seeds: list[int], threads: int | None
+    task_name: str,
+    kind: str,
+    key: str,
+    data: Any,
+    seeds: list[int],
+    threads: int | None,
+    record: bool = False,
 ) -> tuple[list[Episode], list[int], dict[str, Any]]:
     """One unit: ``seeds`` of ``task_name`` driven by the shipped engine, on this worker.
 
     ``kind``, ``key``, ``data`` are a ``Shipped``'s fields (``data`` a top-level argument, so
-    Ray hands the worker the bytes, not their handle). Returns the episodes (without
-    recordings), the per-step latencies (ns) and the worker's machine profile."""
+    Ray hands the worker the bytes, not their handle). Returns the episodes (with their feeds
+    and actions when ``record``), the per-step latencies (ns) and the worker's machine
+    profile."""
     from robopt_compile.bench.machine import machine_profile
-    from robopt_compile.evaluate.closedloop import run_episodes
+    from robopt_compile.evaluate.episodes import run_episodes
 
     pol = _policy(Shipped(kind, data, key), threads)
     from robopt_compile.tasks import get_task
 
     task = _kept(("task", task_name), lambda s: s.enter_context(get_task(task_name)))
     first = len(pol.latencies_ns)
-    eps = run_episodes(task, pol, seeds)
+    eps = run_episodes(task, pol, seeds, record=record)
     return eps, list(pol.latencies_ns[first:]), machine_profile()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from robopt_compile.errors import InputError
-from robopt_compile.evaluate.closedloop import run_episodes
+from robopt_compile.evaluate.episodes import run_episodes
 from robopt_compile.evaluate.policies import TimedPolicy
 from robopt_compile.tasks import Policy, Task
 

@@ -37,6 +37,9 @@ RETRIES = 3  # how often Ray reruns a unit whose worker died (Ray's max_retries)
 DEFAULT_CLIENT_PORT = 10001
 # Environment a worker needs to run a unit as this process would (rendering, caches, store).
 FORWARDED_ENV = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "ROBOPT_CACHE", "ROBOPT_STORE")
+# How many processes a compile's own episodes may use (executor/processes.py); a Ray unit
+# holds one CPU, so its compile keeps them in its process.
+WORKERS_ENV = "ROBOPT_EPISODE_WORKERS"
 
 
 @dataclass(frozen=True)

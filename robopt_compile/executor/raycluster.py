@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from robopt_compile.errors import ClusterError, install_hint
-from robopt_compile.executor import RETRIES, Executor, forwarded_env
+from robopt_compile.executor import RETRIES, WORKERS_ENV, Executor, forwarded_env
 
 CONNECT_TIMEOUT_S = 3.0  # a TCP probe before Ray Client's own 30 s of retries
 
@@ -74,7 +74,7 @@ def _init(ray: Any, address: str) -> None:
     import time
 
     kw = {"namespace": "robopt", "logging_level": "ERROR", "log_to_driver": False,
-          "runtime_env": {"env_vars": forwarded_env()}}  # fmt: skip
+          "runtime_env": {"env_vars": {**forwarded_env(), WORKERS_ENV: "1"}}}  # fmt: skip
     try:
         ray.init(address=address, **kw)
     except Exception as exc:  # Ray Client raises ConnectionError or its own types here
