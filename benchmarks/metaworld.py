@@ -22,8 +22,6 @@ run in two worker processes (one thread each): success does not depend on timing
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import re
 import time
 from collections.abc import Callable
@@ -92,22 +90,28 @@ def _closed_loop(
     """Every engine drives the suite for the same seeds (``worker(kind, path, seeds)``, a
     module-level function, in two spawned processes); the first engine is the reference."""
     from robopt_compile.evaluate import paired, summarize
+    from robopt_compile.executor.processes import ProcessExecutor
     from robopt_compile.tasks import Episode
 
     seeds = list(range(EVAL_SEED, EVAL_SEED + episodes))
     jobs = [(label, seeds[i : i + CHUNK]) for label in engines
             for i in range(0, episodes, CHUNK)]  # fmt: skip
     got: dict[str, list[Any]] = {label: [] for label in engines}
-    t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(2, mp_context=ctx) as pool:
-        futs = {pool.submit(worker or _episodes, *engines[label], chunk): label
-                for label, chunk in jobs}  # fmt: skip
-        for n, fut in enumerate(cf.as_completed(futs), 1):
-            got[futs[fut]].extend(fut.result())
-            left = (time.perf_counter() - t0) / n * (len(jobs) - n)
-            log(f"[bench] {section}: {n * CHUNK}/{len(jobs) * CHUNK} episodes, "
-                f"about {left / 60:.0f} min left")  # fmt: skip
+    t0, done, total = time.perf_counter(), [0], episodes * len(engines)
+
+    def tick(_i: int, rows: list[Any]) -> None:
+        done[0] += len(rows)
+        left = (time.perf_counter() - t0) / done[0] * (total - done[0])
+        log(f"[bench] {section}: {done[0]}/{total} episodes, about {left / 60:.0f} min left")
+
+    ex = ProcessExecutor(2)  # the pool the compile's own episodes use
+    try:
+        rows = ex.map(worker or _episodes, [(*engines[label], chunk) for label, chunk in jobs],
+                      progress=tick)  # fmt: skip
+    finally:
+        ex.close()
+    for (label, _), part in zip(jobs, rows, strict=True):
+        got[label].extend(part)
     summaries = {}
     for label, rows in got.items():
         eps = [Episode(seed=s, ret=r, success=ok, steps=n) for s, r, ok, n in sorted(rows)]

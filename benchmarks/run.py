@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -442,6 +443,10 @@ def main() -> None:
                     "own options (docs/ARCHSEARCH.md); missing ones are built.")  # fmt: skip
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    # The compiles here run their own episodes on this machine's cores as robopt-compile does
+    # (evaluate/pooled.py starts workers unasked only under robopt's commands; this module
+    # keeps its work under __main__, so it opts in).
+    os.environ.setdefault("ROBOPT_EPISODE_WORKERS", str(os.cpu_count() or 1))
     results_path = args.out.parent / "bench_results.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -53,8 +53,6 @@ def record_calibration(
     from robopt_compile import ir as rir
     from robopt_compile.evaluate.pooled import pooled_episodes
 
-    with get_task(name) as task:
-        ev.check_policy_fits(task, [s.to_json() for s in rir.input_specs(model)], source)
     done, total = [0], len(seeds)
 
     def tick(n: int) -> None:
@@ -62,8 +60,10 @@ def record_calibration(
         if progress is not None:
             progress(f"record: episode {done[0]}/{total} on {name}", "tick", done[0] / total)
 
-    # on the build machine's cores: the same episodes as one after another here
-    eps = pooled_episodes(name, model, seeds, opts.threads or 1, tick, record=True)
+    with get_task(name) as task:
+        ev.check_policy_fits(task, [s.to_json() for s in rir.input_specs(model)], source)
+        # on the build machine's cores: the same episodes as one after another here
+        eps = pooled_episodes(name, model, seeds, opts.threads or 1, tick, True, task)
     # keyed as the episodes fed the model (a user task names its one feed after the input)
     arrays = {n: np.concatenate([e.feeds[n] for e in eps]) for n in eps[0].feeds}
     steps = next(iter(arrays.values())).shape[0]

@@ -227,7 +227,7 @@ class ClosedLoopGuard:
         if self._ref is None:
             from robopt_compile.evaluate.pooled import pooled_episodes
 
-            eps = pooled_episodes(self.task_name, model, self.seeds(), threads)
+            eps = pooled_episodes(self.task_name, model, self.seeds(), threads, task=self.task)
             self._ref = summarize(
                 "original fp32 (onnxruntime)", "reference", eps, {"precision": "fp32"}
             )
@@ -239,7 +239,7 @@ class ClosedLoopGuard:
         from robopt_compile.evaluate.pooled import pooled_episodes
 
         self._need_reference()
-        eps = pooled_episodes(self.task_name, model, self.seeds(), threads)
+        eps = pooled_episodes(self.task_name, model, self.seeds(), threads, task=self.task)
         return self._judge(summarize("candidate", "candidate", eps, {}))
 
     def score(self, infer: Callable[[dict[str, np.ndarray]], Any], names: list[str]) -> dict:

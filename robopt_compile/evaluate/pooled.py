@@ -17,6 +17,7 @@ process gives for it (tests/evaluate/test_pooled_episodes.py). Tasks that are no
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from robopt_compile.tasks import Episode
+from robopt_compile.tasks import Episode, Task
 
 POOL_AFTER_S = 10.0  # below this, starting workers (2-4 s each) costs more than it saves
 UNITS_PER_WORKER = 3  # units per worker: late units even out episodes of unequal length
@@ -37,15 +38,19 @@ def pooled_episodes(
     threads: int | None = 1,
     progress: Callable[[int], None] | None = None,
     record: bool = False,
+    task: Task | None = None,
 ) -> list[Episode]:
     """``run_episodes`` of ``model`` (an fp32 ``ir.Model`` or .onnx path, in ONNX Runtime
-    with ``threads`` intra-op threads) on ``task_name`` for ``seeds``, in seed order."""
+    with ``threads`` intra-op threads) on ``task_name`` for ``seeds``, in seed order.
+    ``task``: ``task_name`` already open here (used for this process's episodes, left open);
+    None opens and closes it."""
     from robopt_compile.evaluate.episodes import run_episodes
     from robopt_compile.evaluate.policies import onnx_policy
     from robopt_compile.tasks import TASKS, get_task
 
     seeds = [int(s) for s in seeds]
-    with get_task(task_name) as task, onnx_policy(model, threads) as pol:
+    here = contextlib.nullcontext(task) if task is not None else get_task(task_name)
+    with here as task, onnx_policy(model, threads) as pol:
         t0 = time.perf_counter()
         eps = run_episodes(task, pol, seeds[:1], progress, record=record)
         rest = seeds[1:]

@@ -37,3 +37,29 @@ def test_a_prebuilt_bundle_is_reused_only_when_distilled_as_asked() -> None:
     assert not _distilled_as(report, "steps=250,batch=16,lr=3e-4,onpolicy=3,episodes=24")
     assert not _distilled_as(report, "steps=250,batch=16,lr=3e-4,onpolicy=5,episodes=32")
     assert not _distilled_as({}, DISTILL)  # not distilled at all
+
+
+def test_uniform_ratio_is_timed_beside_the_searched_network() -> None:
+    """The searched network and every uniform ratio go to ONE interleaved timing, and the
+    ratio closest to the searched network's time in it is picked; the sessions run."""
+    from benchmarks.archsearch import RATIOS, uniform_ratio
+    from benchmarks.run import interleaved_median_ms
+    from robopt_compile import ir as rir
+    from robopt_compile.compile.frontend import load_source
+    from robopt_compile.passes.prune.channels import ChannelPrunePass
+
+    src = load_source("zoo:visuomotor-cnn")
+    searched = rir.clone(src.model)
+    ChannelPrunePass(0.3)(searched)
+    calls: list[list[str]] = []
+    fake = {"searched": 10.0, **{str(r): 20.0 - 25 * r for r in RATIOS}}  # 0.4 -> 10 ms
+
+    def timer(fns: dict, rounds: int, per_round: int) -> dict[str, float]:
+        calls.append(list(fns))
+        interleaved_median_ms(fns, 1, 1, warmup=0)  # every session really runs
+        return dict(fake)
+
+    got = uniform_ratio(src.model, searched, src.reference_inputs, timer=timer)
+    assert calls == [["searched", *map(str, RATIOS)]]  # one timing, all of them together
+    assert got["ratio"] == 0.4 and got["target_ms"] == 10.0 and "interleaved" in got["timing"]
+    assert got["measured_ms"] == {r: 20.0 - 25 * r for r in RATIOS}

@@ -53,3 +53,23 @@ def test_report_renders_the_table_the_verdict_and_the_guard_agreement() -> None:
     assert "They agree on 2 of 4 engines." in text
     bad = "\n".join(report_lines(_result(4.0, 0.90, "no detectable change")))
     assert "NOT met" in bad
+
+
+def _rows(kind: str, path: str, seeds: list[int]) -> list[tuple[int, float, bool, int]]:
+    """A stand-in engine's episodes (run in the pool's spawned workers)."""
+    return [(s, float(s % 7), (s + len(path)) % 3 != 0, 5) for s in seeds]
+
+
+def test_closed_loop_pairs_every_engine_on_the_same_seeds() -> None:
+    from benchmarks.metaworld import EVAL_SEED, _closed_loop
+
+    lines: list[str] = []
+    got = _closed_loop({"ref": ("x", "a"), "cand": ("x", "bb")}, 25, lines.append, _rows)
+    ref, cand = got["engines"]
+    assert got["seeds"] == [EVAL_SEED, EVAL_SEED + 24]
+    seeds = range(EVAL_SEED, EVAL_SEED + 25)
+    assert ref["success"]["count"] == sum((s + 1) % 3 != 0 for s in seeds)
+    assert cand["success"]["count"] == sum((s + 2) % 3 != 0 for s in seeds)
+    assert ref["role"] == "reference"
+    assert got["paired"][0]["candidate"] == "cand"
+    assert lines[-1].startswith("[bench] metaworld: 50/50 episodes")

@@ -3,11 +3,14 @@ executor/processes.py): the same episodes, seed by seed, as one after another he
 
 from __future__ import annotations
 
+import os
+import types
+
 import numpy as np
 import pytest
 
 from robopt_compile import evaluate as ev
-from robopt_compile.errors import InputError
+from robopt_compile.errors import InputError, RoboptError
 from robopt_compile.evaluate import pooled
 from robopt_compile.executor import processes
 from robopt_compile.tasks import get_task
@@ -104,3 +107,44 @@ def test_process_executor_order_progress_and_errors() -> None:
             ex.map(_fails, [(1,), (2,)])
     finally:
         ex.close()
+
+
+def test_a_dead_worker_is_one_line_and_worker_stderr_is_discarded(capfd) -> None:
+    ex = processes.ProcessExecutor(1)
+    try:
+        assert ex.map(os.write, [(2, b"worker noise\n")]) == [13]  # written, to nowhere
+        assert "worker noise" not in capfd.readouterr().err
+        with pytest.raises(RoboptError, match=r"worker process running _exit died.*=1"):
+            ex.map(os._exit, [(3,)])
+    finally:
+        ex.close()
+
+
+def test_workers_start_unasked_only_under_robopt_commands(monkeypatch) -> None:
+    """A spawned worker re-runs the main script's top level: only robopt's own commands and
+    interactive sessions (no __file__) are known to be safe."""
+    monkeypatch.setattr(pooled.sys, "modules", {**pooled.sys.modules})
+    monkeypatch.setitem(pooled.sys.modules, "__main__", types.SimpleNamespace())
+    assert pooled._spawn_safe()  # python -c / a notebook / the REPL
+    main = types.SimpleNamespace(__file__="/home/u/run_policy.py")
+    monkeypatch.setitem(pooled.sys.modules, "__main__", main)
+    monkeypatch.setattr(pooled.sys, "argv", ["/home/u/run_policy.py"])
+    assert not pooled._spawn_safe()
+    monkeypatch.delenv("ROBOPT_EPISODE_WORKERS", raising=False)
+    assert pooled._workers(True, 60.0, 10, 1) == 1  # a user's script: here, unless it opts in
+    monkeypatch.setenv("ROBOPT_EPISODE_WORKERS", "2")
+    assert pooled._workers(True, 60.0, 10, 1) == 2
+    monkeypatch.setattr(pooled.sys, "argv", ["/venv/bin/robopt-compile", "zoo:x"])
+    assert pooled._spawn_safe()
+
+
+def test_an_open_task_is_used_and_left_open(policy, monkeypatch) -> None:
+    from robopt_compile import tasks
+
+    with get_task(SWINGUP) as task:
+        with monkeypatch.context() as mp:
+            mp.setattr(tasks, "get_task", lambda name: pytest.fail("opened again"))
+            got = pooled.pooled_episodes(SWINGUP, policy, [1, 2], 1, task=task)
+        with ev.onnx_policy(policy, 1) as pol:
+            again = ev.run_episodes(task, pol, [1])  # still open
+    assert [e.seed for e in got] == [1, 2] and again[0].ret == got[0].ret

@@ -134,15 +134,29 @@ def test_decode_steps_on_a_second_runtime(tmp_path: Path, compile_vla: Callable[
 
 
 class _Sleeper:
-    def __init__(self, ms: float) -> None:
-        self.ms, self.calls = ms, 0
+    """A runner taking ``ms`` per call: really asleep, or (``clock`` given) advancing that fake
+    clock, so that equal runners time exactly equal on a loaded machine."""
+
+    def __init__(self, ms: float, clock: _Clock | None = None) -> None:
+        self.ms, self.calls, self.clock = ms, 0, clock
 
     def infer(self, feeds: dict) -> dict:
         import time
 
         self.calls += 1
-        time.sleep(self.ms / 1e3)
+        if self.clock is not None:
+            self.clock.now += self.ms / 1e3
+        else:
+            time.sleep(self.ms / 1e3)
         return {}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
 
 
 def test_decode_auto_keeps_the_second_runtime_only_when_it_pays(
@@ -158,8 +172,14 @@ def test_decode_auto_keeps_the_second_runtime_only_when_it_pays(
     assert got["kept"] and fast.calls == slow.calls == 4
     assert got["ms_per_step"]["llm-decode"] < got["ms_per_step"]["llm"]
     assert not choose_decode({"llm": fast, "llm-decode": slow}, {}, rounds=3)["kept"]
-    same = _Sleeper(5)
-    assert not choose_decode({"llm": same, "llm-decode": same}, {}, rounds=3)["kept"]
+    # Equal runners on the fake clock (real sleeps of equal length jitter apart under load:
+    # CI once timed 5 ms sleeps more than 10% apart over 3 rounds).
+    clock = _Clock()
+    with monkeypatch.context() as mp:
+        mp.setattr(vla_compile, "time", clock)
+        same, less = _Sleeper(5, clock), _Sleeper(4.4, clock)
+        assert not choose_decode({"llm": same, "llm-decode": same}, {}, rounds=3)["kept"]
+        assert choose_decode({"llm": same, "llm-decode": less}, {}, rounds=3)["kept"]
     # Through the compiler: a second runtime that never pays is dropped after measuring.
     monkeypatch.setattr(vla_compile, "DECODE_KEEP_RATIO", 0.0)
     m = compile_vla(tmp_path / "d", "-b", "openvino", "--decode-backend", "auto")
