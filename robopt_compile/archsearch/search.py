@@ -264,6 +264,12 @@ def search_arch(
     except OutOfTime as exc:
         raise _out_of_time(t0, str(exc), budget_ms, cache) from None
     winner = finalists[0]
+    # The finalists are picked by the table's prediction; timed whole, the chosen one may
+    # still miss the budget (measured on metaworld-resnet18: 13.46 ms for 13.06, predicted
+    # 12.84): said in the report and the compile's output, never silently.
+    over = winner["measured_ms"] / budget_ms - 1.0
+    if over > 0:
+        winner["over_budget"] = round(over, 4)
     report = {
         "totals": {
             **{f"{k}_before": v for k, v in _size(model).items()},
@@ -302,10 +308,17 @@ def search_arch(
         "chosen": {k: v for k, v in winner.items() if k != "model"},
         "seconds": time.perf_counter() - t0,
     }
+    miss = (
+        f"; {over:.1%} over the budget of {budget_ms:.3g} ms, which the table predicted it "
+        f"would meet ({winner['predicted_ms']:.3g} ms): a tighter budget (latency-ms="
+        f"{budget_ms / (1 + over):.3g}) asks for the difference"
+        if over > 0
+        else ""
+    )
     note(
         f"arch search: {len(result.steps)} steps, {counts['scored']} candidates scored "
         f"({counts['reused']} from the store), chosen {winner['measured_ms']:.3g} ms measured "
-        f"of {table.full_ms:.3g} ms",
+        f"of {table.full_ms:.3g} ms{miss}",
         "done",
         report["seconds"],
     )

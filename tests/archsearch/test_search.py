@@ -80,6 +80,30 @@ def test_search_meets_the_budget_and_a_rerun_scores_nothing_again(model, samples
     assert again.report["chosen"]["widths"] == chosen["widths"]
 
 
+def test_a_chosen_network_measured_over_the_budget_is_said(model, samples, monkeypatch):
+    """The finalists are picked by the table; one that times whole over the budget (here: as
+    if the table had under-predicted threefold) is reported, with the budget that asks for
+    the difference."""
+    from robopt_compile.archsearch import search as search_mod
+
+    real = search_mod._finalists
+    slow = lambda result, run: [  # noqa: E731
+        {**r, "measured_ms": r["measured_ms"] * 3} for r in real(result, run)
+    ]
+    monkeypatch.setattr(search_mod, "_finalists", slow)
+    notes: list[str] = []
+    spec = parse_arch_spec("latency=0.6x,tune=0,finalists=1")
+    out = search_arch(model, spec, samples, 1, progress=lambda m, kind, x: notes.append(m))
+    chosen, budget = out.report["chosen"], out.report["budget_ms"]
+    assert chosen["over_budget"] == pytest.approx(chosen["measured_ms"] / budget - 1, abs=1e-4)
+    assert chosen["over_budget"] > 0 and out.report["finalists"][0] == chosen
+    assert "over the budget of" in notes[-1] and "latency-ms=" in notes[-1]
+    monkeypatch.undo()
+    plain = search_arch(model, spec, samples, 1).report
+    fine = plain["chosen"]
+    assert ("over_budget" in fine) == (fine["measured_ms"] > plain["budget_ms"])  # only a miss
+
+
 def test_budget_out_of_reach_met_already_or_out_of_time_are_one_line(model, samples, cache):
     with pytest.raises(InputError, match="out of reach: the smallest sub-network"):
         search_arch(model, parse_arch_spec("latency-ms=0.0001"), samples, 1, cache=cache)
