@@ -97,8 +97,6 @@ def uniform_ratio(
     rounds (ONNX Runtime, 1 thread; ``timer``: ``interleaved_median_ms``): timed one after
     another, a noisy 0.40 once came out slower than 0.35 and 0.45 was picked. Returns the
     ratio and what each measured."""
-    import onnxruntime as ort
-
     from benchmarks.run import interleaved_median_ms
     from robopt_compile import ir as rir
     from robopt_compile.passes.prune.channels import ChannelPrunePass
@@ -107,13 +105,10 @@ def uniform_ratio(
     for r in RATIOS:
         models[str(r)] = rir.clone(fp32)
         ChannelPrunePass(r)(models[str(r)])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
     fns = {}
     for k, m in models.items():
-        sess = ort.InferenceSession(rir.to_proto(m).SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])  # fmt: skip
-        fns[k] = lambda sess=sess: sess.run(None, feeds)
+        run = _open("ort", rir.to_proto(m).SerializeToString())  # the bench's 1-thread session
+        fns[k] = lambda run=run: run(feeds)
     lat = (timer or interleaved_median_ms)(fns, rounds, per_round)
     target = lat.pop("searched")
     tried = {float(k): ms for k, ms in lat.items()}

@@ -48,7 +48,7 @@ PRECISIONS = ("fp32", "int8")
 MAX_BUILDS = 4
 
 
-def _open(kind: str, path: str) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+def _open(kind: str, path: str | bytes) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
     """An engine as feeds -> [action, ...], one thread."""
     if kind == "ov":
         import openvino as ov

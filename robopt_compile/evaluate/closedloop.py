@@ -225,9 +225,7 @@ class ClosedLoopGuard:
     def set_reference(self, model: Any, threads: int | None = 1) -> dict[str, Any]:
         """The fp32 ONNX model's episodes (on this machine's cores: ``pooled_episodes``)."""
         if self._ref is None:
-            from robopt_compile.evaluate.pooled import pooled_episodes
-
-            eps = pooled_episodes(self.task_name, model, self.seeds(), threads, task=self.task)
+            eps = self._onnx_episodes(model, threads)
             self._ref = summarize(
                 "original fp32 (onnxruntime)", "reference", eps, {"precision": "fp32"}
             )
@@ -236,11 +234,14 @@ class ClosedLoopGuard:
     def score_onnx(self, model: Any, threads: int | None = 1) -> dict[str, Any]:
         """``score`` of an fp32 ONNX model (ONNX Runtime), its episodes on this machine's
         cores (``pooled_episodes``)."""
+        self._need_reference()
+        eps = self._onnx_episodes(model, threads)
+        return self._judge(summarize("candidate", "candidate", eps, {}))
+
+    def _onnx_episodes(self, model: Any, threads: int | None) -> list[Episode]:
         from robopt_compile.evaluate.pooled import pooled_episodes
 
-        self._need_reference()
-        eps = pooled_episodes(self.task_name, model, self.seeds(), threads, task=self.task)
-        return self._judge(summarize("candidate", "candidate", eps, {}))
+        return pooled_episodes(self.task_name, model, self.seeds(), threads, task=self.task)
 
     def score(self, infer: Callable[[dict[str, np.ndarray]], Any], names: list[str]) -> dict:
         self._need_reference()
