@@ -34,6 +34,12 @@ CALIB = "task:episodes=40"
 DISTILL = "steps=600,batch=16,lr=3e-4,onpolicy=5,episodes=32"
 SEARCH = "latency=0.5x,tune=10,shortlist=2,finalists=2,steps=6"
 FINALIST_EPISODES = 12
+# The held-out relative-L2 bound of robopt's int8 build of the searched sub-network. The
+# default (0.01) rolled every layer back to fp32 (int8 measured 0.11 on the searched network),
+# so the fourth run's "robopt OpenVINO int8" row was an fp32 engine under an int8 label.
+# 0.15: what int8 costs on this policy's outputs (the vendor's own NNCF int8 of the fp32
+# model measured 0.09-0.095 with no detectable task drop); the episodes then judge it.
+INT8_MAX_DROP = 0.15
 RATIOS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
 
 
@@ -185,17 +191,21 @@ def bench_archsearch(
             threads=1,
             backend="openvino",
             precision="int8",
-            quant=QuantOptions(calibration=str(calib)),
+            quant=QuantOptions(calibration=str(calib), max_drop=INT8_MAX_DROP),
         ),
         force=True,
     )
+    int8_built = _precision_built(json.loads((work / "search-int8" / "report.json").read_text()))
     import nncf
     import openvino as ov
 
     q = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(_samples(calib)))
     ov.save_model(q, str(work / "nncf-int8.xml"))
     engines["OpenVINO + NNCF int8 (vendor, fp32 model)"] = ("ov", str(work / "nncf-int8.xml"))
-    engines["searched + distillation, robopt OpenVINO int8"] = ("bundle", str(work / "search-int8"))
+    engines[f"searched + distillation, robopt OpenVINO {int8_built}"] = (
+        "bundle",
+        str(work / "search-int8"),
+    )
     log("[bench] archsearch: latency, interleaved rounds ...")
     fns, outs = {}, {}
     for label, (kind, path) in engines.items():
@@ -232,8 +242,20 @@ def bench_archsearch(
         "searched_vs_uniform": head_to_head,
         "distill": DISTILL,
         "spec": SEARCH,
+        "int8_max_drop": INT8_MAX_DROP,
         **loop,
     }
+
+
+def _precision_built(report: dict[str, Any]) -> str:
+    """What a bundle's quantization kept, for its row's label: ``int8``, ``int8 (N layers
+    fp32)`` or ``fp32 (int8 rolled back)``: never an int8 label on an fp32 engine."""
+    q = report.get("quantization") or {}
+    if q.get("rolled_back"):
+        return "fp32 (int8 rolled back)"
+    mixed = q.get("mixed_precision") or {}
+    n = len(mixed.get("fp32_nodes") or []) if mixed.get("met") else 0
+    return f"int8 ({n} layers fp32)" if n else "int8"
 
 
 def _fastnas_row(
@@ -398,7 +420,7 @@ def report_lines(m: dict[str, Any]) -> list[str]:
         f"{'yes' if g['within_5'] else 'no'}).",
         "",
     ]
-    ours = next((e for e in m["engines"] if e["label"].endswith("robopt OpenVINO int8")), None)
+    ours = next((e for e in m["engines"] if "robopt OpenVINO" in e["label"]), None)
     vendor = next((e for e in m["engines"] if e["label"].startswith("OpenVINO + NNCF")), None)
     if ours and vendor:
         keeps = ours["success"]["rate"] >= ref["success"]["rate"] - 0.02 and (
@@ -406,7 +428,9 @@ def report_lines(m: dict[str, Any]) -> list[str]:
         )
         lines += [
             f"The speed claim of issue 17 on these rows: robopt's engine of the searched "
-            f"sub-network (OpenVINO int8) {ours['p50_ms']:.2f} ms against the vendor's best "
+            f"sub-network ({ours['label'].split('robopt ')[-1]}, held-out bound "
+            f"{m.get('int8_max_drop', 0.01)} relative L2) {ours['p50_ms']:.2f} ms against the "
+            "vendor's best "
             f"recipe (OpenVINO + NNCF int8 of the fp32 model) {vendor['p50_ms']:.2f} ms: "
             f"{vendor['p50_ms'] / ours['p50_ms']:.2f}x; success {_rate(ours)} vs fp32 "
             f"{_rate(ref)} ({'kept' if keeps else 'NOT kept'}: within 2 points and no "
@@ -423,7 +447,12 @@ def report_lines(m: dict[str, Any]) -> list[str]:
         f"{len(s['steps'])} greedy steps, {s['candidates']['scored']} candidates scored "
         f"({s['candidates']['from_store']} from the store) in {search_min:.1f} min; the "
         f"recovery distillation {dist_min:.1f} min of training{_compile_time(m)}. Score: "
-        f"{s['score']}; finalists by {s['finalists_by']}.",
+        f"{s['score']}; finalists by {s['finalists_by']}."
+        + "".join(
+            f" Every finalist timed over the budget after step {a.get('after_step')}: the "
+            f"table was aimed at {a['aim_ms']:.2f} ms."
+            for a in s.get("retargets") or []
+        ),
         "",
         "| finalist | predicted ms | measured ms | rel. L2 (search's validation) | success "
         "(guard episodes) | on the front | chosen |",

@@ -71,6 +71,9 @@ class SearchResult:
     evaluations: int = 0
     skipped: int = 0  # moves that could not be applied (a width whose group a drop changed)
     seconds: float = 0.0
+    # the current network's error as sliced and as distilled (the baselines of the next step)
+    base_sliced: float = 0.0
+    base_tuned: float = 0.0
 
 
 def smallest_ms(table: Any, space: Any) -> float:
@@ -103,9 +106,11 @@ def netadapt(
     step_ms: float | None = None,  # NetAdapt's latency reduction per step (None: one notch)
     max_steps: int = 200,
     progress: Callable[[str], None] | None = None,
+    start: SearchResult | None = None,
 ) -> SearchResult:
     """Shrink ``model`` greedily until the table predicts at most ``budget_ms`` (module doc).
-    ``score`` may also be a plain ``score(model)``."""
+    ``score`` may also be a plain ``score(model)``. ``start``: an earlier result of the same
+    search (a larger budget), taken on from where it stopped; its steps are kept."""
     from robopt_compile.archsearch.space import apply
 
     t0 = time.perf_counter()
@@ -125,15 +130,20 @@ def netadapt(
         if deadline is not None and time.perf_counter() > deadline:
             raise OutOfTime(f"{len(result.steps)} steps, {result.evaluations} candidates")
 
-    widths = {w.group: w.size for w in space.widths}
-    dropped: list[str] = []
-    current = predicted(widths, dropped)
-    result = SearchResult(dict(widths), [], current, 0.0, model)
-    result.error = score(widths, dropped, lambda: model)  # type: ignore[call-arg]
-    result.evaluations = 1
     # Two baselines: a sliced candidate's error is compared with the current network's error
     # as sliced, a distilled one's with the current network's distilled error.
-    base_sliced = base_tuned = result.error
+    if start is None:
+        widths = {w.group: w.size for w in space.widths}
+        dropped: list[str] = []
+        result = SearchResult(dict(widths), [], predicted(widths, dropped), 0.0, model)
+        result.error = score(widths, dropped, lambda: model)  # type: ignore[call-arg]
+        result.evaluations = 1
+        base_sliced = base_tuned = result.base_sliced = result.base_tuned = result.error
+    else:
+        result = start
+        widths, dropped = dict(start.widths), list(start.dropped)
+        base_sliced, base_tuned = start.base_sliced, start.base_tuned
+    current = result.predicted_ms
     while current > budget_ms and len(result.steps) < max_steps:
         # the last step saves only what the budget still needs (no overshoot)
         target = min(step_ms, current - budget_ms) if step_ms else None
@@ -192,6 +202,7 @@ def netadapt(
         result.widths, result.dropped, result.predicted_ms = dict(widths), list(dropped), best.ms
         tuned = best.error if best.refined else base_tuned + (best.sliced - base_sliced)
         base_sliced, base_tuned, result.error = best.sliced, tuned, best.error
+        result.base_sliced, result.base_tuned = base_sliced, base_tuned
         if progress is not None:
             progress(
                 f"netadapt: step {len(result.steps)}: {best.kind} {best.what} -> "
@@ -204,5 +215,5 @@ def netadapt(
             "not be applied): raise the budget."
         )
     result.model = apply(model, space, result.widths, result.dropped)
-    result.seconds = time.perf_counter() - t0
+    result.seconds += time.perf_counter() - t0
     return result

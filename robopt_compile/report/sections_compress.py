@@ -164,7 +164,10 @@ def _arch_search(r: dict[str, Any], plots: Plots) -> str:
                        f"{dig(r, 'candidates.from_store')} from the store"),
         ("score", r.get("score")), ("finalists by", r.get("finalists_by")),
         ("time", f"{fnum(r.get('seconds'))} s"),
-    ])]  # fmt: skip
+    ] + [("retarget", f"every finalist timed over the budget after step {a.get('after_step')}:"
+                      f" the table aimed at {fnum(a.get('aim_ms'))} ms"
+                      + (f" ({a['stopped']})" if a.get("stopped") else ""))
+         for a in dicts(r.get("retargets"))])]  # fmt: skip
     steps, fins = dicts(r.get("steps")), dicts(r.get("finalists"))
     out.append(table(steps, [("change", "change", ""), ("what", "what", ""),
                              ("predicted ms", "predicted_ms", ".3g"), ("error", "error", ".4g"),

@@ -63,3 +63,20 @@ def test_uniform_ratio_is_timed_beside_the_searched_network() -> None:
     assert calls == [["searched", *map(str, RATIOS)]]  # one timing, all of them together
     assert got["ratio"] == 0.4 and got["target_ms"] == 10.0 and "interleaved" in got["timing"]
     assert got["measured_ms"] == {r: 20.0 - 25 * r for r in RATIOS}
+
+
+def test_the_int8_row_is_labelled_by_what_its_bundle_kept() -> None:
+    """A robopt int8 build whose guard rolled every layer back is an fp32 engine: its row
+    (and the speed claim) must not say int8, as the fourth run's did."""
+    from benchmarks.archsearch import _precision_built
+
+    rolled = {"quantization": {"rolled_back": True, "mixed_precision": {"met": False}}}
+    assert _precision_built(rolled) == "fp32 (int8 rolled back)"
+    mixed = {"quantization": {"mixed_precision": {"met": True, "fp32_nodes": ["a", "b"]}}}
+    assert _precision_built(mixed) == "int8 (2 layers fp32)"
+    assert _precision_built({"quantization": {"requested_precision": "int8"}}) == "int8"
+    m = copy.deepcopy(json.loads(RESULTS.read_text())["archsearch"])
+    ours = next(e for e in m["engines"] if "robopt OpenVINO" in e["label"])
+    ours["label"] = "searched + distillation, robopt OpenVINO fp32 (int8 rolled back)"
+    claim = next(line for line in report_lines(m) if line.startswith("The speed claim"))
+    assert "(OpenVINO fp32 (int8 rolled back), held-out bound" in claim
