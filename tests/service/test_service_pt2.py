@@ -41,7 +41,10 @@ def test_trusted_server_checks_stores_and_compiles_a_pt2(trusted, tmp_path) -> N
     path = tmp_path / "arm.pt2"
     torch.export.save(torch.export.export(_Policy().eval(), (torch.zeros(1, 6),)), path)
     with trusted.client(trusted.token) as c:
-        r = c.post("/api/v1/models", files={"model": ("broken.pt2", b"PK\x03\x04 junk" * 20)})
+        # Checked in a child process that imports torch: over the client's 30 s default once
+        # beside a suite sharing 2 cores with a training run, as the upload below.
+        r = c.post("/api/v1/models", files={"model": ("broken.pt2", b"PK\x03\x04 junk" * 20)},
+                   timeout=120)  # fmt: skip
         assert r.status_code == 422 and len(r.json()["error"].splitlines()) == 1, r.text
         assert c.get("/api/v1/models").json() == []
         # The server loads and checks the program before it answers: seconds alone, over the
