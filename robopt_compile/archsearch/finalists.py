@@ -60,9 +60,7 @@ def choose(
     retargets: list[dict[str, Any]] = []
     while len(retargets) < RETARGETS and not any(r["measured_ms"] <= run.budget_ms for r in rows):
         ratio = min(r["predicted_ms"] / r["measured_ms"] for r in rows)
-        aim = run.budget_ms * ratio
-        if aim >= result.predicted_ms:  # nothing to take on from (cannot happen: safety)
-            break
+        aim = run.budget_ms * ratio  # below the current network's prediction: it is a row
         after = len(result.steps)
         try:
             result = more(result, aim)

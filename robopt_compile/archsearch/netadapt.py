@@ -138,11 +138,10 @@ def netadapt(
         result = SearchResult(dict(widths), [], predicted(widths, dropped), 0.0, model)
         result.error = score(widths, dropped, lambda: model)  # type: ignore[call-arg]
         result.evaluations = 1
-        base_sliced = base_tuned = result.base_sliced = result.base_tuned = result.error
+        result.base_sliced = result.base_tuned = result.error
     else:
         result = start
         widths, dropped = dict(start.widths), list(start.dropped)
-        base_sliced, base_tuned = start.base_sliced, start.base_tuned
     current = result.predicted_ms
     while current > budget_ms and len(result.steps) < max_steps:
         # the last step saves only what the budget still needs (no overshoot)
@@ -183,7 +182,7 @@ def netadapt(
                 result.skipped += 1
                 continue
             result.evaluations += 1
-            cost = (err - base_sliced) / credit(current - ms)
+            cost = (err - result.base_sliced) / credit(current - ms)
             moves.append(Move(kind, what, ws, dr, ms, err, cost, sliced=err))
         if not moves:
             break
@@ -192,7 +191,7 @@ def netadapt(
             for m in moves[:shortlist]:
                 in_time()
                 m.error = refine(m.widths, m.dropped, builder(m.widths, m.dropped))
-                m.cost, m.refined = (m.error - base_tuned) / credit(current - m.ms), True
+                m.cost, m.refined = (m.error - result.base_tuned) / credit(current - m.ms), True
             moves[:shortlist] = sorted(moves[:shortlist], key=lambda m: m.cost)
         best = moves[0]
         current = best.ms
@@ -200,9 +199,10 @@ def netadapt(
         result.steps.append(best.to_json())
         result.last_moves = moves
         result.widths, result.dropped, result.predicted_ms = dict(widths), list(dropped), best.ms
-        tuned = best.error if best.refined else base_tuned + (best.sliced - base_sliced)
-        base_sliced, base_tuned, result.error = best.sliced, tuned, best.error
-        result.base_sliced, result.base_tuned = base_sliced, base_tuned
+        tuned = (
+            best.error if best.refined else (result.base_tuned + (best.sliced - result.base_sliced))
+        )
+        result.base_sliced, result.base_tuned, result.error = best.sliced, tuned, best.error
         if progress is not None:
             progress(
                 f"netadapt: step {len(result.steps)}: {best.kind} {best.what} -> "
