@@ -81,7 +81,9 @@ def distill_on_policy(
 
         return tick
 
-    res = distill(student, teacher, data, seed=seed, progress=ticker(0), **dist)
+    labels: dict[int, dict[str, np.ndarray]] = {}  # the teacher's, by position in data
+    res = distill(student, teacher, data, seed=seed, progress=ticker(0), label_cache=labels,
+                  **dist)  # fmt: skip
     rows: list[dict[str, Any]] = []
     seconds = float(res.report.get("seconds", 0.0))
     for r in range(rounds):
@@ -92,7 +94,7 @@ def distill_on_policy(
              0.0)  # fmt: skip
         new, success = student_samples(res.model, task_name, seeds, threads)
         data += new
-        res = distill(res.model, teacher, data, seed=seed + r + 1,
+        res = distill(res.model, teacher, data, seed=seed + r + 1, label_cache=labels,
                       progress=ticker(dist["steps"] * (r + 1)), **dist)  # fmt: skip
         seconds += float(res.report.get("seconds", 0.0))
         rows.append({"round": r + 1, "seeds": [seeds[0], seeds[-1]], "student_success": success,

@@ -498,3 +498,63 @@ def test_samples_of_different_shapes_are_not_mapped() -> None:
         result = distill(student, teacher, data, steps=10, threads=1, augment=augment)
         assert result.report["vmapped"] is False and result.report["batched"] is False
         assert result.report["final_loss"] < result.report["initial_loss"]
+
+
+def _static_conv() -> ir.Model:
+    rng = np.random.default_rng(9)
+    return _model(
+        """
+        sconv (float[1, 3, 12, 12] X) => (float[1, 4] Y)
+        {
+          c = Conv<pads = [1, 1, 1, 1]>(X, W1, B1)
+          r = Relu(c)
+          p = MaxPool<kernel_shape = [3, 3], strides = [2, 2], pads = [1, 1, 1, 1]>(r)
+          g = GlobalAveragePool(p)
+          f = Flatten(g)
+          Y = Gemm<transB = 1>(f, W2, B2)
+        }
+        """,
+        {"W1": _w(rng, 8, 3, 3, 3), "B1": _w(rng, 8), "W2": _w(rng, 4, 8), "B2": _w(rng, 4)},
+    )
+
+
+def test_conv_weights_train_channels_last_and_go_back_in_their_own_order() -> None:
+    from robopt_compile.distill import train as dtrain
+
+    model = _static_conv()
+    module = OnnxModule(model)
+    assert dtrain._channels_last(module) == 1  # W1; the Gemm's and the biases stay as they are
+    w1 = module.named_onnx_parameters()["W1"]
+    assert w1.is_contiguous(memory_format=torch.channels_last) and not w1.is_contiguous()
+    back, before = _weights(dtrain._write_back(model, module)), _weights(model)
+    assert all(np.array_equal(back[k], before[k]) for k in before)
+
+
+def test_teacher_labels_are_kept_across_calls_on_growing_data(monkeypatch) -> None:
+    """On-policy rounds distil again on the same frames plus new ones: with a shared
+    ``label_cache`` the teacher labels only the new frames, and the weights are the same as
+    when every call labels afresh."""
+    from robopt_compile.distill import train as dtrain
+
+    teacher = _static_conv()
+    student = _perturbed(teacher, 0.3, seed=10)
+    data = [random_feeds(input_specs(teacher), seed=i) for i in range(10)]
+    calls = []
+    real_call = dtrain.OrtRunner.__call__
+    monkeypatch.setattr(
+        dtrain.OrtRunner, "__call__", lambda self, f: calls.append(1) or real_call(self, f)
+    )
+    kw = {"steps": 12, "batch_size": 4, "threads": 1, "lr": 1e-3, "augment": False}
+    cache: dict = {}
+    first = distill(student, teacher, data[:6], label_cache=cache, **kw)
+    assert first.report["vmapped"] and first.report["channels_last_tensors"] == 1
+    assert len(calls) == 6 and sorted(cache) == list(range(6))
+    calls.clear()
+    kept = distill(first.model, teacher, data, label_cache=cache, **kw)
+    assert len(calls) == 4 and sorted(cache) == list(range(10))  # the four new frames only
+    calls.clear()
+    fresh = distill(first.model, teacher, data, **kw)
+    assert len(calls) == 10
+    wk, wf = _weights(kept.model), _weights(fresh.model)
+    assert all(np.array_equal(wk[k], wf[k]) for k in wk)
+    assert kept.report["final_loss"] < first.report["initial_loss"]
