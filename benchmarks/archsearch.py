@@ -31,7 +31,10 @@ import numpy as np
 from benchmarks.metaworld import EVAL_SEED, HOLDOUT_SEED, SOURCE, TASK, _closed_loop, _open
 
 CALIB = "task:episodes=40"
-DISTILL = "steps=600,batch=16,lr=3e-4,onpolicy=5,episodes=32"
+# 7 rounds since the eighth measurement (docs/ARCHSEARCH.md): with the labels kept across
+# rounds the 7 take the time the 5 took (48.3 min compile both), and the searched network
+# kept 84% vs fp32 89% at 0.493x where 5 rounds had left a network at 0.465x at 72%.
+DISTILL = "steps=600,batch=16,lr=3e-4,onpolicy=7,episodes=32"
 SEARCH = "latency=0.5x,tune=10,shortlist=2,finalists=2,steps=6"
 FINALIST_EPISODES = 12
 # The held-out relative-L2 bound of robopt's int8 build of the searched sub-network. The

@@ -30,12 +30,12 @@ def test_a_prebuilt_bundle_is_reused_only_when_distilled_as_asked() -> None:
     from benchmarks.archsearch import DISTILL, _distilled_as
 
     report = {"steps": 600, "lr": 3e-4, "batch_size": 16, "loss": "mse",
-              "onpolicy": {"rounds": [{}] * 5, "episodes_per_round": 32}}  # fmt: skip
-    assert DISTILL == "steps=600,batch=16,lr=3e-4,onpolicy=5,episodes=32"
+              "onpolicy": {"rounds": [{}] * 7, "episodes_per_round": 32}}  # fmt: skip
+    assert DISTILL == "steps=600,batch=16,lr=3e-4,onpolicy=7,episodes=32"
     assert _distilled_as(report, DISTILL)
-    assert not _distilled_as(report, "steps=250,batch=16,lr=3e-4,onpolicy=5,episodes=32")
+    assert not _distilled_as(report, "steps=250,batch=16,lr=3e-4,onpolicy=7,episodes=32")
     assert not _distilled_as(report, "steps=600,batch=16,lr=3e-4,onpolicy=3,episodes=32")
-    assert not _distilled_as(report, "steps=600,batch=16,lr=3e-4,onpolicy=5,episodes=24")
+    assert not _distilled_as(report, "steps=600,batch=16,lr=3e-4,onpolicy=7,episodes=24")
     assert not _distilled_as({}, DISTILL)  # not distilled at all
 
 
