@@ -434,6 +434,18 @@ def _static_mlp() -> ir.Model:
     )
 
 
+def _teacher_calls(monkeypatch) -> list[int]:
+    """A list that grows by one each time the distiller runs its teacher (ONNX Runtime)."""
+    from robopt_compile.distill import train as dtrain
+
+    calls: list[int] = []
+    real_call = dtrain.OrtRunner.__call__
+    monkeypatch.setattr(
+        dtrain.OrtRunner, "__call__", lambda self, f: calls.append(1) or real_call(self, f)
+    )
+    return calls
+
+
 def test_a_static_batch_is_mapped_and_teacher_labels_are_computed_once(monkeypatch) -> None:
     """A batch-1 graph trains one vmapped pass per step, with the same weights (to rounding)
     as one pass per sample; unaugmented samples are labelled by the teacher once each."""
@@ -442,11 +454,7 @@ def test_a_static_batch_is_mapped_and_teacher_labels_are_computed_once(monkeypat
     teacher = _static_mlp()
     student = _perturbed(teacher, 0.3, seed=4)
     data = [random_feeds(input_specs(teacher), seed=i) for i in range(6)]
-    calls = []
-    real_call = dtrain.OrtRunner.__call__
-    monkeypatch.setattr(
-        dtrain.OrtRunner, "__call__", lambda self, f: calls.append(1) or real_call(self, f)
-    )
+    calls = _teacher_calls(monkeypatch)
     kw = {"steps": 30, "batch_size": 4, "threads": 1, "lr": 1e-3, "augment": False}
     mapped = distill(student, teacher, data, **kw)
     assert mapped.report["vmapped"] and not mapped.report["batched"]
@@ -534,16 +542,11 @@ def test_teacher_labels_are_kept_across_calls_on_growing_data(monkeypatch) -> No
     """On-policy rounds distil again on the same frames plus new ones: with a shared
     ``label_cache`` the teacher labels only the new frames, and the weights are the same as
     when every call labels afresh."""
-    from robopt_compile.distill import train as dtrain
 
     teacher = _static_conv()
     student = _perturbed(teacher, 0.3, seed=10)
     data = [random_feeds(input_specs(teacher), seed=i) for i in range(10)]
-    calls = []
-    real_call = dtrain.OrtRunner.__call__
-    monkeypatch.setattr(
-        dtrain.OrtRunner, "__call__", lambda self, f: calls.append(1) or real_call(self, f)
-    )
+    calls = _teacher_calls(monkeypatch)
     kw = {"steps": 12, "batch_size": 4, "threads": 1, "lr": 1e-3, "augment": False}
     cache: dict = {}
     first = distill(student, teacher, data[:6], label_cache=cache, **kw)
