@@ -128,9 +128,10 @@ from robopt_compile.executor import parse_executor
 )
 @click.option(
     "--distill",
-    metavar="steps=N[,lr=F,batch=N,loss=mse|kl]",
-    help="After --prune channels/--low-rank: train the compressed model to match the original "
-    "on the calibration inputs (unlabeled), to recover accuracy.",
+    metavar="steps=N[,lr=F,batch=N,loss=mse|kl,onpolicy=R,episodes=E,time=20m]",
+    help="After --prune channels/--low-rank/--search-arch: train the compressed model to match "
+    "the original on the calibration inputs (unlabeled), to recover accuracy; time=: at most "
+    "that long, the steps fitted to it.",
 )
 @click.option(
     "--tune-trials",
@@ -192,7 +193,8 @@ from robopt_compile.executor import parse_executor
 @click.option(
     "--search-budget",
     metavar="10m",
-    help="Planner: time for building and measuring; with --search-arch: the search's time.",
+    help="Planner: time for building and measuring; with --search-arch: the search's and its "
+    "--distill recovery's time (the recovery's steps fitted to what the search leaves).",
 )
 @click.option(
     "--plan-only", is_flag=True, help="Planner: print the plans and predictions, build nothing."

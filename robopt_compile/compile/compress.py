@@ -19,6 +19,7 @@ quantization default of 1%.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -194,7 +195,8 @@ def distill_options(spec: str | None) -> dict[str, Any] | None:
     if spec is None:
         return None
     _, kv = parse_spec(spec, "--distill") if spec not in ("", "on") else ("", {})
-    _check_keys(kv, {"steps", "lr", "batch", "loss", "onpolicy", "episodes"}, "--distill")
+    _check_keys(kv, {"steps", "lr", "batch", "loss", "onpolicy", "episodes", "time"},
+                "--distill")  # fmt: skip
     out: dict[str, Any] = {"steps": _num(kv, "steps", "--distill", int) if "steps" in kv else 500}
     if "lr" in kv:
         out["lr"] = _num(kv, "lr", "--distill")
@@ -206,12 +208,27 @@ def distill_options(spec: str | None) -> dict[str, Any] | None:
         out["loss"] = kv["loss"]
     if out["steps"] < 1:
         raise InputError("--distill steps must be >= 1.")
+    if "time" in kv:  # a time budget: each call's steps are fitted to it (at most ``steps``)
+        out["seconds"] = _duration(kv["time"], "--distill time")
     for key in ("onpolicy", "episodes"):  # on-policy rounds (compile/onpolicy.py)
         if key in kv:
             out[key] = _num(kv, key, "--distill", int)
             if out[key] < (0 if key == "onpolicy" else 1):
                 raise InputError(f"--distill {key}={out[key]} is out of range.")
     return out
+
+
+def _duration(text: str, flag: str) -> float:
+    """``90s``, ``20m``, ``1.5h`` or seconds -> seconds (> 0)."""
+    t = text.strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], 0.0)
+    try:
+        value = float(t[:-1]) * scale if scale else float(t)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InputError(f"{flag}={text!r}: give seconds, or 90s, 20m, 1.5h.")
+    return value
 
 
 @dataclass
@@ -313,15 +330,18 @@ def compress(
     last_fig: dict[str, Any] = score(model, task=False)
     for step in steps:
         name = pass_name(step)
+        step_dist = dist
         if isinstance(step, ArchSearchStep):
+            t_search = time.perf_counter()
             candidate = step.run(current, note)
+            step_dist = _recovery_in_budget(dist, opts.search_budget_s, t_search, note)
         else:
             candidate = runner.run([step], rir.clone(current))
         fig = score(candidate)
         entry: dict[str, Any] = {"pass": name, "report": getattr(step, "report", {})}
         entry["figures_before"] = last_fig
         entry["figures"] = fig
-        if dist is not None and name in RECOVERABLE:
+        if step_dist is not None and name in RECOVERABLE:
             from robopt_compile.distill import distill
 
             note("distill", "start", 0.0)
@@ -333,13 +353,13 @@ def compress(
                 from robopt_compile.compile.onpolicy import distill_on_policy
 
                 trained, dreport = distill_on_policy(
-                    candidate, original, list(data.calibration), dist, opts.task, quant.seed,
+                    candidate, original, list(data.calibration), step_dist, opts.task, quant.seed,
                     threads, note,
                 )  # fmt: skip
             else:
                 res = distill(
                     candidate, original, list(data.calibration), seed=quant.seed,
-                    progress=tick, **dist,
+                    progress=tick, **step_dist,
                 )  # fmt: skip
                 trained, dreport = res.model, res.report
             note("distill", "done", float(dreport.get("seconds", 0.0)))
@@ -375,6 +395,23 @@ def compress(
     report["final"] = last_fig if compressed else None
     out = run_onnx_many(current, data.holdout[:1], threads=threads)[0]
     return CompressResult(current, report, dict(data.holdout[0]), out, compressed=compressed)
+
+
+def _recovery_in_budget(
+    dist: dict[str, Any] | None, budget_s: float | None, t_search: float,
+    note: Callable[[str, str, float], None],
+) -> dict[str, Any] | None:  # fmt: skip
+    """``--search-budget`` covers the search and its recovery: the distillation gets what
+    the search left (or its own ``time=``, whichever is less), its steps fitted to it."""
+    if dist is None or budget_s is None:
+        return dist
+    left = budget_s - (time.perf_counter() - t_search)
+    seconds = min(left, dist.get("seconds", left))
+    if seconds < 0.1 * budget_s:
+        note(f"--search-budget: the search left {max(left, 0):.0f} s of {budget_s:.0f} s for "
+             "the recovery; its distillation runs its minimum steps (a larger budget recovers "
+             "more)", "note", 0.0)  # fmt: skip
+    return {**dist, "seconds": max(seconds, 0.0)}
 
 
 def _brief(fig: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ almost all in push-v3).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,10 @@ import numpy as np
 
 ONPOLICY_SEED_OFFSET = 1_500_000
 EVERY = 2  # keep every second step of the student's episodes (neighbours are near-duplicates)
+# With a time budget: the share of a round its episodes are assumed to take until one has run
+# (eighth measurement: 224 episodes in ~395 s of a 2,250 s recovery, ~18%, at 600 steps a round;
+# fewer steps make it larger).
+EPISODE_SHARE = 0.3
 
 
 def student_samples(
@@ -62,6 +67,20 @@ def distill_on_policy(
     dist = dict(dist)
     rounds = int(dist.pop("onpolicy", 0))
     episodes = int(dist.pop("episodes", 32))
+    budget = dist.pop("seconds", None)
+    t0 = time.perf_counter()
+    round_s: list[float] = []  # what each round's episodes took
+
+    def share(calls_left: int) -> float | None:
+        """The next distillation's seconds: what is left of the budget, less the episodes
+        still to run (as long as the last round's; before any, ``EPISODE_SHARE`` of a
+        round), split evenly over the calls left."""
+        if budget is None:
+            return None
+        left = budget - (time.perf_counter() - t0)
+        per_round = round_s[-1] if round_s else EPISODE_SHARE * left / calls_left
+        return max(0.0, left - per_round * (calls_left - 1)) / calls_left
+
     if rounds and task_name is None:
         raise InputError(
             "--distill onpolicy=R lets the student drive the task: it needs --calibration "
@@ -76,14 +95,16 @@ def distill_on_policy(
 
     def ticker(done: int) -> Callable[[int, int, float], None]:
         def tick(step: int, steps: int, loss: float) -> None:
-            note(f"distill step {done + step}/{total}, loss {loss:.4g}", "tick",
-                 (done + step) / total)  # fmt: skip
+            frac = (time.perf_counter() - t0) / budget if budget else (done + step) / total
+            of = f"{step}/{steps} of this round's" if budget else f"{done + step}/{total}"
+            note(f"distill step {of}, loss {loss:.4g}", "tick", min(1.0, frac))
 
         return tick
 
     labels: dict[int, dict[str, np.ndarray]] = {}  # the teacher's, by position in data
     res = distill(student, teacher, data, seed=seed, progress=ticker(0), label_cache=labels,
-                  **dist)  # fmt: skip
+                  seconds=share(rounds + 1), **dist)  # fmt: skip
+    fitted = [res.report["steps"]]
     rows: list[dict[str, Any]] = []
     seconds = float(res.report.get("seconds", 0.0))
     for r in range(rounds):
@@ -92,15 +113,27 @@ def distill_on_policy(
                            ONPOLICY_SEED_OFFSET + seed + 1000 * r + episodes))  # fmt: skip
         note(f"on-policy round {r + 1}/{rounds}: the student drives {episodes} episodes", "line",
              0.0)  # fmt: skip
+        t_round = time.perf_counter()
         new, success = student_samples(res.model, task_name, seeds, threads)
+        round_s.append(time.perf_counter() - t_round)
         data += new
         res = distill(res.model, teacher, data, seed=seed + r + 1, label_cache=labels,
-                      progress=ticker(dist["steps"] * (r + 1)), **dist)  # fmt: skip
+                      progress=ticker(sum(fitted)), seconds=share(rounds - r),
+                      **dist)  # fmt: skip
+        fitted.append(res.report["steps"])
         seconds += float(res.report.get("seconds", 0.0))
         rows.append({"round": r + 1, "seeds": [seeds[0], seeds[-1]], "student_success": success,
                      "samples_added": len(new), "samples": len(data),
+                     "episode_seconds": round(round_s[-1], 1),
                      "final_loss": res.report["final_loss"]})  # fmt: skip
     report = {**res.report, "seconds": round(seconds, 3)}
+    if budget is not None:
+        report["time_budget"] = {
+            "seconds": round(budget, 1),
+            "used": round(time.perf_counter() - t0, 1),
+            "steps_per_call": fitted,
+            "steps_asked": dist["steps"],
+        }
     if rounds:
         report["onpolicy"] = {"rounds": rows, "episodes_per_round": episodes, "task": task_name,
                               "every": EVERY, "initial_samples": len(samples)}  # fmt: skip

@@ -64,6 +64,8 @@ PROBE_SAMPLES = 256  # samples behind the loss figures and the output normalisat
 # the searched metaworld-resnet18 network, a second call on 1,600 frames of which 200 are new,
 # 100 steps: 2.65 steps/s with the labels kept, 1.91 without (AMD EPYC Zen 4, 2026-12-07).
 MAX_LABEL_BYTES = 1 << 30
+# With a time budget (``seconds``) the pace is read after this many steps, run at the full lr.
+FIT_AFTER = 10
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,30 @@ def _channels_last(module: OnnxModule) -> int:
     return len(four)
 
 
+def _fit_steps(
+    steps: int, done: int, seconds: float, t_call: float, t_train: float, probe_s: float,
+    labelling: Sequence[float], unlabelled: int, epoch_per_step: float,
+) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    """The step count that ends a call started at ``t_call`` within ``seconds``: from the
+    pace of the ``done`` steps since ``t_train`` less the teacher's runs on new frames among
+    them (``labelling``: seconds, runs), those still to come (``unlabelled`` frames, each
+    drawn once in the next ``1 / epoch_per_step`` steps) and the final loss probe
+    (``probe_s``, as long as the first)."""
+    now = time.perf_counter()
+    label_s, runs = labelling
+    pace = (now - t_train - label_s) / done
+    per_label = label_s / runs if runs else 0.0
+    left = seconds - (now - t_call) - probe_s
+    more = left / pace
+    for _ in range(2):  # the labels still to run shorten the steps that run them
+        labels_s = per_label * unlabelled * min(1.0, more * epoch_per_step)
+        more = max(0.0, left - labels_s) / pace
+    todo = int(min(steps, done + more))
+    return todo, {"seconds": round(seconds, 1), "steps_asked": steps,
+                  "seconds_per_step": round(pace, 4), "measured_over": done,
+                  "teacher_seconds_per_label": round(per_label, 4)}  # fmt: skip
+
+
 def _write_back(student: ir.Model, module: OnnxModule) -> ir.Model:
     """A deep copy of ``student`` holding the module's trained weights, same dtypes and shapes."""
     from robopt_compile import ir as rir
@@ -234,6 +260,7 @@ def distill(
     threads: int | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     label_cache: dict[int, dict[str, np.ndarray]] | None = None,
+    seconds: float | None = None,
 ) -> DistillResult:
     """Fine-tune the student graph's weights so its outputs match the teacher's on ``inputs``.
 
@@ -265,6 +292,10 @@ def distill(
             that distils again on the same samples with more appended (on-policy rounds) and
             the same teacher: filled here, and read instead of running the teacher. Used only
             where labels are kept at all (no mixup, a mapped or per-sample batch).
+        seconds: a time budget for the whole call: after ``FIT_AFTER`` steps at the full
+            ``lr`` the step count is fitted to it (at most ``steps``, at least ``FIT_AFTER``)
+            from the time those steps took, and the cosine decay runs over the rest; the
+            report's ``fitted`` says how. None: exactly ``steps``.
 
     Returns:
         The trained copy and a report; its ``initial_loss``/``final_loss`` are the loss on the
@@ -284,6 +315,7 @@ def distill(
     if not inputs:
         raise InputError("distillation needs at least one input sample (calibration data)")
 
+    t_call = time.perf_counter()
     module = OnnxModule(student)
     n_last = _channels_last(module)
     names = module.input_names
@@ -362,12 +394,17 @@ def distill(
                 idx.append(order.pop())
             return [t_samples[i] for i in idx], list(idx)
 
+        labelling = [0.0, 0]  # seconds and runs of the teacher on frames not labelled before
+
         def teacher_of(sample: Sample, i: int | None) -> dict[str, np.ndarray]:
             if labels is None or i is None:
                 return t_runner(sample)
             if i not in labels:
+                t = time.perf_counter()
                 out = t_runner(sample)
                 labels[i] = {o: out[o] for o in float_out}
+                labelling[0] += time.perf_counter() - t
+                labelling[1] += 1
             return labels[i]
 
         loss_of = _loss_fn(loss, norm)
@@ -404,29 +441,44 @@ def distill(
 
         params = list(module.params.values())
         n_params = sum(p.numel() for p in params)
+        t_probe = time.perf_counter()
         initial = data_loss()
         start = time.perf_counter()
+        probe_s = start - t_probe  # the final loss figure takes as long again
         last = float("nan")
+        todo, fitted = steps, None
         if params:
             opt = torch.optim.Adam(params, lr=lr)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-            for step in range(1, steps + 1):
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+            fit_at = min(FIT_AFTER, steps) if seconds is not None else 0
+            sched = cosine(opt, T_max=steps) if not fit_at else None
+            step = 0
+            while step < todo:
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 total = step_loss(*next_batch())
                 opt.step()
-                sched.step()
+                if sched is not None:
+                    sched.step()
                 last = total
-                if progress is not None and (step % _LOG_EVERY == 0 or step == steps):
-                    progress(step, steps, total)
-        seconds = time.perf_counter() - start
+                if step == fit_at and seconds is not None:
+                    unlabelled = len(samples) - len(labels) if labels is not None else 0
+                    todo, fitted = _fit_steps(
+                        steps, step, seconds, t_call, start, probe_s,
+                        labelling, unlabelled, batch_size / len(samples),
+                    )  # fmt: skip
+                    sched = cosine(opt, T_max=max(1, todo - step))
+                if progress is not None and (step % _LOG_EVERY == 0 or step == todo):
+                    progress(step, todo, total)
+        seconds_run = time.perf_counter() - start
         final = data_loss()
     finally:
         torch.set_num_threads(old_threads)
 
     report = {
-        "steps": steps,
-        "seconds": round(seconds, 3),
-        "steps_per_second": round(steps / seconds, 3) if seconds > 0 else None,
+        "steps": todo,
+        "seconds": round(seconds_run, 3),
+        "steps_per_second": round(todo / seconds_run, 3) if seconds_run > 0 else None,
         "lr": lr,
         "batch_size": batch_size,
         "batched": batched,
@@ -451,4 +503,6 @@ def distill(
         "trainable_tensors": len(params),
         "seed": seed,
     }
+    if fitted is not None:
+        report["fitted"] = fitted
     return DistillResult(_write_back(student, module), report)

@@ -30,13 +30,36 @@ def test_a_prebuilt_bundle_is_reused_only_when_distilled_as_asked() -> None:
     from benchmarks.archsearch import DISTILL, _distilled_as
 
     report = {"steps": 600, "lr": 3e-4, "batch_size": 16, "loss": "mse",
-              "onpolicy": {"rounds": [{}] * 7, "episodes_per_round": 32}}  # fmt: skip
-    assert DISTILL == "steps=600,batch=16,lr=3e-4,onpolicy=7,episodes=32"
+              "onpolicy": {"rounds": [{}] * 5, "episodes_per_round": 32}}  # fmt: skip
+    assert DISTILL == "steps=600,batch=16,lr=3e-4,onpolicy=5,episodes=32"
     assert _distilled_as(report, DISTILL)
-    assert not _distilled_as(report, "steps=250,batch=16,lr=3e-4,onpolicy=7,episodes=32")
+    assert not _distilled_as(report, "steps=250,batch=16,lr=3e-4,onpolicy=5,episodes=32")
     assert not _distilled_as(report, "steps=600,batch=16,lr=3e-4,onpolicy=3,episodes=32")
-    assert not _distilled_as(report, "steps=600,batch=16,lr=3e-4,onpolicy=7,episodes=24")
+    assert not _distilled_as(report, "steps=600,batch=16,lr=3e-4,onpolicy=5,episodes=24")
     assert not _distilled_as({}, DISTILL)  # not distilled at all
+    # Fitted to a time budget: the steps asked are compared, and the uniform row's time.
+    fitted = {
+        **report,
+        "steps": 212,
+        "time_budget": {"seconds": 1080.0, "steps_asked": 600, "steps_per_call": [212]},
+    }
+    assert _distilled_as(fitted, DISTILL)
+    assert _distilled_as(fitted, DISTILL + ",time=1080s")
+    assert not _distilled_as(fitted, DISTILL + ",time=900s")
+    assert not _distilled_as(report, DISTILL + ",time=1080s")  # built without a budget
+
+
+def test_the_searched_build_is_budgeted_and_the_uniform_row_gets_its_recovery_time() -> None:
+    """The searched compile runs under SEARCH_BUDGET (search + recovery); the uniform
+    row's distillation is given the time the searched recovery had."""
+    from benchmarks.archsearch import SEARCH, SEARCH_BUDGET, _options, recovery_seconds
+
+    searched = _options(search_arch=SEARCH).compress
+    assert SEARCH_BUDGET == "27m" and searched.search_budget_s == 27 * 60.0
+    uniform = _options(prune=("channels:0.4",), distill="steps=5,time=60s").compress
+    assert uniform.search_budget_s is None and uniform.distill == "steps=5,time=60s"
+    step = {"distillation": {"time_budget": {"seconds": 1043.2}}}
+    assert recovery_seconds(step) == 1043.2 and recovery_seconds({}) is None
 
 
 def test_uniform_ratio_is_timed_beside_the_searched_network() -> None:

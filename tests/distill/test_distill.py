@@ -561,3 +561,28 @@ def test_teacher_labels_are_kept_across_calls_on_growing_data(monkeypatch) -> No
     wk, wf = _weights(kept.model), _weights(fresh.model)
     assert all(np.array_equal(wk[k], wf[k]) for k in wk)
     assert kept.report["final_loss"] < first.report["initial_loss"]
+
+
+def test_a_time_budget_fits_the_steps_to_it() -> None:
+    """``seconds=``: after FIT_AFTER steps the step count is fitted to the call's budget (at
+    most ``steps``); a budget that holds them all runs exactly ``steps``."""
+    import time
+
+    from robopt_compile.distill import train as dtrain
+
+    teacher = _static_conv()
+    student = _perturbed(teacher, 0.3, seed=11)
+    data = [random_feeds(input_specs(teacher), seed=i) for i in range(10)]
+    kw = {"batch_size": 4, "threads": 1, "lr": 1e-3, "augment": False}
+    t0 = time.perf_counter()
+    short = distill(student, teacher, data, steps=1_000_000, seconds=1.0, **kw)
+    took = time.perf_counter() - t0
+    fit = short.report["fitted"]
+    assert dtrain.FIT_AFTER <= short.report["steps"] < 1_000_000
+    assert fit["steps_asked"] == 1_000_000 and fit["seconds"] == 1.0
+    assert fit["seconds_per_step"] > 0 and fit["measured_over"] == dtrain.FIT_AFTER
+    assert took < 3.0  # a second's budget, a loaded machine's slack; unfitted: hours
+    assert short.report["final_loss"] < short.report["initial_loss"]
+    roomy = distill(student, teacher, data, steps=30, seconds=600.0, **kw)
+    assert roomy.report["steps"] == 30 and roomy.report["fitted"]["steps_asked"] == 30
+    assert "fitted" not in distill(student, teacher, data, steps=12, **kw).report
