@@ -212,3 +212,29 @@ def test_cli_search_killed_then_resumed_and_bad_input(model, tmp_path, capsys, m
     )
     assert code == 2 and "--search-arch chooses every layer's width" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_cli_search_budget_covers_the_recovery(model, tmp_path, capsys, monkeypatch):
+    """``--search-budget`` with ``--search-arch`` and ``--distill``: the recovery gets what
+    the search left of it, its steps fitted (far fewer than the million asked)."""
+    import time
+
+    from robopt_compile import ir as rir
+
+    src = tmp_path / "tiny.onnx"
+    rir.save(model, src)
+    monkeypatch.setenv("ROBOPT_STORE", str(tmp_path / "store"))
+    t0 = time.perf_counter()
+    code, _, err = run_cli(
+        [str(src), "--search-arch", "latency=0.5x,tune=5", "--distill", "steps=1000000",
+         "--search-budget", "12s", "--threads", "1", "--json", "-o", str(tmp_path / "out")],
+        capsys,
+    )  # fmt: skip
+    took = time.perf_counter() - t0
+    assert code == 0, err
+    step = json.loads((tmp_path / "out" / "report.json").read_text())["compression"]["steps"][0]
+    fitted = step["distillation"]["fitted"]
+    searched = step["report"]["seconds"]
+    assert fitted["steps_asked"] == 1_000_000 and step["distillation"]["steps"] < 1_000_000
+    assert 0 < fitted["seconds"] <= 12.0 - searched + 0.5  # what the search left, no more
+    assert searched + step["distillation"]["seconds"] < 12.0 + 5.0 and took < 120.0
