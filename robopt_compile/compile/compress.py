@@ -330,19 +330,22 @@ def compress(
     last_fig: dict[str, Any] = score(model, task=False)
     for step in steps:
         name = pass_name(step)
-        step_dist = dist
+        t_search = None
         if isinstance(step, ArchSearchStep):
             t_search = time.perf_counter()
             candidate = step.run(current, note)
-            step_dist = _recovery_in_budget(dist, opts.search_budget_s, t_search, note)
         else:
             candidate = runner.run([step], rir.clone(current))
         fig = score(candidate)
         entry: dict[str, Any] = {"pass": name, "report": getattr(step, "report", {})}
         entry["figures_before"] = last_fig
         entry["figures"] = fig
-        if step_dist is not None and name in RECOVERABLE:
+        if dist is not None and name in RECOVERABLE:
             from robopt_compile.distill import distill
+
+            # after the search's figures (the guard's episodes too): what is left is left
+            step_dist = dist if t_search is None else _recovery_in_budget(
+                dist, opts.search_budget_s, t_search, note)  # fmt: skip
 
             note("distill", "start", 0.0)
 

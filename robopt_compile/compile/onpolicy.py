@@ -29,8 +29,8 @@ import numpy as np
 ONPOLICY_SEED_OFFSET = 1_500_000
 EVERY = 2  # keep every second step of the student's episodes (neighbours are near-duplicates)
 # With a time budget: the share of a round its episodes are assumed to take until one has run
-# (eighth measurement: 224 episodes in ~395 s of a 2,250 s recovery, ~18%, at 600 steps a round;
-# fewer steps make it larger).
+# (the ninth measurement, docs/ARCHSEARCH.md: 5 rounds of 32 episodes took 327 s of a 1,204 s
+# recovery on metaworld-resnet18's searched network, 27%; afterwards each round's own time).
 EPISODE_SHARE = 0.3
 
 

@@ -233,6 +233,48 @@ def _fit_steps(
                   "teacher_seconds_per_label": round(per_label, 4)}  # fmt: skip
 
 
+class _Fit:
+    """A call's step count under a time budget (``distill(seconds=)``): fitted after
+    ``FIT_AFTER`` steps (``_fit_steps``), fitted again from the pace so far each time a
+    quarter of the steps left is done (a loaded machine slows down as it goes), stopped when
+    the budget is spent; the learning rate decays on a cosine over the current count."""
+
+    def __init__(self, opt: Any, steps: int, seconds: float, clocks: tuple[float, float, float],
+                 labelling: Sequence[float], epoch_per_step: float) -> None:  # fmt: skip
+        self.opt, self.steps, self.seconds = opt, steps, seconds
+        self.t_call, self.t_train, self.probe_s = clocks
+        self.labelling, self.epoch_per_step = labelling, epoch_per_step
+        self.todo, self.span, self.first, self.next = steps, 1, 0, min(FIT_AFTER, steps)
+        self.sched: Any = None
+        self.report: dict[str, Any] | None = None
+
+    def after(self, step: int, unlabelled: int) -> int:
+        """Called after each optimizer step; returns the step count to run to."""
+        import math
+
+        if self.sched is not None:
+            self.sched.step()
+            spent = time.perf_counter() - self.t_call
+            if spent > self.seconds - self.probe_s and self.report is not None:
+                self.todo, self.report["stopped_at_budget"] = step, True
+                return step
+        if step < self.next:
+            return self.todo
+        todo, rep = _fit_steps(self.steps, step, self.seconds, self.t_call, self.t_train,
+                               self.probe_s, self.labelling, unlabelled,
+                               self.epoch_per_step)  # fmt: skip
+        if self.sched is None:
+            self.first = step
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(1.0, k / self.span)))
+            )
+        refits = self.report["fits"] if self.report else 0
+        self.report = {**rep, "fits": refits + 1, "stopped_at_budget": False}
+        self.todo, self.span = todo, max(1, todo - self.first)
+        self.next = step + max(FIT_AFTER, (todo - step) // 4)
+        return todo
+
+
 def _write_back(student: ir.Model, module: OnnxModule) -> ir.Model:
     """A deep copy of ``student`` holding the module's trained weights, same dtypes and shapes."""
     from robopt_compile import ir as rir
@@ -294,8 +336,9 @@ def distill(
             where labels are kept at all (no mixup, a mapped or per-sample batch).
         seconds: a time budget for the whole call: after ``FIT_AFTER`` steps at the full
             ``lr`` the step count is fitted to it (at most ``steps``, at least ``FIT_AFTER``)
-            from the time those steps took, and the cosine decay runs over the rest; the
-            report's ``fitted`` says how. None: exactly ``steps``.
+            from the time those steps took, fitted again as it runs, and the cosine decay
+            runs over the rest (``_Fit``); the report's ``fitted`` says how. None: exactly
+            ``steps``.
 
     Returns:
         The trained copy and a report; its ``initial_loss``/``final_loss`` are the loss on the
@@ -449,9 +492,11 @@ def distill(
         todo, fitted = steps, None
         if params:
             opt = torch.optim.Adam(params, lr=lr)
-            cosine = torch.optim.lr_scheduler.CosineAnnealingLR
-            fit_at = min(FIT_AFTER, steps) if seconds is not None else 0
-            sched = cosine(opt, T_max=steps) if not fit_at else None
+            sched = None if seconds is not None else (
+                torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps))  # fmt: skip
+            fit = None if seconds is None else _Fit(
+                opt, steps, seconds, (t_call, start, probe_s), labelling,
+                batch_size / len(samples))  # fmt: skip
             step = 0
             while step < todo:
                 step += 1
@@ -460,16 +505,12 @@ def distill(
                 opt.step()
                 if sched is not None:
                     sched.step()
+                if fit is not None:
+                    todo = fit.after(step, len(samples) - len(labels) if labels is not None else 0)
                 last = total
-                if step == fit_at and seconds is not None:
-                    unlabelled = len(samples) - len(labels) if labels is not None else 0
-                    todo, fitted = _fit_steps(
-                        steps, step, seconds, t_call, start, probe_s,
-                        labelling, unlabelled, batch_size / len(samples),
-                    )  # fmt: skip
-                    sched = cosine(opt, T_max=max(1, todo - step))
                 if progress is not None and (step % _LOG_EVERY == 0 or step == todo):
                     progress(step, todo, total)
+            fitted = fit.report if fit is not None else None
         seconds_run = time.perf_counter() - start
         final = data_loss()
     finally:

@@ -580,7 +580,8 @@ def test_a_time_budget_fits_the_steps_to_it() -> None:
     fit = short.report["fitted"]
     assert dtrain.FIT_AFTER <= short.report["steps"] < 1_000_000
     assert fit["steps_asked"] == 1_000_000 and fit["seconds"] == 1.0
-    assert fit["seconds_per_step"] > 0 and fit["measured_over"] == dtrain.FIT_AFTER
+    assert fit["seconds_per_step"] > 0 and fit["measured_over"] >= dtrain.FIT_AFTER
+    assert fit["fits"] >= 1 and isinstance(fit["stopped_at_budget"], bool)
     assert took < 3.0  # a second's budget, a loaded machine's slack; unfitted: hours
     assert short.report["final_loss"] < short.report["initial_loss"]
     roomy = distill(student, teacher, data, steps=30, seconds=600.0, **kw)
