@@ -50,12 +50,17 @@ RATIOS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
 
 
 def _options(**compress: Any) -> Any:
-    from robopt_compile.compile.options import CompileOptions, CompressOptions, QuantOptions
+    from robopt_compile.compile.options import (
+        CompileOptions,
+        CompressOptions,
+        QuantOptions,
+        parse_duration,
+    )
     from robopt_compile.evaluate import EvalSpec
 
     ev = EvalSpec(episodes=FINALIST_EPISODES) if "search_arch" in compress else None
     if "search_arch" in compress:
-        compress.setdefault("search_budget_s", _seconds(SEARCH_BUDGET))
+        compress.setdefault("search_budget_s", parse_duration(SEARCH_BUDGET, "SEARCH_BUDGET"))
     compress.setdefault("distill", DISTILL)
     return CompileOptions(
         threads=1,
@@ -64,12 +69,6 @@ def _options(**compress: Any) -> Any:
         quant=QuantOptions(calibration=CALIB),
         compress=CompressOptions(**compress),
     )
-
-
-def _seconds(text: str) -> float:
-    from robopt_compile.compile.compress import _duration
-
-    return _duration(text, "SEARCH_BUDGET")
 
 
 def recovery_seconds(step: dict[str, Any]) -> float | None:

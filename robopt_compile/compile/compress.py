@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from robopt_compile.compile.options import CompressOptions
+from robopt_compile.compile.options import CompressOptions, parse_duration
 from robopt_compile.errors import CheckFailedError, InputError
 
 RANDOM_SAMPLES = 64  # with no --calibration: random inputs, half held out
@@ -209,26 +209,15 @@ def distill_options(spec: str | None) -> dict[str, Any] | None:
     if out["steps"] < 1:
         raise InputError("--distill steps must be >= 1.")
     if "time" in kv:  # a time budget: each call's steps are fitted to it (at most ``steps``)
-        out["seconds"] = _duration(kv["time"], "--distill time")
+        out["seconds"] = parse_duration(kv["time"], "--distill time=")
+        if not out["seconds"] > 0:
+            raise InputError("--distill time= must be more than 0: give seconds, or 90s, 20m.")
     for key in ("onpolicy", "episodes"):  # on-policy rounds (compile/onpolicy.py)
         if key in kv:
             out[key] = _num(kv, key, "--distill", int)
             if out[key] < (0 if key == "onpolicy" else 1):
                 raise InputError(f"--distill {key}={out[key]} is out of range.")
     return out
-
-
-def _duration(text: str, flag: str) -> float:
-    """``90s``, ``20m``, ``1.5h`` or seconds -> seconds (> 0)."""
-    t = text.strip().lower()
-    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], 0.0)
-    try:
-        value = float(t[:-1]) * scale if scale else float(t)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise InputError(f"{flag}={text!r}: give seconds, or 90s, 20m, 1.5h.")
-    return value
 
 
 @dataclass

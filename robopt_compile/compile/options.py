@@ -8,6 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robopt_compile.errors import InputError
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """``90s``, ``20m``, ``1.5h`` or a plain number of seconds (``--search-budget``,
+    ``--distill time=``); ``flag`` names the option in the one-line error."""
+    t = text.strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:])
+    try:
+        return float(t[:-1]) * scale if scale else float(t)
+    except ValueError:
+        raise InputError(f"{flag} {text!r}: give seconds, or 90s, 20m, 1.5h.") from None
+
 
 @dataclass(frozen=True)
 class QuantOptions:

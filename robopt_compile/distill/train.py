@@ -13,6 +13,7 @@ does), so ``robopt-compile --help`` and the robot-side tools never pay for torch
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -209,35 +210,14 @@ def _channels_last(module: OnnxModule) -> int:
     return len(four)
 
 
-def _fit_steps(
-    steps: int, done: int, seconds: float, t_call: float, t_train: float, probe_s: float,
-    labelling: Sequence[float], unlabelled: int, epoch_per_step: float,
-) -> tuple[int, dict[str, Any]]:  # fmt: skip
-    """The step count that ends a call started at ``t_call`` within ``seconds``: from the
-    pace of the ``done`` steps since ``t_train`` less the teacher's runs on new frames among
-    them (``labelling``: seconds, runs), those still to come (``unlabelled`` frames, each
-    drawn once in the next ``1 / epoch_per_step`` steps) and the final loss probe
-    (``probe_s``, as long as the first)."""
-    now = time.perf_counter()
-    label_s, runs = labelling
-    pace = (now - t_train - label_s) / done
-    per_label = label_s / runs if runs else 0.0
-    left = seconds - (now - t_call) - probe_s
-    more = left / pace
-    for _ in range(2):  # the labels still to run shorten the steps that run them
-        labels_s = per_label * unlabelled * min(1.0, more * epoch_per_step)
-        more = max(0.0, left - labels_s) / pace
-    todo = int(min(steps, done + more))
-    return todo, {"seconds": round(seconds, 1), "steps_asked": steps,
-                  "seconds_per_step": round(pace, 4), "measured_over": done,
-                  "teacher_seconds_per_label": round(per_label, 4)}  # fmt: skip
-
-
 class _Fit:
     """A call's step count under a time budget (``distill(seconds=)``): fitted after
-    ``FIT_AFTER`` steps (``_fit_steps``), fitted again from the pace so far each time a
-    quarter of the steps left is done (a loaded machine slows down as it goes), stopped when
-    the budget is spent; the learning rate decays on a cosine over the current count."""
+    ``FIT_AFTER`` steps, fitted again from the pace so far each time a quarter of the steps
+    left is done (a loaded machine slows down as it goes), stopped when the budget is spent;
+    the learning rate decays on a cosine over the current count. ``clocks``: when the call
+    and its training started, and how long the first loss probe took (the final one takes as
+    long again); ``labelling``: the teacher's seconds and runs on frames it had not labelled,
+    costed apart from the steps' pace."""
 
     def __init__(self, opt: Any, steps: int, seconds: float, clocks: tuple[float, float, float],
                  labelling: Sequence[float], epoch_per_step: float) -> None:  # fmt: skip
@@ -245,33 +225,48 @@ class _Fit:
         self.t_call, self.t_train, self.probe_s = clocks
         self.labelling, self.epoch_per_step = labelling, epoch_per_step
         self.todo, self.span, self.first, self.next = steps, 1, 0, min(FIT_AFTER, steps)
-        self.sched: Any = None
-        self.report: dict[str, Any] | None = None
+        self.sched: Any = None  # set with ``report`` at the first fit
+        self.report: dict[str, Any] = {}
 
     def after(self, step: int, unlabelled: int) -> int:
-        """Called after each optimizer step; returns the step count to run to."""
-        import math
-
+        """Called after each optimizer step with the frames still unlabelled; returns the
+        step count to run to."""
         if self.sched is not None:
             self.sched.step()
-            spent = time.perf_counter() - self.t_call
-            if spent > self.seconds - self.probe_s and self.report is not None:
+            if time.perf_counter() - self.t_call > self.seconds - self.probe_s:
                 self.todo, self.report["stopped_at_budget"] = step, True
                 return step
         if step < self.next:
             return self.todo
-        todo, rep = _fit_steps(self.steps, step, self.seconds, self.t_call, self.t_train,
-                               self.probe_s, self.labelling, unlabelled,
-                               self.epoch_per_step)  # fmt: skip
         if self.sched is None:
             self.first = step
             self.sched = torch.optim.lr_scheduler.LambdaLR(
                 self.opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(1.0, k / self.span)))
             )
-        refits = self.report["fits"] if self.report else 0
-        self.report = {**rep, "fits": refits + 1, "stopped_at_budget": False}
-        self.todo, self.span = todo, max(1, todo - self.first)
-        self.next = step + max(FIT_AFTER, (todo - step) // 4)
+        self.todo = self._fit(step, unlabelled)
+        self.span = max(1, self.todo - self.first)
+        self.next = step + max(FIT_AFTER, (self.todo - step) // 4)
+        return self.todo
+
+    def _fit(self, done: int, unlabelled: int) -> int:
+        """The step count that ends the call within ``seconds``, from the pace of the ``done``
+        steps less the teacher's runs on new frames, those still to come (``unlabelled``
+        frames, each drawn once an epoch) and the final loss probe."""
+        now = time.perf_counter()
+        label_s, runs = self.labelling
+        pace = (now - self.t_train - label_s) / done
+        per_label = label_s / runs if runs else 0.0
+        left = self.seconds - (now - self.t_call) - self.probe_s
+        more = left / pace
+        for _ in range(2):  # the labels still to run shorten the steps that run them
+            labels_s = per_label * unlabelled * min(1.0, more * self.epoch_per_step)
+            more = max(0.0, left - labels_s) / pace
+        todo = int(min(self.steps, done + more))
+        self.report = {"seconds": round(self.seconds, 1), "steps_asked": self.steps,
+                       "seconds_per_step": round(pace, 4), "measured_over": done,
+                       "teacher_seconds_per_label": round(per_label, 4),
+                       "fits": self.report.get("fits", 0) + 1,
+                       "stopped_at_budget": False}  # fmt: skip
         return todo
 
 
@@ -510,7 +505,7 @@ def distill(
                 last = total
                 if progress is not None and (step % _LOG_EVERY == 0 or step == todo):
                     progress(step, todo, total)
-            fitted = fit.report if fit is not None else None
+            fitted = fit.report or None if fit is not None else None
         seconds_run = time.perf_counter() - start
         final = data_loss()
     finally:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from robopt_compile.compile.options import parse_duration
 from robopt_compile.errors import InputError
 from robopt_compile.precision import PRECISIONS
 
@@ -79,12 +80,7 @@ class OptimizationCriteria:
 
 def parse_budget(text: str) -> float:
     """``90s``, ``10m``, ``1.5h`` or a plain number of seconds."""
-    t = text.strip().lower()
-    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:])
-    try:
-        return float(t[:-1]) * scale if scale else float(t)
-    except ValueError:
-        raise InputError(f"--search-budget {text!r}: give seconds, or 90s, 10m, 1.5h.") from None
+    return parse_duration(text, "--search-budget")
 
 
 @dataclass(frozen=True)
